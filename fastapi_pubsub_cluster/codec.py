@@ -1,0 +1,131 @@
+"""Wire formats: the msgpack envelope between workers and the frames sent to clients."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+
+from .errors import MalformedMessageError
+
+ENVELOPE_VERSION = 1
+
+
+class EventKind(StrEnum):
+    """What an envelope on a channel's Redis topic carries."""
+
+    MESSAGE = "m"  # a published payload for every client of the channel
+    JOIN = "j"  # a connection entered the channel
+    LEAVE = "l"  # a connection left the channel
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One event on a channel, as it crosses Redis.
+
+    Encoded as a msgpack array ``[version, kind, channel, origin, ref, seq, payload]``:
+    ``ref`` is the message id (MESSAGE) or the connection id (JOIN/LEAVE); ``seq`` is the
+    channel's membership sequence number (0 for MESSAGE); ``payload`` is the published
+    object (MESSAGE) or whether clients should be notified (JOIN/LEAVE).
+    """
+
+    kind: EventKind
+    channel: str
+    origin: str
+    ref: str
+    seq: int = 0
+    payload: Any = None
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """Pack an envelope; raises :class:`MalformedMessageError` for payloads msgpack cannot hold."""
+    try:
+        return msgpack.packb(
+            [
+                ENVELOPE_VERSION,
+                envelope.kind.value,
+                envelope.channel,
+                envelope.origin,
+                envelope.ref,
+                envelope.seq,
+                envelope.payload,
+            ],
+            use_bin_type=True,
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MalformedMessageError(f"payload cannot be encoded with msgpack: {exc}") from exc
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Unpack an envelope; other bytes (a foreign publisher's) raise MalformedMessageError."""
+    try:
+        items = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise MalformedMessageError(f"not a msgpack envelope: {exc}") from exc
+    if not isinstance(items, list) or len(items) != 7 or items[0] != ENVELOPE_VERSION:
+        raise MalformedMessageError("not a version-1 envelope array of 7 items")
+    _, kind, channel, origin, ref, seq, payload = items
+    try:
+        event_kind = EventKind(kind)
+    except ValueError as exc:
+        raise MalformedMessageError(f"unknown envelope kind {kind!r}") from exc
+    if not all(isinstance(v, str) for v in (channel, origin, ref)) or not isinstance(seq, int):
+        raise MalformedMessageError("envelope fields have the wrong types")
+    return Envelope(event_kind, channel, origin, ref, seq, payload)
+
+
+class OutgoingFrame:
+    """A payload for many clients, encoded at most once per wire format."""
+
+    __slots__ = ("_binary", "_text", "payload")
+
+    def __init__(self, payload: Any) -> None:
+        self.payload = payload
+        self._text: str | None = None
+        self._binary: bytes | None = None
+
+    @property
+    def text(self) -> str:
+        """The payload as compact JSON (encoded on first use)."""
+        if self._text is None:
+            self._text = encode_json(self.payload)
+        return self._text
+
+    @property
+    def binary(self) -> bytes:
+        """The payload as msgpack (encoded on first use)."""
+        if self._binary is None:
+            try:
+                self._binary = msgpack.packb(self.payload, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise MalformedMessageError(
+                    f"payload cannot be encoded with msgpack: {exc}"
+                ) from exc
+        return self._binary
+
+
+def encode_json(payload: Any) -> str:
+    """Compact JSON; bytes inside the payload are not JSON and raise MalformedMessageError."""
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessageError(f"payload cannot be encoded as JSON: {exc}") from exc
+
+
+def decode_client_text(text: str) -> Any:
+    """Parse a client's text frame as JSON."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise MalformedMessageError(f"text frame is not valid JSON: {exc}") from exc
+
+
+def decode_client_binary(data: bytes) -> Any:
+    """Parse a client's binary frame as msgpack."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise MalformedMessageError(f"binary frame is not valid msgpack: {exc}") from exc

@@ -1,0 +1,160 @@
+"""One local client socket with a bounded outbox, so fan-out never waits for a slow client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from .codec import OutgoingFrame
+from .errors import CloseCode
+from .settings import SlowClientPolicy, WireFormat
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+Generator = Callable[[], Awaitable[Any]]
+
+
+class ClientConnection:
+    """A websocket held by this worker, as the connection manager sees it.
+
+    Fan-out calls :meth:`offer`, which never awaits: the frame goes into a bounded outbox
+    that one writer task drains. When the outbox is full the slow-client policy applies to
+    this client alone.
+    """
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        channel: str,
+        connection_id: str,
+        *,
+        wire_format: WireFormat = "json",
+        queue_size: int = 512,
+        slow_client_policy: SlowClientPolicy = "disconnect",
+        close_timeout: float = 5.0,
+        generate: Generator | None = None,
+    ) -> None:
+        self.websocket = websocket
+        self.channel = channel
+        self.id = connection_id
+        self.wire_format = wire_format
+        #: The owning socket's ``generate_object_to_send``, run once per membership event.
+        self.generate = generate
+        self.dropped_messages = 0
+        self._queue_size = queue_size
+        self._policy = slow_client_policy
+        self._close_timeout = close_timeout
+        self._outbox: deque[str | bytes] = deque()
+        self._ready = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._overflowed = False
+
+    @property
+    def overflowed(self) -> bool:
+        """True once the client was disconnected for falling behind."""
+        return self._overflowed
+
+    @property
+    def pending(self) -> int:
+        """Frames waiting in the outbox."""
+        return len(self._outbox)
+
+    def offer(self, frame: OutgoingFrame) -> bool:
+        """Queue ``frame`` for this client without waiting; False if it was not queued.
+
+        Raises :class:`~fastapi_pubsub_cluster.errors.MalformedMessageError` when the payload
+        cannot be encoded in this client's wire format.
+        """
+        if self._closing:
+            return False
+        data: str | bytes = frame.text if self.wire_format == "json" else frame.binary
+        if len(self._outbox) >= self._queue_size:
+            if self._policy == "drop_oldest":
+                self._outbox.popleft()
+                self.dropped_messages += 1
+            else:
+                self._on_overflow()
+                return False
+        self._outbox.append(data)
+        self._ready.set()
+        return True
+
+    def start_writer(self) -> asyncio.Task[None]:
+        """Start the task that drains the outbox; the caller owns it (see :meth:`stop_writer`)."""
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_until_closed(), name=f"pubsub-writer-{self.id}"
+            )
+        return self._writer
+
+    async def stop_writer(self) -> None:
+        """Stop queuing, cancel the writer and wait for it."""
+        self._closing = True
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close the socket with ``code``, waiting at most ``close_timeout`` for the client."""
+        self._closing = True
+        self._outbox.clear()
+        if self.websocket.application_state != WebSocketState.CONNECTED:
+            return
+        try:
+            await asyncio.wait_for(self.websocket.close(code, reason), self._close_timeout)
+        except (TimeoutError, RuntimeError, OSError) as exc:
+            # Already closed by the peer, or it stopped reading even the close frame.
+            logger.debug("close(%s) of %s did not complete: %r", code, self.id, exc)
+
+    def _on_overflow(self) -> None:
+        logger.warning(
+            "client %s on channel %r fell %d messages behind; disconnecting it (%d)",
+            self.id,
+            self.channel,
+            self._queue_size,
+            CloseCode.POLICY_VIOLATION,
+        )
+        self._overflowed = True
+        self._closing = True
+        self._outbox.clear()
+        # The writer is blocked in a send that the client does not read: interrupt it.
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+
+    async def _write_until_closed(self) -> None:
+        try:
+            await self._drain_forever()
+        except asyncio.CancelledError:
+            if not self._overflowed:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+        except Exception as exc:  # the client vanished mid-send
+            logger.debug("send to %s failed: %r", self.id, exc)
+            self._closing = True
+            self._outbox.clear()
+            return
+        await self.close(CloseCode.POLICY_VIOLATION, "client too slow")
+
+    async def _drain_forever(self) -> None:
+        websocket = self.websocket
+        outbox = self._outbox
+        while True:
+            await self._ready.wait()
+            while outbox:
+                data = outbox.popleft()
+                if isinstance(data, str):
+                    await websocket.send_text(data)
+                else:
+                    await websocket.send_bytes(data)
+            self._ready.clear()

@@ -1,0 +1,79 @@
+"""Redis credentials as the original package took them, turned into one URL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from .errors import ConfigurationError
+
+_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(slots=True)
+class RedisCredentials:
+    """Where Redis is, as the original ``fastapi-pubsub`` took it."""
+
+    host: str = "localhost"
+    port: int = 6379
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    ssl: bool = False
+
+    def to_url(self) -> str:
+        """The equivalent ``redis://`` (or ``rediss://``) URL."""
+        scheme = "rediss" if self.ssl else "redis"
+        auth = ""
+        if self.username or self.password:
+            user = quote(self.username or "", safe="")
+            auth = f"{user}:{quote(self.password or '', safe='')}@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{auth}{host}:{int(self.port)}/{int(self.db)}"
+
+
+RedisCredentialsLike = RedisCredentials | Mapping[str, object] | str
+
+
+def redis_url_from(credentials: RedisCredentialsLike | object) -> str:
+    """Turn a URL, a credentials dict or a :class:`RedisCredentials` into a Redis URL.
+
+    Any object with the original class's attributes (host, port, ...) is read too.
+    """
+    if isinstance(credentials, str):
+        if not credentials.startswith(_URL_SCHEMES):
+            raise ConfigurationError(
+                f"Redis URL must start with one of {', '.join(_URL_SCHEMES)}: {credentials!r}"
+            )
+        return credentials
+    if isinstance(credentials, RedisCredentials):
+        return credentials.to_url()
+    if isinstance(credentials, Mapping):
+        unknown = set(credentials) - {"host", "port", "username", "password", "db", "ssl"}
+        if unknown:
+            raise ConfigurationError(f"unknown Redis credential keys: {sorted(unknown)}")
+        try:
+            return RedisCredentials(
+                host=str(credentials.get("host") or "localhost"),
+                port=int(str(credentials.get("port") or 6379)),
+                username=_optional_str(credentials.get("username")),
+                password=_optional_str(credentials.get("password")),
+                db=int(str(credentials.get("db") or 0)),
+                ssl=bool(credentials.get("ssl", False)),
+            ).to_url()
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid Redis credentials: {exc}") from exc
+    # Objects with the original class's attributes (duck typing, as the seed read __dict__).
+    attrs = {
+        key: getattr(credentials, key)
+        for key in ("host", "port", "username", "password", "db")
+        if hasattr(credentials, key)
+    }
+    if not attrs:
+        raise ConfigurationError(f"cannot read Redis credentials from {type(credentials).__name__}")
+    return redis_url_from(attrs)
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)

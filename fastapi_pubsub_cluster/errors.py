@@ -1,0 +1,47 @@
+"""Exceptions and WebSocket close codes used by the library."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes (RFC 6455 section 7.4.1) that the library sends."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down
+    UNSUPPORTED_DATA = 1003
+    INVALID_PAYLOAD = 1007  # frame that is not valid JSON / msgpack
+    POLICY_VIOLATION = 1008  # authorization denied, invalid channel, slow client
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # Redis link lost: reconnect and resync
+    TRY_AGAIN_LATER = 1013
+
+
+class PubSubError(Exception):
+    """Root of every error raised by fastapi-pubsub-cluster."""
+
+
+class ConfigurationError(PubSubError, ValueError):
+    """Settings or Redis credentials that cannot be used."""
+
+
+class InvalidChannelError(PubSubError, ValueError):
+    """A channel id that is empty, too long or holds characters outside the allowed set."""
+
+
+class MessageTooLargeError(PubSubError, ValueError):
+    """A message over the configured maximum size."""
+
+
+class MalformedMessageError(PubSubError, ValueError):
+    """Bytes that do not decode as the expected JSON or msgpack structure."""
+
+
+class PublishError(PubSubError):
+    """A message could not be handed to Redis (Redis unreachable or too slow)."""
+
+
+class HubClosedError(PubSubError):
+    """The hub was used before `start()` or after `stop()`."""

@@ -1,0 +1,1 @@
+"""Connection managers: one abstract base, one module per backend."""

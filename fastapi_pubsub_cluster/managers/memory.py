@@ -1,0 +1,49 @@
+"""Single-process manager: membership and delivery without any network."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..codec import OutgoingFrame
+from ..connection import ClientConnection
+from ..errors import MessageTooLargeError
+from .base import ConnectionManager
+
+
+class InMemoryConnectionManager(ConnectionManager):
+    """The default manager: everything stays in this process.
+
+    Use it for one worker, development and tests. With several workers, each has its own
+    view: use :class:`~fastapi_pubsub_cluster.managers.redis.RedisConnectionManager`.
+    """
+
+    async def start(self) -> None:
+        """Nothing to open."""
+
+    async def stop(self) -> None:
+        """Close local sockets with 1001 and cancel background work."""
+        await self._stop_local()
+
+    async def _announce_join(self, connection: ClientConnection, notify: bool) -> None:
+        self._apply_join(connection.channel, connection.id, notify)
+
+    async def _announce_leave(self, connection: ClientConnection, notify: bool) -> None:
+        self._apply_leave(connection.channel, connection.id, notify)
+        if not self._members.get(connection.channel, True):
+            del self._members[connection.channel]
+
+    async def publish(self, channel: str, payload: Any) -> None:
+        """Deliver ``payload`` to the channel's clients in this process."""
+        self.settings.validate_channel_id(channel)
+        frame = OutgoingFrame(payload)
+        # Check encodability and size once, as the Redis manager does before PUBLISH.
+        size = len(frame.binary)
+        if size > self.settings.max_message_bytes:
+            raise MessageTooLargeError(
+                f"message is {size} bytes; the limit is {self.settings.max_message_bytes}"
+            )
+        self._deliver(channel, frame)
+
+    async def members(self, channel: str) -> frozenset[str]:
+        """Connection ids in ``channel``."""
+        return self.get(channel)

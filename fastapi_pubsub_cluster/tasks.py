@@ -1,0 +1,48 @@
+"""Ownership of background tasks: every task is tracked, logged if it fails, cancelled on close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+T = TypeVar("T")
+
+
+class TaskSupervisor:
+    """Keeps a strong reference to each task it starts and cancels them all on :meth:`close`."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+        """Start ``coro`` as a tracked task; an exception it ends with is logged, not lost."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "%s: background task %s failed",
+                self._name,
+                task.get_name(),
+                exc_info=task.exception(),
+            )
+
+    async def close(self) -> None:
+        """Cancel every tracked task and wait until all have finished."""
+        while self._tasks:
+            pending = list(self._tasks)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)

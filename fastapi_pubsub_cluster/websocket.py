@@ -1,0 +1,227 @@
+"""The class users subclass: one instance per client socket, as in ``fastapi-pubsub``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketState
+
+from .codec import decode_client_binary, decode_client_text
+from .connection import ClientConnection
+from .credentials import RedisCredentialsLike, redis_url_from
+from .errors import CloseCode, InvalidChannelError, MalformedMessageError, PubSubError
+from .hub import APP_STATE_ATTRIBUTE, PubSubHub, implicit_hub
+from .managers.base import ConnectionManager
+from .settings import WireFormat
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+
+class BasePubSubWebSocket:
+    """A client socket in a channel: subclass it and await :meth:`run` in a websocket route.
+
+    ::
+
+        class Counter(BasePubSubWebSocket):
+            async def generate_object_to_send(self):
+                return {"num_connected_clients": len(self.connection_manager.get(self.channel_id))}
+
+        @app.websocket("/ws/{channel}")
+        async def endpoint(websocket: WebSocket, channel: str):
+            await Counter(websocket, channel).run()
+
+    The hub is, in order: ``hub``; the implicit hub for ``redis_credentials`` (a URL, a
+    dict with host/port/username/password/db, or :class:`RedisCredentials`); the hub that
+    ``PubSubHub.lifespan`` stored on the app; the implicit in-memory hub.
+    """
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        channel_id: str,
+        redis_credentials: RedisCredentialsLike | None = None,
+        *,
+        hub: PubSubHub | None = None,
+        wire_format: WireFormat | None = None,
+    ) -> None:
+        self.websocket = websocket
+        self.channel_id = channel_id
+        self.hub = hub if hub is not None else _find_hub(websocket, redis_credentials)
+        self.connection_id = f"{self.hub.manager.worker_id}:{uuid.uuid4().hex}"
+        self.wire_format: WireFormat = wire_format or _requested_format(
+            websocket, self.hub.settings.wire_format
+        )
+        self._connection: ClientConnection | None = None
+
+    @property
+    def websocket_id(self) -> str:
+        """The channel id (the name the original package's README used)."""
+        return self.channel_id
+
+    @websocket_id.setter
+    def websocket_id(self, value: str) -> None:
+        self.channel_id = value
+
+    @property
+    def connection_manager(self) -> ConnectionManager:
+        """The manager: ``len(self.connection_manager.get(self.channel_id))`` counts the cluster."""
+        return self.hub.manager
+
+    # -- hooks -------------------------------------------------------------------------
+
+    async def generate_object_to_send(self) -> Any:
+        """Override to return what every client of the channel receives after a join or a
+        leave; ``None`` sends nothing. Runs once per event per worker, not per client."""
+        return None
+
+    async def authorize(self) -> bool:
+        """Override to decide, before the socket joins, whether it may; False closes with 1008."""
+        return True
+
+    async def on_connect(self) -> None:
+        """Override to act once the socket is registered in its channel."""
+
+    async def on_message(self, data: Any) -> None:
+        """Override to handle a client message: JSON text frames and msgpack binary frames
+        arrive decoded. The default ignores it."""
+
+    async def on_disconnect(self, close_code: int) -> None:
+        """Override to act after the socket left its channel (always called, even on errors)."""
+
+    # -- sending (compatible with the original package) --------------------------------
+
+    async def send_json(self, data: Any) -> None:
+        """Send ``data`` to this client only, in its wire format."""
+        if self.wire_format == "msgpack":
+            from .codec import OutgoingFrame
+
+            await self.websocket.send_bytes(OutgoingFrame(data).binary)
+        else:
+            await self.send_message(json.dumps(data, separators=(",", ":")))
+
+    async def send_message(self, message: str) -> None:
+        """Send a text frame to this client only."""
+        await self.websocket.send_text(message)
+
+    async def receive_message(self) -> str:
+        """Receive one text frame (the original package's helper; :meth:`run` reads for you)."""
+        return await self.websocket.receive_text()
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close this client's socket."""
+        if self.websocket.application_state == WebSocketState.CONNECTED:
+            await self.websocket.close(code, reason)
+
+    async def process(self) -> None:
+        """Run :meth:`generate_object_to_send` and publish the result to the whole channel."""
+        payload = await self.generate_object_to_send()
+        if payload is not None:
+            await self.hub.publish(self.channel_id, payload)
+
+    async def publish(self, payload: Any) -> None:
+        """Send ``payload`` to every client of this socket's channel, on every worker."""
+        await self.hub.publish(self.channel_id, payload)
+
+    # -- the connection loop -----------------------------------------------------------
+
+    async def run(self, send_message_on_exception: bool = True) -> None:
+        """Accept, join the channel, read client messages until disconnect, then leave.
+
+        ``send_message_on_exception=False`` (the original package's flag) leaves without
+        telling the channel.
+        """
+        settings = self.hub.settings
+        await self.websocket.accept()
+        try:
+            settings.validate_channel_id(self.channel_id)
+        except InvalidChannelError as exc:
+            logger.info("rejected a socket: %s", exc)
+            await self.close(CloseCode.POLICY_VIOLATION, _reason(str(exc)))
+            return
+        if not await self.authorize():
+            logger.info("socket not authorized for channel %r", self.channel_id)
+            await self.close(CloseCode.POLICY_VIOLATION, "not authorized")
+            return
+        connection = ClientConnection(
+            self.websocket,
+            self.channel_id,
+            self.connection_id,
+            wire_format=self.wire_format,
+            queue_size=settings.send_queue_size,
+            slow_client_policy=settings.slow_client_policy,
+            close_timeout=settings.close_timeout,
+            generate=self.generate_object_to_send,
+        )
+        self._connection = connection
+        close_code: int = CloseCode.NORMAL
+        connection.start_writer()
+        manager = self.connection_manager
+        try:
+            try:
+                await self.hub.start()
+                await manager.connect(connection, notify=True)
+            except PubSubError as exc:
+                logger.warning("socket for %r could not join: %s", self.channel_id, exc)
+                close_code = CloseCode.TRY_AGAIN_LATER
+                await self.close(close_code, "pub/sub backend unavailable")
+                return
+            await self.on_connect()
+            close_code = await self._read_until_disconnect(connection)
+        finally:
+            await manager.disconnect(connection, notify=send_message_on_exception)
+            await connection.stop_writer()
+            await self.on_disconnect(close_code)
+
+    async def _read_until_disconnect(self, connection: ClientConnection) -> int:
+        limit = self.hub.settings.max_message_bytes
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return int(message.get("code") or CloseCode.NORMAL)
+            text: str | None = message.get("text")
+            raw: bytes | None = message.get("bytes")
+            size = len(text.encode()) if text is not None else len(raw or b"")
+            if size > limit:
+                logger.info("client %s sent %d bytes (limit %d)", connection.id, size, limit)
+                await connection.close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes")
+                return CloseCode.MESSAGE_TOO_BIG
+            try:
+                data = (
+                    decode_client_text(text)
+                    if text is not None
+                    else decode_client_binary(raw or b"")
+                )
+            except MalformedMessageError as exc:
+                logger.info("client %s sent a malformed frame: %s", connection.id, exc)
+                await connection.close(CloseCode.INVALID_PAYLOAD, _reason(str(exc)))
+                return CloseCode.INVALID_PAYLOAD
+            try:
+                await self.on_message(data)
+            except Exception:
+                logger.exception("on_message failed for client %s", connection.id)
+                await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+                return CloseCode.INTERNAL_ERROR
+
+
+def _find_hub(websocket: WebSocket, redis_credentials: RedisCredentialsLike | None) -> PubSubHub:
+    if redis_credentials is not None:
+        return implicit_hub(redis_url_from(redis_credentials))
+    app = websocket.scope.get("app")
+    state = getattr(app, "state", None)
+    hub = getattr(state, APP_STATE_ATTRIBUTE, None)
+    if isinstance(hub, PubSubHub):
+        return hub
+    return implicit_hub(None)
+
+
+def _requested_format(websocket: WebSocket, default: WireFormat) -> WireFormat:
+    requested = websocket.query_params.get("format")
+    return "msgpack" if requested == "msgpack" else "json" if requested == "json" else default
+
+
+def _reason(text: str) -> str:
+    # A close reason must fit in a control frame (123 bytes of UTF-8).
+    return text.encode()[:120].decode(errors="ignore")

@@ -1,0 +1,39 @@
+"""The app the multi-process tests run: a hub in the lifespan, counting sockets, publishing."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import FastAPI, WebSocket
+
+from fastapi_pubsub_cluster import BasePubSubWebSocket, PubSubHub
+
+hub = PubSubHub()  # configured by PUBSUB_* environment variables
+app = FastAPI(lifespan=hub.lifespan)
+
+
+class CountingSocket(BasePubSubWebSocket):
+    """Sends the cluster-wide count after every join and leave; republishes client messages."""
+
+    async def generate_object_to_send(self) -> Any:
+        return {"count": len(self.connection_manager.get(self.channel_id))}
+
+    async def on_message(self, data: Any) -> None:
+        await self.publish({"echo": data, "via": os.getpid()})
+
+
+@app.websocket("/ws/{channel}")
+async def channel_socket(websocket: WebSocket, channel: str) -> None:
+    await CountingSocket(websocket, channel).run()
+
+
+@app.post("/publish/{channel}")
+async def publish(channel: str, body: dict[str, Any]) -> dict[str, int]:
+    await hub.publish(channel, body)
+    return {"pid": os.getpid()}
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, Any]:
+    return {"pid": os.getpid(), "local_connections": hub.manager.local_connection_count}

@@ -1,0 +1,50 @@
+"""An app around a given hub, for the in-process tests of every backend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI, WebSocket
+
+from fastapi_pubsub_cluster import BasePubSubWebSocket, PubSubHub
+
+
+class CountingSocket(BasePubSubWebSocket):
+    """Counts generate calls; echoes client messages to the channel."""
+
+    generate_calls = 0
+
+    async def generate_object_to_send(self) -> Any:
+        type(self).generate_calls += 1
+        return {"count": len(self.connection_manager.get(self.channel_id))}
+
+    async def on_message(self, data: Any) -> None:
+        await self.publish({"echo": data})
+
+
+class DenyingSocket(CountingSocket):
+    async def authorize(self) -> bool:
+        return self.websocket.query_params.get("token") == "secret"
+
+
+def build_app(hub: PubSubHub, socket_class: type[CountingSocket] = CountingSocket) -> FastAPI:
+    app = FastAPI()
+
+    @app.websocket("/ws/{channel}")
+    async def channel_socket(websocket: WebSocket, channel: str) -> None:
+        await socket_class(websocket, channel, hub=hub).run()
+
+    @app.websocket("/guarded/{channel}")
+    async def guarded_socket(websocket: WebSocket, channel: str) -> None:
+        await DenyingSocket(websocket, channel, hub=hub).run()
+
+    @app.websocket("/cancelled/{channel}")
+    async def cancelled_socket(websocket: WebSocket, channel: str) -> None:
+        # The route gives the socket a deadline: run() is cancelled while connected.
+        try:
+            await asyncio.wait_for(socket_class(websocket, channel, hub=hub).run(), 0.5)
+        except TimeoutError:
+            pass
+
+    return app

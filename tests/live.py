@@ -1,0 +1,139 @@
+"""Live servers and real websocket clients for the tests (no test client, no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from tests.redis_servers import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn in this event loop; yields ``ws://127.0.0.1:PORT``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", ws_max_size=16 * 1024 * 1024)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await wait_for_condition(lambda: server.started or task.done(), 10)
+        if task.done():
+            task.result()
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+        sock.close()
+
+
+async def wait_for_condition(predicate: Callable[[], bool], timeout: float) -> None:
+    """Return as soon as ``predicate()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+async def connect(url: str, **kwargs: Any) -> ClientConnection:
+    """A real websocket client."""
+    return await websockets.connect(url, open_timeout=10, **kwargs)
+
+
+async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> Any:
+    """The next message, decoded from JSON."""
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def recv_until(
+    ws: ClientConnection, predicate: Callable[[Any], bool], timeout: float = 10.0
+) -> Any:
+    """Read messages until one satisfies ``predicate``; return it."""
+    async with asyncio.timeout(timeout):
+        while True:
+            message = json.loads(await ws.recv())
+            if predicate(message):
+                return message
+
+
+async def last_message_when_quiet(ws: ClientConnection, quiet: float, first: Any = None) -> Any:
+    """Read until no message arrives for ``quiet`` seconds; return the last one read."""
+    last = first
+    while True:
+        try:
+            last = json.loads(await asyncio.wait_for(ws.recv(), quiet))
+        except TimeoutError:
+            return last
+
+
+async def close_code_of(ws: ClientConnection, timeout: float = 10.0) -> int | None:
+    """Read until the server closes the socket; return its close code."""
+    async with asyncio.timeout(timeout):
+        try:
+            while True:
+                await ws.recv()
+        except websockets.ConnectionClosed:
+            pass
+    return ws.close_code
+
+
+@contextmanager
+def uvicorn_process(app_path: str, env: dict[str, str], workers: int = 1) -> Iterator[str]:
+    """Run ``uvicorn app_path`` as a real separate process; yields its base ``http://`` URL."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app_path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {process.returncode}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=0.5).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not come up within 20s")
+            time.sleep(0.05)
+        yield base
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
