@@ -47,6 +47,8 @@ class ClientConnection:
         #: The owning socket's ``generate_object_to_send``, run once per membership event.
         self.generate = generate
         self.dropped_messages = 0
+        #: Set by the manager: called once when the client is dropped for falling behind.
+        self.on_evicted: Callable[[ClientConnection], None] | None = None
         self._queue_size = queue_size
         self._policy = slow_client_policy
         self._close_timeout = close_timeout
@@ -126,6 +128,8 @@ class ClientConnection:
         self._overflowed = True
         self._closing = True
         self._outbox.clear()
+        if self.on_evicted is not None:
+            self.on_evicted(self)
         # The writer is blocked in a send that the client does not read: interrupt it.
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()

@@ -61,6 +61,7 @@ class ConnectionManager(ABC):
         Raises :class:`~fastapi_pubsub_cluster.errors.PublishError` when the backend cannot
         register it; the connection is then not registered anywhere.
         """
+        connection.on_evicted = self._evict
         self._add_local(connection)
         try:
             await self._announce_join(connection, notify)
@@ -80,6 +81,13 @@ class ConnectionManager(ABC):
             self._announce_leave(connection, notify), name=f"pubsub-leave-{connection.id}"
         )
         await asyncio.shield(task)
+
+    def _evict(self, connection: ClientConnection) -> None:
+        """Unregister a client that fell behind, at once: it must not count or receive."""
+        if self._remove_local(connection):
+            self._tasks.spawn(
+                self._announce_leave(connection, True), name=f"pubsub-evict-{connection.id}"
+            )
 
     @abstractmethod
     async def _announce_join(self, connection: ClientConnection, notify: bool) -> None:

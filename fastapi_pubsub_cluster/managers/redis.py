@@ -11,6 +11,8 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..codec import Envelope, EventKind, OutgoingFrame, decode_envelope, encode_envelope
@@ -57,6 +59,7 @@ class RedisConnectionManager(ConnectionManager):
         #: How many times the link was re-established after a loss.
         self.reconnect_count = 0
         self._redis: Redis | None = None
+        self._link_client: Redis | None = None
         self._pubsub: PubSub | None = None
         self._control_topic = f"{self.keys.prefix}:control:{self.worker_id}"
         self._subscribed: set[str] = set()
@@ -81,6 +84,15 @@ class RedisConnectionManager(ConnectionManager):
             socket_connect_timeout=self.settings.redis_timeout,
         )
         self._redis = Redis(connection_pool=pool)
+        # The pub/sub link gets no automatic retry: redis-py would reconnect and resubscribe
+        # silently, and presence would not be registered again after a Redis restart.
+        self._link_client = Redis.from_url(
+            self.redis_url,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=self.settings.redis_timeout,
+            socket_connect_timeout=self.settings.redis_timeout,
+            single_connection_client=False,
+        )
         self._join_script = self._redis.register_script(_scripts.JOIN)
         self._leave_script = self._redis.register_script(_scripts.LEAVE)
         self._reap_script = self._redis.register_script(_scripts.REAP)
@@ -112,10 +124,11 @@ class RedisConnectionManager(ConnectionManager):
 
     async def _close_redis(self) -> None:
         await self._drop_link()
-        if self._redis is not None:
-            with contextlib.suppress(*REDIS_DOWN):
-                await self._redis.aclose(close_connection_pool=True)
-            self._redis = None
+        for client in (self._link_client, self._redis):
+            if client is not None:
+                with contextlib.suppress(*REDIS_DOWN):
+                    await client.aclose(close_connection_pool=True)
+        self._redis = self._link_client = None
 
     @property
     def _safe_url(self) -> str:
@@ -163,6 +176,7 @@ class RedisConnectionManager(ConnectionManager):
                 self.worker_id,
                 connection.id,
                 "1" if notify else "0",
+                _scripts.SEQ_IDLE_TTL_MS,
             ],
         )
 
@@ -235,7 +249,9 @@ class RedisConnectionManager(ConnectionManager):
     async def _open_link(self) -> None:
         """Open the pub/sub connection, subscribe, and bring presence and mirrors up to date."""
         async with self._link_lock:
-            pubsub = self._client().pubsub()
+            if self._link_client is None:
+                raise PublishError("the Redis connection manager is not started")
+            pubsub = self._link_client.pubsub()
             try:
                 channels = list(self._local)
                 await pubsub.subscribe(self._control_topic, *(self.keys.topic(c) for c in channels))
@@ -293,7 +309,12 @@ class RedisConnectionManager(ConnectionManager):
                 raise
             except REDIS_DOWN as exc:
                 await self._drop_link()
-                logger.warning("Redis link lost (%r); reconnecting in %.2fs", exc, delay)
+                logger.warning(
+                    "Redis link lost (%s: %s); reconnecting in %.2fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.reconnect_delay_max)
 
@@ -393,7 +414,13 @@ class RedisConnectionManager(ConnectionManager):
                 self.keys.worker_connections(worker_id),
                 self.keys.heartbeat(worker_id),
             ],
-            args=[self.keys.prefix, worker_id, self.worker_id, "1" if force else "0"],
+            args=[
+                self.keys.prefix,
+                worker_id,
+                self.worker_id,
+                "1" if force else "0",
+                _scripts.SEQ_IDLE_TTL_MS,
+            ],
         )
         return int(result)
 
