@@ -47,7 +47,9 @@ def owned_redis() -> Iterator[OwnedRedisServer]:
         server.close()
 
 
-def make_settings(key_prefix: str, redis_url: str | None = None, **changes: object) -> PubSubSettings:
+def make_settings(
+    key_prefix: str, redis_url: str | None = None, **changes: object
+) -> PubSubSettings:
     """Test settings: short timers so failure paths finish quickly."""
     values: dict[str, object] = {
         "redis_url": redis_url,

@@ -30,7 +30,13 @@ async def serve(app: Any) -> AsyncIterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", ws_max_size=16 * 1024 * 1024)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level="warning",
+        ws_max_size=16 * 1024 * 1024,
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -45,9 +45,7 @@ async def test_every_client_sees_the_count_after_joins_and_leaves(server: str) -
         await ws.close()
 
 
-async def test_get_returns_every_connection_id_of_the_channel(
-    server: str, hub: PubSubHub
-) -> None:
+async def test_get_returns_every_connection_id_of_the_channel(server: str, hub: PubSubHub) -> None:
     clients = [await connect(f"{server}/ws/ids") for _ in range(2)]
     for ws in clients:
         await recv_until(ws, lambda m: m == {"count": 2})
@@ -234,4 +232,3 @@ async def test_shutdown_closes_sockets_with_1001(settings: PubSubSettings) -> No
         await hub.stop()
         assert await close_code_of(ws) == CloseCode.GOING_AWAY
         assert hub.manager.local_connection_count == 0
-

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, HTTPException, WebSocket
 
-from fastapi_pubsub_cluster import BasePubSubWebSocket, PubSubHub
+from fastapi_pubsub_cluster import BasePubSubWebSocket, PublishError, PubSubHub
 
 hub = PubSubHub()  # configured by PUBSUB_* environment variables
 app = FastAPI(lifespan=hub.lifespan)
@@ -30,7 +30,10 @@ async def channel_socket(websocket: WebSocket, channel: str) -> None:
 
 @app.post("/publish/{channel}")
 async def publish(channel: str, body: dict[str, Any]) -> dict[str, int]:
-    await hub.publish(channel, body)
+    try:
+        await hub.publish(channel, body)
+    except PublishError as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from exc
     return {"pid": os.getpid()}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
@@ -42,9 +43,7 @@ def build_app(hub: PubSubHub, socket_class: type[CountingSocket] = CountingSocke
     @app.websocket("/cancelled/{channel}")
     async def cancelled_socket(websocket: WebSocket, channel: str) -> None:
         # The route gives the socket a deadline: run() is cancelled while connected.
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(socket_class(websocket, channel, hub=hub).run(), 0.5)
-        except TimeoutError:
-            pass
 
     return app

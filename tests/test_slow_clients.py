@@ -1,0 +1,85 @@
+"""A client that stops reading never delays the others; the slow-client policy applies to it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
+from fastapi_pubsub_cluster.errors import CloseCode
+from tests.apps.local_app import build_app
+from tests.live import close_code_of, connect, recv_until, serve
+
+# Incompressible, so permessage-deflate cannot shrink what fills the buffers.
+BIG = base64.b64encode(os.urandom(150_000)).decode()
+MESSAGES = 120
+
+
+async def stalled_client(url: str) -> ClientConnection:
+    """A client that stops reading: its library buffers one frame, its kernel 64 KiB."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A fixed receive buffer turns off autotuning, which would otherwise absorb megabytes.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    host, port = url.removeprefix("ws://").split("/")[0].split(":")
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    return await connect(url, sock=sock, max_queue=1, max_size=None, compression=None)
+
+
+@pytest.mark.parametrize("policy", ["disconnect"])
+async def test_client_that_never_reads_is_disconnected_and_others_get_everything(
+    settings: PubSubSettings, policy: str
+) -> None:
+    hub = PubSubHub(settings=settings.with_changes(send_queue_size=8, slow_client_policy=policy))
+    async with hub, serve(build_app(hub)) as url:
+        slow = await stalled_client(f"{url}/ws/firehose")
+        fast = await connect(f"{url}/ws/firehose", max_size=None)
+        await recv_until(fast, lambda m: m == {"count": 2})
+
+        # Each message reaches the fast client before the next is published, while the
+        # slow one reads nothing: the stalled socket never holds up the others.
+        counts_seen = []
+        for i in range(MESSAGES):
+            await hub.publish("firehose", {"i": i, "pad": BIG})
+            received = await recv_until(fast, lambda m: "i" in m or "count" in m, timeout=5)
+            if "count" in received:
+                counts_seen.append(received["count"])
+                received = await recv_until(fast, lambda m: "i" in m, timeout=5)
+            assert received["i"] == i
+        # The slow client was dropped from the channel, cluster-wide.
+        if 1 not in counts_seen:
+            await recv_until(fast, lambda m: m == {"count": 1}, timeout=10)
+        assert await hub.count("firehose") == 1
+        # Once it reads again, it finds the reason it was closed.
+        assert await close_code_of(slow, timeout=20) == CloseCode.POLICY_VIOLATION
+        await fast.close()
+
+
+async def test_drop_oldest_keeps_the_slow_client_and_delivers_the_newest(
+    settings: PubSubSettings,
+) -> None:
+    hub = PubSubHub(
+        settings=settings.with_changes(send_queue_size=8, slow_client_policy="drop_oldest")
+    )
+    async with hub, serve(build_app(hub)) as url:
+        slow = await stalled_client(f"{url}/ws/lossy")
+        fast = await connect(f"{url}/ws/lossy", max_size=None)
+        await recv_until(fast, lambda m: m == {"count": 2})
+        for i in range(MESSAGES):
+            await hub.publish("lossy", {"i": i, "pad": BIG})
+            await recv_until(fast, lambda m, i=i: m.get("i") == i, timeout=5)
+        connection = next(
+            c for c in hub.manager.local_connections("lossy") if c.dropped_messages > 0
+        )
+        assert connection.dropped_messages > 0
+        # The slow client is still a member and, reading again, ends with the newest message.
+        assert await hub.count("lossy") == 2
+        last = await recv_until(slow, lambda m: m.get("i") == MESSAGES - 1, timeout=30)
+        assert last["i"] == MESSAGES - 1
+        for ws in (slow, fast):
+            await ws.close()
