@@ -47,6 +47,8 @@ class ClientConnection:
         #: The owning socket's ``generate_object_to_send``, run once per membership event.
         self.generate = generate
         self.dropped_messages = 0
+        #: The owning socket's ``on_reconnect``, called after the Redis link came back.
+        self.on_reconnect: Callable[[], Awaitable[None]] | None = None
         #: Set by the manager: called once when the client is dropped for falling behind.
         self.on_evicted: Callable[[ClientConnection], None] | None = None
         self._queue_size = queue_size

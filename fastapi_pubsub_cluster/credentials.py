@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from .errors import ConfigurationError
 
-_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 
 @dataclass(slots=True)
@@ -49,6 +49,8 @@ def redis_url_from(credentials: RedisCredentialsLike | object) -> str:
         return credentials
     if isinstance(credentials, RedisCredentials):
         return credentials.to_url()
+    if isinstance(credentials, Mapping) and "sentinels" in credentials:
+        return _sentinel_url(credentials)
     if isinstance(credentials, Mapping):
         unknown = set(credentials) - {"host", "port", "username", "password", "db", "ssl"}
         if unknown:
@@ -77,3 +79,26 @@ def redis_url_from(credentials: RedisCredentialsLike | object) -> str:
 
 def _optional_str(value: object) -> str | None:
     return None if value is None or value == "" else str(value)
+
+
+def _sentinel_url(credentials: Mapping[str, object]) -> str:
+    """``{"sentinels": [(host, port), ...], "service_name": ..., "password": ..., "db": ...}``."""
+    unknown = set(credentials) - {"sentinels", "service_name", "username", "password", "db", "ssl"}
+    if unknown:
+        raise ConfigurationError(f"unknown Sentinel credential keys: {sorted(unknown)}")
+    sentinels = credentials["sentinels"]
+    service = credentials.get("service_name")
+    if not isinstance(sentinels, list | tuple) or not sentinels or not service:
+        raise ConfigurationError("Sentinel credentials need 'sentinels' and 'service_name'")
+    try:
+        hosts = ",".join(f"{host}:{int(port)}" for host, port in sentinels)
+        db = int(str(credentials.get("db") or 0))
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"invalid Sentinel credentials: {exc}") from exc
+    auth = ""
+    username = _optional_str(credentials.get("username"))
+    password = _optional_str(credentials.get("password"))
+    if username or password:
+        auth = f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
+    scheme = "rediss+sentinel" if credentials.get("ssl") else "redis+sentinel"
+    return f"{scheme}://{auth}{hosts}/{quote(str(service), safe='')}/{db}"

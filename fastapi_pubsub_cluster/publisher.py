@@ -9,12 +9,12 @@ from types import TracebackType
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from .codec import Envelope, EventKind, encode_envelope
 from .credentials import RedisCredentialsLike, redis_url_from
-from .errors import MessageTooLargeError, PublishError
+from .errors import ConfigurationError, MessageTooLargeError, PublishError
 from .keys import RedisKeys
+from .redis_clients import command_client, is_sentinel_url
 from .settings import PubSubSettings
 
 _ORIGIN = f"publisher-{socket.gethostname()}-{os.getpid()}"
@@ -47,10 +47,8 @@ class RedisPublisher:
         self, redis_url: RedisCredentialsLike, *, settings: PubSubSettings | None = None
     ) -> None:
         self.settings = settings if settings is not None else PubSubSettings.from_env()
-        self._redis = aioredis.Redis.from_url(
-            redis_url_from(redis_url),
-            socket_timeout=self.settings.redis_timeout,
-            socket_connect_timeout=self.settings.redis_timeout,
+        self._redis = command_client(
+            redis_url_from(redis_url), self.settings, client_name=None, max_connections=4
         )
 
     async def publish(self, channel: str, payload: Any) -> int:
@@ -63,7 +61,7 @@ class RedisPublisher:
 
     async def aclose(self) -> None:
         """Close the Redis connections."""
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> RedisPublisher:
         return self
@@ -87,8 +85,11 @@ def publish_sync(
     """Publish from synchronous code (a script, Celery, Django); returns workers reached."""
     settings = settings if settings is not None else PubSubSettings.from_env()
     topic, data = _encode(settings, channel, payload)
+    url = redis_url_from(redis_url)
+    if is_sentinel_url(url):
+        raise ConfigurationError("publish_sync takes a plain Redis URL; use RedisPublisher")
     client = redis.Redis.from_url(
-        redis_url_from(redis_url),
+        url,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
     )

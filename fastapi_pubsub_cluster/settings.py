@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -14,6 +15,8 @@ SlowClientPolicy = Literal["disconnect", "drop_oldest"]
 WireFormat = Literal["json", "msgpack"]
 
 ENV_PREFIX = "PUBSUB_"
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,13 @@ class PubSubSettings:
     reconnect_delay_max: float = 5.0
     #: Seconds given to a client to receive its close frame (slow client, shutdown).
     close_timeout: float = 5.0
+    #: Seconds between probes of the pub/sub link (a message to itself); 0 turns probes off.
+    probe_interval: float = 5.0
+    #: Seconds a probe may take to come back before the link counts as deaf and is renewed.
+    probe_timeout: float = 2.0
+    #: Close local clients with 1012 after the Redis link was lost, so that they reconnect
+    #: and resync, instead of only calling the ``on_reconnect`` hooks.
+    close_clients_on_reconnect: bool = False
     _channel_regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +71,8 @@ class PubSubSettings:
         for name in (*positive, "redis_timeout", "reconnect_delay_initial", "close_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.probe_interval < 0 or self.probe_timeout <= 0:
+            raise ConfigurationError("probe_interval must be >= 0 and probe_timeout positive")
         if self.reconnect_delay_max < self.reconnect_delay_initial:
             raise ConfigurationError("reconnect_delay_max must be >= reconnect_delay_initial")
         if self.slow_client_policy not in ("disconnect", "drop_oldest"):
@@ -108,6 +120,14 @@ class PubSubSettings:
             if raw is None:
                 continue
             values[spec.name] = _parse(spec.name, raw, spec.default)
+        known = {ENV_PREFIX + spec.name.upper() for spec in fields(cls)}
+        for name in env:
+            if (
+                name.startswith(ENV_PREFIX)
+                and name not in known
+                and not name.startswith(ENV_PREFIX + "DEMO_")
+            ):
+                logger.warning("ignoring unknown setting %s (a typo?)", name)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 

@@ -78,7 +78,9 @@ class BasePubSubWebSocket:
         return None
 
     async def authorize(self) -> bool:
-        """Override to decide, before the socket joins, whether it may; False closes with 1008."""
+        """Override to decide, before the handshake is accepted, whether the socket may join
+        its channel (read ``self.websocket`` headers, query, cookies); False closes with 1008
+        and registers nothing."""
         return True
 
     async def on_connect(self) -> None:
@@ -87,6 +89,11 @@ class BasePubSubWebSocket:
     async def on_message(self, data: Any) -> None:
         """Override to handle a client message: JSON text frames and msgpack binary frames
         arrive decoded. The default ignores it."""
+
+    async def on_reconnect(self) -> None:
+        """Override to resync this client after the worker's Redis link came back: messages
+        published while it was down were not delivered. Called once per socket per reconnect
+        (unless ``close_clients_on_reconnect`` closes the socket with 1012 instead)."""
 
     async def on_disconnect(self, close_code: int) -> None:
         """Override to act after the socket left its channel (always called, even on errors)."""
@@ -134,17 +141,17 @@ class BasePubSubWebSocket:
         telling the channel.
         """
         settings = self.hub.settings
-        await self.websocket.accept()
         try:
             settings.validate_channel_id(self.channel_id)
         except InvalidChannelError as exc:
             logger.info("rejected a socket: %s", exc)
-            await self.close(CloseCode.POLICY_VIOLATION, _reason(str(exc)))
+            await self._refuse(_reason(str(exc)))
             return
         if not await self.authorize():
             logger.info("socket not authorized for channel %r", self.channel_id)
-            await self.close(CloseCode.POLICY_VIOLATION, "not authorized")
+            await self._refuse("not authorized")
             return
+        await self.websocket.accept()
         connection = ClientConnection(
             self.websocket,
             self.channel_id,
@@ -155,6 +162,7 @@ class BasePubSubWebSocket:
             close_timeout=settings.close_timeout,
             generate=self.generate_object_to_send,
         )
+        connection.on_reconnect = self.on_reconnect
         self._connection = connection
         close_code: int = CloseCode.NORMAL
         connection.start_writer()
@@ -174,6 +182,12 @@ class BasePubSubWebSocket:
             await manager.disconnect(connection, notify=send_message_on_exception)
             await connection.stop_writer()
             await self.on_disconnect(close_code)
+
+    async def _refuse(self, reason: str) -> None:
+        # Checked before accept; the handshake then completes only so that the client
+        # receives a close code it can act on (1008) instead of a bare HTTP 403.
+        await self.websocket.accept()
+        await self.close(CloseCode.POLICY_VIOLATION, reason)
 
     async def _read_until_disconnect(self, connection: ClientConnection) -> int:
         limit = self.hub.settings.max_message_bytes

@@ -210,6 +210,19 @@ class ConnectionManager(ABC):
             self._dirty_channels.discard(channel)
             self._regenerating.pop(channel, None)
 
+    async def _notify_link_restored(self) -> None:
+        """After a lost link: close clients with 1012 (if configured) or call their hooks."""
+        conns = [c for channel in list(self._local) for c in self.local_connections(channel)]
+        if self.settings.close_clients_on_reconnect:
+            await self._close_local_connections(
+                CloseCode.SERVICE_RESTART, "pub/sub link was lost; reconnect to resync"
+            )
+            return
+        hooks = [c.on_reconnect() for c in conns if c.on_reconnect is not None]
+        for outcome in await asyncio.gather(*hooks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                logger.error("on_reconnect hook of a socket failed", exc_info=outcome)
+
     async def _close_local_connections(self, code: int, reason: str) -> None:
         """Close every local socket concurrently (graceful shutdown)."""
         conns = [c for channel in list(self._local) for c in self.local_connections(channel)]

@@ -9,16 +9,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..codec import Envelope, EventKind, OutgoingFrame, decode_envelope, encode_envelope
 from ..connection import ClientConnection
 from ..errors import ConfigurationError, MalformedMessageError, MessageTooLargeError, PublishError
 from ..keys import RedisKeys
+from ..redis_clients import command_client, link_client
 from ..settings import PubSubSettings
 from . import _scripts
 from .base import ConnectionManager
@@ -30,7 +29,7 @@ ReconnectHook = Callable[[], Awaitable[None]]
 # Errors that mean "Redis is not answering", as opposed to bugs.
 REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError)
 
-# Redis connections one worker may hold: the pub/sub link plus a few for commands.
+# Redis connections one worker may hold for commands, besides its one pub/sub link.
 MAX_REDIS_CONNECTIONS = 8
 
 
@@ -58,6 +57,10 @@ class RedisConnectionManager(ConnectionManager):
         self.on_reconnect: list[ReconnectHook] = []
         #: How many times the link was re-established after a loss.
         self.reconnect_count = 0
+        #: How many times a probe found the link deaf (connected, but not receiving).
+        self.deaf_link_count = 0
+        self._listener: asyncio.Task[None] | None = None
+        self._probe: tuple[bytes, asyncio.Future[None]] | None = None
         self._redis: Redis | None = None
         self._link_client: Redis | None = None
         self._pubsub: PubSub | None = None
@@ -76,23 +79,14 @@ class RedisConnectionManager(ConnectionManager):
         """Connect to Redis, write the heartbeat and start the listener; fails if Redis is down."""
         if self._running:
             return
-        pool = BlockingConnectionPool.from_url(
+        name = f"{self.keys.prefix}:{self.worker_id}"
+        self._redis = command_client(
             self.redis_url,
+            self.settings,
+            client_name=name,
             max_connections=MAX_REDIS_CONNECTIONS,
-            timeout=self.settings.redis_timeout,
-            socket_timeout=self.settings.redis_timeout,
-            socket_connect_timeout=self.settings.redis_timeout,
         )
-        self._redis = Redis(connection_pool=pool)
-        # The pub/sub link gets no automatic retry: redis-py would reconnect and resubscribe
-        # silently, and presence would not be registered again after a Redis restart.
-        self._link_client = Redis.from_url(
-            self.redis_url,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=self.settings.redis_timeout,
-            socket_connect_timeout=self.settings.redis_timeout,
-            single_connection_client=False,
-        )
+        self._link_client = link_client(self.redis_url, self.settings, client_name=name)
         self._join_script = self._redis.register_script(_scripts.JOIN)
         self._leave_script = self._redis.register_script(_scripts.LEAVE)
         self._reap_script = self._redis.register_script(_scripts.REAP)
@@ -102,8 +96,10 @@ class RedisConnectionManager(ConnectionManager):
             await self._close_redis()
             raise PublishError(f"cannot connect to Redis at {self._safe_url}: {exc}") from exc
         self._running = True
-        self._tasks.spawn(self._listen_forever(), name="pubsub-redis-listener")
+        self._listener = self._tasks.spawn(self._listen_forever(), name="pubsub-redis-listener")
         self._tasks.spawn(self._maintain_presence(), name="pubsub-redis-heartbeat")
+        if self.settings.probe_interval > 0:
+            self._tasks.spawn(self._probe_link_forever(), name="pubsub-redis-probe")
         logger.info("worker %s joined the cluster at %s", self.worker_id, self._safe_url)
 
     async def stop(self) -> None:
@@ -303,6 +299,7 @@ class RedisConnectionManager(ConnectionManager):
                         self.reconnect_count,
                     )
                     await self._run_reconnect_hooks()
+                    await self._notify_link_restored()
                 delay = self.settings.reconnect_delay_initial
                 await self._pump_messages()
             except asyncio.CancelledError:
@@ -337,6 +334,9 @@ class RedisConnectionManager(ConnectionManager):
     def _on_topic_message(self, topic: bytes, data: bytes) -> None:
         topic_name = topic.decode(errors="replace")
         if topic_name == self._control_topic:
+            probe = self._probe
+            if probe is not None and data == probe[0] and not probe[1].done():
+                probe[1].set_result(None)
             return
         try:
             envelope = decode_envelope(data)
@@ -365,6 +365,51 @@ class RedisConnectionManager(ConnectionManager):
             self._apply_join(channel, envelope.ref, notify)
         else:
             self._apply_leave(channel, envelope.ref, notify)
+
+    # -- deaf-link detection -----------------------------------------------------------
+
+    async def _probe_link_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.probe_interval)
+            if not self._link_up.is_set():
+                continue  # the listener is reconnecting already
+            if not await self._link_hears_itself():
+                self.deaf_link_count += 1
+                logger.warning(
+                    "pub/sub link of %s is deaf (probe not back within %.1fs); renewing it",
+                    self.worker_id,
+                    self.settings.probe_timeout,
+                )
+                await self._restart_listener()
+
+    async def _link_hears_itself(self) -> bool:
+        """Publish a token to our own control topic; True if the link delivers it in time."""
+        token = uuid.uuid4().hex.encode()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probe = (token, waiter)
+        try:
+            try:
+                receivers = await self._client().publish(self._control_topic, token)
+            except REDIS_DOWN:
+                return True  # Redis itself is unreachable: the listener and heartbeat see it
+            if receivers == 0:
+                return False  # Redis no longer knows our subscription
+            try:
+                await asyncio.wait_for(waiter, self.settings.probe_timeout)
+            except TimeoutError:
+                return False
+            return True
+        finally:
+            self._probe = None
+
+    async def _restart_listener(self) -> None:
+        listener = self._listener
+        if listener is not None and not listener.done():
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        await self._drop_link()
+        self._listener = self._tasks.spawn(self._listen_forever(), name="pubsub-redis-listener")
 
     # -- heartbeat and reaping ---------------------------------------------------------
 
