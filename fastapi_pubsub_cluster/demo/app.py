@@ -1,0 +1,98 @@
+"""The demo app: one page, one websocket route, a hub configured from ``PUBSUB_*``."""
+
+from __future__ import annotations
+
+import html
+import os
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import HTMLResponse
+
+from ..hub import PubSubHub
+from ..settings import PubSubSettings
+from ..websocket import BasePubSubWebSocket
+
+#: Environment variable naming the channel the page joins unless its URL names another.
+DEMO_CHANNEL_ENV = "PUBSUB_DEMO_CHANNEL"
+DEFAULT_CHANNEL = "lobby"
+#: Longest chat text and name relayed; longer ones are cut.
+MAX_CHAT_TEXT = 500
+MAX_NAME = 40
+
+_CHANNEL_PLACEHOLDER = "{{DEFAULT_CHANNEL}}"
+_BACKEND_PLACEHOLDER = "{{BACKEND}}"
+
+
+class DemoSocket(BasePubSubWebSocket):
+    """A demo client: told the channel's count on every join and leave, relays chat lines."""
+
+    async def generate_object_to_send(self) -> dict[str, Any]:
+        return {
+            "type": "presence",
+            "channel": self.channel_id,
+            "count": len(self.connection_manager.get(self.channel_id)),
+            "worker": os.getpid(),
+        }
+
+    async def on_message(self, data: Any) -> None:
+        chat = chat_line_from(data)
+        if chat is not None:
+            await self.publish({**chat, "worker": os.getpid()})
+
+
+def chat_line_from(data: Any) -> dict[str, str] | None:
+    """The chat line in a client message ``{"type": "chat", "name": ..., "text": ...}``.
+
+    Anything else (other types, empty text) gives ``None`` and is ignored.
+    """
+    if not isinstance(data, dict) or data.get("type") != "chat":
+        return None
+    text = data.get("text")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    name = data.get("name")
+    name = name.strip()[:MAX_NAME] if isinstance(name, str) and name.strip() else "anonymous"
+    return {"type": "chat", "name": name, "text": text.strip()[:MAX_CHAT_TEXT]}
+
+
+def render_page(default_channel: str, backend: str) -> str:
+    """The demo page with its default channel and backend name filled in."""
+    template = resources.files(__package__).joinpath("static", "index.html").read_text("utf-8")
+    return template.replace(_CHANNEL_PLACEHOLDER, html.escape(default_channel)).replace(
+        _BACKEND_PLACEHOLDER, html.escape(backend)
+    )
+
+
+def create_app(
+    settings: PubSubSettings | None = None, default_channel: str | None = None
+) -> FastAPI:
+    """Build the demo app.
+
+    Settings default to the ``PUBSUB_*`` environment, the channel to ``PUBSUB_DEMO_CHANNEL``.
+    """
+    hub = PubSubHub(settings=settings)
+    channel = default_channel or os.environ.get(DEMO_CHANNEL_ENV) or DEFAULT_CHANNEL
+    hub.settings.validate_channel_id(channel)
+    backend = "redis" if hub.settings.redis_url else "in-memory"
+    page = render_page(channel, backend)
+    app = FastAPI(title="fastapi-pubsub-cluster demo", lifespan=hub.lifespan)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        return page
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "backend": backend,
+            "local_connections": hub.manager.local_connection_count,
+        }
+
+    @app.websocket("/ws/{channel}")
+    async def channel_socket(websocket: WebSocket, channel: str) -> None:
+        await DemoSocket(websocket, channel, hub=hub).run()
+
+    return app
