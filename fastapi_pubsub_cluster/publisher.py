@@ -14,7 +14,7 @@ from .codec import Envelope, EventKind, encode_envelope
 from .credentials import RedisCredentialsLike, redis_url_from
 from .errors import ConfigurationError, MessageTooLargeError, PublishError
 from .keys import RedisKeys
-from .redis_clients import command_client, is_sentinel_url
+from .redis_clients import RedisEndpoint, is_sentinel_url
 from .settings import PubSubSettings
 
 _ORIGIN = f"publisher-{socket.gethostname()}-{os.getpid()}"
@@ -47,9 +47,8 @@ class RedisPublisher:
         self, redis_url: RedisCredentialsLike, *, settings: PubSubSettings | None = None
     ) -> None:
         self.settings = settings if settings is not None else PubSubSettings.from_env()
-        self._redis = command_client(
-            redis_url_from(redis_url), self.settings, client_name=None, max_connections=4
-        )
+        self._endpoint = RedisEndpoint(redis_url_from(redis_url), self.settings, client_name=None)
+        self._redis = self._endpoint.command_client(max_connections=4)
 
     async def publish(self, channel: str, payload: Any) -> int:
         """Publish ``payload``; returns how many workers received it."""
@@ -61,7 +60,7 @@ class RedisPublisher:
 
     async def aclose(self) -> None:
         """Close the Redis connections."""
-        await self._redis.aclose(close_connection_pool=True)
+        await self._endpoint.aclose()
 
     async def __aenter__(self) -> RedisPublisher:
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -10,6 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from .errors import ConfigurationError
 from .settings import PubSubSettings
@@ -77,54 +79,83 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     )
 
 
-def _common_options(settings: PubSubSettings, client_name: str | None) -> dict[str, Any]:
-    return {
-        "socket_timeout": settings.redis_timeout,
-        "socket_connect_timeout": settings.redis_timeout,
-        "client_name": client_name,
-    }
+class RedisEndpoint:
+    """Builds the clients for one Redis URL and closes everything it built.
 
-
-def _primary_via_sentinel(url: str, options: dict[str, Any]) -> Redis:
-    target = parse_sentinel_url(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels),
-        sentinel_kwargs={
-            "password": target.sentinel_password,
-            "socket_timeout": options["socket_timeout"],
-            "socket_connect_timeout": options["socket_connect_timeout"],
-        },
-    )
-    return sentinel.master_for(  # type: ignore[no-any-return]
-        target.service_name,
-        db=target.db,
-        username=target.username,
-        password=target.password,
-        ssl=target.ssl,
-        **options,
-    )
-
-
-def command_client(
-    url: str, settings: PubSubSettings, *, client_name: str | None, max_connections: int
-) -> Redis:
-    """A client for ordinary commands, with redis-py's bounded retries and a bounded pool."""
-    options = _common_options(settings, client_name)
-    if is_sentinel_url(url):
-        return _primary_via_sentinel(url, {**options, "max_connections": max_connections})
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=settings.redis_timeout, **options
-    )
-    return Redis(connection_pool=pool)
-
-
-def link_client(url: str, settings: PubSubSettings, *, client_name: str | None) -> Redis:
-    """A client for the pub/sub link, with no automatic retry.
-
-    redis-py would otherwise reconnect and resubscribe silently, and the manager would never
-    learn that it must register its presence again and tell the application.
+    For a Sentinel URL the clients share one :class:`~redis.asyncio.sentinel.Sentinel`,
+    which finds the current primary and follows failovers.
     """
-    options = {**_common_options(settings, client_name), "retry": Retry(NoBackoff(), 0)}
-    if is_sentinel_url(url):
-        return _primary_via_sentinel(url, options)
-    return Redis.from_url(url, **options)
+
+    def __init__(self, url: str, settings: PubSubSettings, *, client_name: str | None) -> None:
+        self.url = url
+        self._options: dict[str, Any] = {
+            "socket_timeout": settings.redis_timeout,
+            "socket_connect_timeout": settings.redis_timeout,
+            "client_name": client_name,
+        }
+        self._pool_timeout = settings.redis_timeout
+        self._clients: list[Redis] = []
+        self._sentinel: Sentinel | None = None
+        self._target: SentinelTarget | None = None
+        if is_sentinel_url(url):
+            self._target = parse_sentinel_url(url)
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(self._target.sentinels),
+                sentinel_kwargs={
+                    "password": self._target.sentinel_password,
+                    "socket_timeout": settings.redis_timeout,
+                    "socket_connect_timeout": settings.redis_timeout,
+                },
+            )
+
+    def command_client(self, max_connections: int) -> Redis:
+        """A client for ordinary commands: redis-py's bounded retries, a bounded pool."""
+        if self._sentinel is not None:
+            client = self._primary(max_connections=max_connections)
+        else:
+            pool = BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=max_connections,
+                timeout=self._pool_timeout,
+                **self._options,
+            )
+            client = Redis(connection_pool=pool)
+        self._clients.append(client)
+        return client
+
+    def link_client(self) -> Redis:
+        """A client for the pub/sub link, with no automatic retry.
+
+        redis-py would otherwise reconnect and resubscribe silently, and the manager would
+        never learn that it must register its presence again and tell the application.
+        """
+        no_retry = Retry(NoBackoff(), 0)
+        if self._sentinel is not None:
+            client = self._primary(retry=no_retry)
+        else:
+            client = Redis.from_url(self.url, retry=no_retry, **self._options)
+        self._clients.append(client)
+        return client
+
+    def _primary(self, **extra: Any) -> Redis:
+        assert self._sentinel is not None and self._target is not None
+        return self._sentinel.master_for(  # type: ignore[no-any-return]
+            self._target.service_name,
+            db=self._target.db,
+            username=self._target.username,
+            password=self._target.password,
+            ssl=self._target.ssl,
+            **self._options,
+            **extra,
+        )
+
+    async def aclose(self) -> None:
+        """Close every client built here, and the Sentinel connections."""
+        clients, self._clients = self._clients, []
+        for client in clients:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose(close_connection_pool=True)
+        if self._sentinel is not None:
+            for sentinel_client in self._sentinel.sentinels:
+                with contextlib.suppress(RedisError, OSError):
+                    await sentinel_client.aclose()

@@ -50,6 +50,8 @@ class OwnedRedisServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="pubsub-redis-"))
+    #: More redis-server arguments, e.g. ``["--replicaof", "127.0.0.1", "6380"]``.
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -74,6 +76,7 @@ class OwnedRedisServer:
                 self.workdir,
                 "--maxclients",
                 "10000",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -118,3 +121,44 @@ def session_redis_url() -> Iterator[str]:
         host = container.get_container_host_ip()
         port = container.get_exposed_port(6379)
         yield f"redis://{host}:{port}/0"
+
+
+@dataclass
+class OwnedSentinel:
+    """A Redis Sentinel watching one primary under the name ``service``."""
+
+    primary_port: int
+    service: str = "pubsub-primary"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="pubsub-sentinel-"))
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        config = os.path.join(self.workdir, "sentinel.conf")
+        with open(config, "w") as handle:
+            handle.write(
+                f"port {self.port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {self.workdir}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} 1\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+            )
+        self.process = subprocess.Popen(
+            [binary, config, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_until_pingable(f"redis://127.0.0.1:{self.port}/0")
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/0"
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -17,7 +17,7 @@ from ..codec import Envelope, EventKind, OutgoingFrame, decode_envelope, encode_
 from ..connection import ClientConnection
 from ..errors import ConfigurationError, MalformedMessageError, MessageTooLargeError, PublishError
 from ..keys import RedisKeys
-from ..redis_clients import command_client, link_client
+from ..redis_clients import RedisEndpoint
 from ..settings import PubSubSettings
 from . import _scripts
 from .base import ConnectionManager
@@ -63,6 +63,7 @@ class RedisConnectionManager(ConnectionManager):
         self._probe: tuple[bytes, asyncio.Future[None]] | None = None
         self._redis: Redis | None = None
         self._link_client: Redis | None = None
+        self._endpoint: RedisEndpoint | None = None
         self._pubsub: PubSub | None = None
         self._control_topic = f"{self.keys.prefix}:control:{self.worker_id}"
         self._subscribed: set[str] = set()
@@ -79,14 +80,11 @@ class RedisConnectionManager(ConnectionManager):
         """Connect to Redis, write the heartbeat and start the listener; fails if Redis is down."""
         if self._running:
             return
-        name = f"{self.keys.prefix}:{self.worker_id}"
-        self._redis = command_client(
-            self.redis_url,
-            self.settings,
-            client_name=name,
-            max_connections=MAX_REDIS_CONNECTIONS,
+        self._endpoint = RedisEndpoint(
+            self.redis_url, self.settings, client_name=f"{self.keys.prefix}:{self.worker_id}"
         )
-        self._link_client = link_client(self.redis_url, self.settings, client_name=name)
+        self._redis = self._endpoint.command_client(MAX_REDIS_CONNECTIONS)
+        self._link_client = self._endpoint.link_client()
         self._join_script = self._redis.register_script(_scripts.JOIN)
         self._leave_script = self._redis.register_script(_scripts.LEAVE)
         self._reap_script = self._redis.register_script(_scripts.REAP)
@@ -120,11 +118,9 @@ class RedisConnectionManager(ConnectionManager):
 
     async def _close_redis(self) -> None:
         await self._drop_link()
-        for client in (self._link_client, self._redis):
-            if client is not None:
-                with contextlib.suppress(*REDIS_DOWN):
-                    await client.aclose(close_connection_pool=True)
-        self._redis = self._link_client = None
+        if self._endpoint is not None:
+            await self._endpoint.aclose()
+        self._redis = self._link_client = self._endpoint = None
 
     @property
     def _safe_url(self) -> str:
