@@ -23,7 +23,14 @@ from fastapi_pubsub_cluster.errors import CloseCode
 from fastapi_pubsub_cluster.managers.redis import MAX_REDIS_CONNECTIONS
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
-from tests.live import close_code_of, connect, recv_until, serve, uvicorn_process
+from tests.live import (
+    close_code_of,
+    connect,
+    recv_until,
+    serve,
+    uvicorn_process,
+    wait_for_async_condition,
+)
 from tests.redis_servers import OwnedRedisServer, OwnedSentinel
 from tests.tcp_proxy import DeafeningProxy
 
@@ -157,23 +164,17 @@ def sentinel_setup() -> Any:
         primary.close()
 
 
-async def wait_for_async(check: Any, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.1)
-
-
 async def test_sentinel_failover_broadcasts_resume_on_the_new_primary(
     sentinel_setup: Any, key_prefix: str
 ) -> None:
-    primary, replica, sentinel = sentinel_setup
+    _primary, replica, sentinel = sentinel_setup
     watcher = aioredis.Redis.from_url(f"redis://127.0.0.1:{sentinel.port}/0")
 
     async def replica_known() -> bool:
         replicas = await watcher.sentinel_slaves(sentinel.service)
         return any(r.get("master-link-status") == "ok" for r in replicas)
 
-    await wait_for_async(replica_known, 20)
+    await wait_for_async_condition(replica_known, 20)
     hub = PubSubHub(settings=make_settings(key_prefix, sentinel.url))
     async with hub, serve(build_app(hub)) as url:
         ws = await connect(f"{url}/ws/ha")
@@ -185,7 +186,7 @@ async def test_sentinel_failover_broadcasts_resume_on_the_new_primary(
             address = await watcher.sentinel_get_master_addr_by_name(sentinel.service)
             return address is not None and int(address[1]) == replica.port
 
-        await wait_for_async(replica_promoted, 20)
+        await wait_for_async_condition(replica_promoted, 20)
         async with asyncio.timeout(15):
             attempt = 0
             while True:
@@ -248,7 +249,7 @@ async def test_redis_connections_per_worker_stay_a_small_constant(
                     health = (await http.get(f"{base}/healthz")).json()
                     return bool(health["local_connections"] == 0)
 
-                await wait_for_async(drained, 20)
+                await wait_for_async_condition(drained, 20)
         after = redis_connections_by_worker(await admin.client_list(), key_prefix)
         print(f"Redis connections per worker: before {before}, after 2,000 sockets {after}")
         assert len(after) == 2
