@@ -18,6 +18,7 @@ class EventKind(StrEnum):
     """What an envelope on a channel's Redis topic carries."""
 
     MESSAGE = "m"  # a published payload for every client of the channel
+    STORED = "h"  # the same, also kept in the channel's history; ref is its stream id
     JOIN = "j"  # a connection entered the channel
     LEAVE = "l"  # a connection left the channel
 
@@ -59,6 +60,47 @@ def encode_envelope(envelope: Envelope) -> bytes:
         raise MalformedMessageError(f"payload cannot be encoded with msgpack: {exc}") from exc
 
 
+def encode_payload(payload: Any) -> bytes:
+    """msgpack bytes of a payload; MalformedMessageError if msgpack cannot hold it."""
+    try:
+        return msgpack.packb(payload, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MalformedMessageError(f"payload cannot be encoded with msgpack: {exc}") from exc
+
+
+def stored_envelope_head(channel: str, origin: str) -> bytes:
+    """The first four items of a STORED envelope, with the array header for all seven.
+
+    Redis appends the stream id, the sequence and the payload bytes inside the script that
+    stores the message, so that the id it announces is the id it stored.
+    """
+    head = b"".join(
+        msgpack.packb(item, use_bin_type=True)
+        for item in (ENVELOPE_VERSION, EventKind.STORED.value, channel, origin)
+    )
+    return b"\x97" + head  # fixarray of 7
+
+
+def decode_stored(fields: dict[Any, Any]) -> Any:
+    """The payload of a stream entry written by the STORE script (field ``p``)."""
+    raw = fields.get(b"p", fields.get("p"))
+    if not isinstance(raw, bytes):
+        raise MalformedMessageError("stream entry has no payload field")
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise MalformedMessageError(f"stream entry payload is not msgpack: {exc}") from exc
+
+
+def stream_id_order(stream_id: str) -> tuple[int, int]:
+    """Sort key of a Redis stream id ``"<ms>-<seq>"``; malformed ids sort first."""
+    ms, _, seq = stream_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return -1, -1
+
+
 def decode_envelope(data: bytes) -> Envelope:
     """Unpack an envelope; other bytes (a foreign publisher's) raise MalformedMessageError."""
     try:
@@ -78,12 +120,17 @@ def decode_envelope(data: bytes) -> Envelope:
 
 
 class OutgoingFrame:
-    """A payload for many clients, encoded at most once per wire format."""
+    """A payload for many clients, encoded at most once per wire format.
 
-    __slots__ = ("_binary", "_text", "payload")
+    ``stream_id`` is set for messages of a channel with history: the id a client sends
+    back to resume after it, and what replay uses to avoid duplicates.
+    """
 
-    def __init__(self, payload: Any) -> None:
+    __slots__ = ("_binary", "_text", "payload", "stream_id")
+
+    def __init__(self, payload: Any, stream_id: str | None = None) -> None:
         self.payload = payload
+        self.stream_id = stream_id
         self._text: str | None = None
         self._binary: bytes | None = None
 
@@ -129,3 +176,13 @@ def decode_client_binary(data: bytes) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise MalformedMessageError(f"binary frame is not valid msgpack: {exc}") from exc
+
+
+def stored_message_frame(stream_id: str, payload: Any) -> OutgoingFrame:
+    """What a client of a channel with history receives: ``{"id": ..., "data": ...}``."""
+    return OutgoingFrame({"id": stream_id, "data": payload}, stream_id=stream_id)
+
+
+def history_gap_frame(since: str, oldest: str | None) -> OutgoingFrame:
+    """Tells a resuming client that history no longer reaches back to ``since``."""
+    return OutgoingFrame({"history_gap": {"since": since, "oldest": oldest}})

@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from .codec import OutgoingFrame
+from .codec import OutgoingFrame, stream_id_order
 from .errors import CloseCode
 from .settings import SlowClientPolicy, WireFormat
 
@@ -47,6 +47,9 @@ class ClientConnection:
         #: The owning socket's ``generate_object_to_send``, run once per membership event.
         self.generate = generate
         self.dropped_messages = 0
+        #: Stream id the client asked to resume after (``?since=``), on channels with history.
+        self.resume_from: str | None = None
+        self._held: list[OutgoingFrame] | None = None
         #: The owning socket's ``on_reconnect``, called after the Redis link came back.
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
         #: Set by the manager: called once when the client is dropped for falling behind.
@@ -78,8 +81,40 @@ class ClientConnection:
         """
         if self._closing:
             return False
+        if self._held is not None:
+            # Replaying history: live messages wait, so that none overtakes the replay.
+            if len(self._held) >= self._queue_size:
+                self._on_overflow()
+                return False
+            self._held.append(frame)
+            return True
+        return self._push(frame, bounded=True)
+
+    def hold_live_messages(self) -> None:
+        """Keep live messages aside until :meth:`finish_replay` (call before joining)."""
+        self._held = []
+
+    def finish_replay(self, replayed: list[OutgoingFrame], last_id: str | None) -> None:
+        """Queue ``replayed`` in order, then the held live messages that are newer."""
+        held, self._held = self._held or [], None
+        if self._closing:
+            return
+        for frame in replayed:
+            self._push(frame, bounded=False)  # history is bounded by history_size itself
+        cutoff = stream_id_order(last_id) if last_id is not None else None
+        for frame in held:
+            if (
+                cutoff is not None
+                and frame.stream_id is not None
+                and stream_id_order(frame.stream_id) <= cutoff
+            ):
+                continue  # already part of the replay
+            if not self.offer(frame):
+                return
+
+    def _push(self, frame: OutgoingFrame, *, bounded: bool) -> bool:
         data: str | bytes = frame.text if self.wire_format == "json" else frame.binary
-        if len(self._outbox) >= self._queue_size:
+        if bounded and len(self._outbox) >= self._queue_size:
             if self._policy == "drop_oldest":
                 self._outbox.popleft()
                 self.dropped_messages += 1

@@ -12,6 +12,7 @@ class RedisKeys:
     ``<prefix>:channel:<id>``   set of connection ids in a channel (cluster-wide presence)
     ``<prefix>:seq:<id>``       counter of the channel's membership events
     ``<prefix>:topic:<id>``     pub/sub topic carrying the channel's envelopes
+    ``<prefix>:history:<id>``   stream of the channel's messages, if it keeps history
     ``<prefix>:workers``        set of worker ids that hold presence
     ``<prefix>:worker:<w>:conns``  hash connection id -> channel, owned by worker ``w``
     ``<prefix>:worker:<w>:alive``  heartbeat of worker ``w``, with a TTL
@@ -24,6 +25,9 @@ class RedisKeys:
 
     def seq(self, channel: str) -> str:
         return f"{self.prefix}:seq:{channel}"
+
+    def history(self, channel: str) -> str:
+        return f"{self.prefix}:history:{channel}"
 
     def topic(self, channel: str) -> str:
         return f"{self.prefix}:topic:{channel}"

@@ -5,31 +5,56 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import redis
 
-from .codec import Envelope, EventKind, encode_envelope
+from .codec import Envelope, EventKind, encode_envelope, encode_payload, stored_envelope_head
 from .credentials import RedisCredentialsLike, redis_url_from
 from .errors import ConfigurationError, MessageTooLargeError, PublishError
 from .keys import RedisKeys
+from .managers._scripts import STORE
 from .redis_clients import RedisEndpoint, is_sentinel_url
 from .settings import PubSubSettings
 
 _ORIGIN = f"publisher-{socket.gethostname()}-{os.getpid()}"
 
 
-def _encode(settings: PubSubSettings, channel: str, payload: Any) -> tuple[str, bytes]:
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One publication, ready for a sync or an async client: a PUBLISH, or for a channel
+    with history the STORE script (append to the stream and announce)."""
+
+    topic: str
+    data: bytes
+    stream_key: str | None = None
+    script_args: tuple[str | bytes | int, ...] = ()
+
+
+def _prepare(settings: PubSubSettings, channel: str, payload: Any) -> _Prepared:
     settings.validate_channel_id(channel)
-    data = encode_envelope(
-        Envelope(EventKind.MESSAGE, channel, _ORIGIN, uuid.uuid4().hex, 0, payload)
-    )
+    keys = RedisKeys(settings.key_prefix)
+    if settings.has_history(channel):
+        data = encode_payload(payload)
+    else:
+        envelope = Envelope(EventKind.MESSAGE, channel, _ORIGIN, uuid.uuid4().hex, 0, payload)
+        data = encode_envelope(envelope)
     if len(data) > settings.max_message_bytes:
         raise MessageTooLargeError(
             f"message is {len(data)} bytes; the limit is {settings.max_message_bytes}"
         )
-    return RedisKeys(settings.key_prefix).topic(channel), data
+    if not settings.has_history(channel):
+        return _Prepared(keys.topic(channel), data)
+    args = (
+        keys.topic(channel),
+        stored_envelope_head(channel, _ORIGIN),
+        data,
+        settings.history_size,
+        int(settings.history_ttl * 1000),
+    )
+    return _Prepared(keys.topic(channel), data, keys.history(channel), args)
 
 
 class RedisPublisher:
@@ -49,12 +74,16 @@ class RedisPublisher:
         self.settings = settings if settings is not None else PubSubSettings.from_env()
         self._endpoint = RedisEndpoint(redis_url_from(redis_url), self.settings, client_name=None)
         self._redis = self._endpoint.command_client(max_connections=4)
+        self._store = self._redis.register_script(STORE)
 
     async def publish(self, channel: str, payload: Any) -> int:
         """Publish ``payload``; returns how many workers received it."""
-        topic, data = _encode(self.settings, channel, payload)
+        prepared = _prepare(self.settings, channel, payload)
         try:
-            return int(await self._redis.publish(topic, data))
+            if prepared.stream_key is None:
+                return int(await self._redis.publish(prepared.topic, prepared.data))
+            _, receivers = await self._store(keys=[prepared.stream_key], args=prepared.script_args)
+            return int(receivers)
         except (redis.RedisError, OSError) as exc:
             raise PublishError(f"cannot publish to {channel!r}: {exc}") from exc
 
@@ -83,7 +112,7 @@ def publish_sync(
 ) -> int:
     """Publish from synchronous code (a script, Celery, Django); returns workers reached."""
     settings = settings if settings is not None else PubSubSettings.from_env()
-    topic, data = _encode(settings, channel, payload)
+    prepared = _prepare(settings, channel, payload)
     url = redis_url_from(redis_url)
     if is_sentinel_url(url):
         raise ConfigurationError("publish_sync takes a plain Redis URL; use RedisPublisher")
@@ -93,7 +122,10 @@ def publish_sync(
         socket_connect_timeout=settings.redis_timeout,
     )
     try:
-        return int(client.publish(topic, data))
+        if prepared.stream_key is None:
+            return int(client.publish(prepared.topic, prepared.data))
+        _, receivers = client.eval(STORE, 1, prepared.stream_key, *prepared.script_args)
+        return int(receivers)
     except (redis.RedisError, OSError) as exc:
         raise PublishError(f"cannot publish to {channel!r}: {exc}") from exc
     finally:

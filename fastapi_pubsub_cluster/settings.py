@@ -18,6 +18,8 @@ ENV_PREFIX = "PUBSUB_"
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
 
 @dataclass(frozen=True, slots=True)
 class PubSubSettings:
@@ -59,7 +61,15 @@ class PubSubSettings:
     #: Close local clients with 1012 after the Redis link was lost, so that they reconnect
     #: and resync, instead of only calling the ``on_reconnect`` hooks.
     close_clients_on_reconnect: bool = False
+    #: Channels that keep history (a full-match regular expression; empty: none). Their
+    #: clients receive ``{"id": ..., "data": ...}`` and may resume with ``?since=<id>``.
+    history_channels: str = ""
+    #: Messages kept per channel with history (approximately, for Redis streams).
+    history_size: int = 1000
+    #: Seconds a channel's history lives after its last message.
+    history_ttl: float = 86400.0
     _channel_regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _history_regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         positive = (
@@ -68,7 +78,8 @@ class PubSubSettings:
             "max_channel_id_length",
             "send_queue_size",
         )
-        for name in (*positive, "redis_timeout", "reconnect_delay_initial", "close_timeout"):
+        timers = ("redis_timeout", "reconnect_delay_initial", "close_timeout")
+        for name in (*positive, *timers, "history_size", "history_ttl"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.probe_interval < 0 or self.probe_timeout <= 0:
@@ -86,6 +97,22 @@ class PubSubSettings:
         except re.error as exc:
             raise ConfigurationError(f"channel_id_pattern is not a valid regex: {exc}") from exc
         object.__setattr__(self, "_channel_regex", regex)
+        try:
+            history = re.compile(self.history_channels) if self.history_channels else None
+        except re.error as exc:
+            raise ConfigurationError(f"history_channels is not a valid regex: {exc}") from exc
+        object.__setattr__(self, "_history_regex", history)
+
+    def has_history(self, channel_id: str) -> bool:
+        """True if ``channel_id`` keeps history (see ``history_channels``)."""
+        return self._history_regex is not None and bool(self._history_regex.fullmatch(channel_id))
+
+    @staticmethod
+    def validate_stream_id(stream_id: str) -> str:
+        """Return a resume position ``<ms>-<seq>`` if well formed, else raise."""
+        if _STREAM_ID.fullmatch(stream_id) is None:
+            raise InvalidChannelError(f"resume position {stream_id[:40]!r} is not a stream id")
+        return stream_id
 
     def validate_channel_id(self, channel_id: object) -> str:
         """Return ``channel_id`` if it is acceptable, else raise :class:`InvalidChannelError`."""

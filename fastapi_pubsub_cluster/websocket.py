@@ -54,6 +54,8 @@ class BasePubSubWebSocket:
         self.wire_format: WireFormat = wire_format or _requested_format(
             websocket, self.hub.settings.wire_format
         )
+        #: Stream id to resume after on a channel with history (the ``since`` query parameter).
+        self.resume_from: str | None = websocket.query_params.get("since")
         self._connection: ClientConnection | None = None
 
     @property
@@ -143,6 +145,8 @@ class BasePubSubWebSocket:
         settings = self.hub.settings
         try:
             settings.validate_channel_id(self.channel_id)
+            if self.resume_from is not None:
+                settings.validate_stream_id(self.resume_from)
         except InvalidChannelError as exc:
             logger.info("rejected a socket: %s", exc)
             await self._refuse(_reason(str(exc)))
@@ -163,6 +167,7 @@ class BasePubSubWebSocket:
             generate=self.generate_object_to_send,
         )
         connection.on_reconnect = self.on_reconnect
+        connection.resume_from = self.resume_from
         self._connection = connection
         close_code: int = CloseCode.NORMAL
         connection.start_writer()

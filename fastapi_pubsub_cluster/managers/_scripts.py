@@ -60,3 +60,15 @@ redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('SREM', KEYS[1], ARGV[2])
 return removed
 """
+
+# Stores a message in the channel's stream and announces it with the id it got, in one step.
+# KEYS: the channel's stream
+# ARGV: topic, envelope head (see codec.stored_envelope_head), payload msgpack bytes,
+#       approximate length to keep, TTL in ms
+STORE = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'p', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local receivers = redis.call('PUBLISH', ARGV[1],
+  ARGV[2] .. cmsgpack.pack(id) .. cmsgpack.pack(0) .. ARGV[3])
+return {id, receivers}
+"""

@@ -10,7 +10,7 @@ import uuid
 from abc import ABC, abstractmethod
 from typing import Any
 
-from ..codec import OutgoingFrame
+from ..codec import OutgoingFrame, history_gap_frame, stored_message_frame
 from ..connection import ClientConnection
 from ..errors import CloseCode, MalformedMessageError
 from ..settings import PubSubSettings
@@ -62,12 +62,35 @@ class ConnectionManager(ABC):
         register it; the connection is then not registered anywhere.
         """
         connection.on_evicted = self._evict
+        since = connection.resume_from
+        if since is not None:
+            connection.hold_live_messages()
         self._add_local(connection)
         try:
             await self._announce_join(connection, notify)
+            if since is not None:
+                await self._replay(connection, since)
         except BaseException:
             self._remove_local(connection)
             raise
+
+    async def _replay(self, connection: ClientConnection, since: str) -> None:
+        """Send what the channel published after ``since``, then resume live delivery."""
+        channel = connection.channel
+        if not self.settings.has_history(channel):
+            connection.finish_replay([history_gap_frame(since, None)], None)
+            return
+        entries, oldest, complete = await self._history_after(channel, since)
+        frames = [] if complete else [history_gap_frame(since, oldest)]
+        frames.extend(stored_message_frame(stream_id, payload) for stream_id, payload in entries)
+        connection.finish_replay(frames, entries[-1][0] if entries else since)
+
+    @abstractmethod
+    async def _history_after(
+        self, channel: str, since: str
+    ) -> tuple[list[tuple[str, Any]], str | None, bool]:
+        """Stored messages after ``since`` in order, the oldest id kept, and whether the
+        history still reaches back to ``since`` (nothing after it was trimmed away)."""
 
     async def disconnect(self, connection: ClientConnection, *, notify: bool = True) -> None:
         """Unregister a local connection; a second call does nothing.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..codec import OutgoingFrame
+from ..codec import OutgoingFrame, encode_payload, stored_message_frame
 from ..connection import ClientConnection
 from ..errors import MessageTooLargeError
+from ..history import LocalHistory
+from ..settings import PubSubSettings
 from .base import ConnectionManager
 
 
@@ -16,6 +18,10 @@ class InMemoryConnectionManager(ConnectionManager):
     Use it for one worker, development and tests. With several workers, each has its own
     view: use :class:`~fastapi_pubsub_cluster.managers.redis.RedisConnectionManager`.
     """
+
+    def __init__(self, settings: PubSubSettings) -> None:
+        super().__init__(settings)
+        self._histories: dict[str, LocalHistory] = {}
 
     async def start(self) -> None:
         """Nothing to open."""
@@ -35,14 +41,28 @@ class InMemoryConnectionManager(ConnectionManager):
     async def publish(self, channel: str, payload: Any) -> None:
         """Deliver ``payload`` to the channel's clients in this process."""
         self.settings.validate_channel_id(channel)
-        frame = OutgoingFrame(payload)
         # Check encodability and size once, as the Redis manager does before PUBLISH.
-        size = len(frame.binary)
+        size = len(encode_payload(payload))
         if size > self.settings.max_message_bytes:
             raise MessageTooLargeError(
                 f"message is {size} bytes; the limit is {self.settings.max_message_bytes}"
             )
-        self._deliver(channel, frame)
+        if self.settings.has_history(channel):
+            history = self._histories.get(channel)
+            if history is None:
+                history = LocalHistory(self.settings.history_size, self.settings.history_ttl)
+                self._histories[channel] = history
+            self._deliver(channel, stored_message_frame(history.append(payload), payload))
+        else:
+            self._deliver(channel, OutgoingFrame(payload))
+
+    async def _history_after(
+        self, channel: str, since: str
+    ) -> tuple[list[tuple[str, Any]], str | None, bool]:
+        history = self._histories.get(channel)
+        if history is None:
+            return [], None, True
+        return history.after(since)
 
     async def members(self, channel: str) -> frozenset[str]:
         """Connection ids in ``channel``."""

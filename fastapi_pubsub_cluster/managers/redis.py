@@ -13,7 +13,18 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from ..codec import Envelope, EventKind, OutgoingFrame, decode_envelope, encode_envelope
+from ..codec import (
+    Envelope,
+    EventKind,
+    OutgoingFrame,
+    decode_envelope,
+    decode_stored,
+    encode_envelope,
+    encode_payload,
+    stored_envelope_head,
+    stored_message_frame,
+    stream_id_order,
+)
 from ..connection import ClientConnection
 from ..errors import ConfigurationError, MalformedMessageError, MessageTooLargeError, PublishError
 from ..keys import RedisKeys
@@ -70,6 +81,9 @@ class RedisConnectionManager(ConnectionManager):
         self._loading: dict[str, list[Envelope]] = {}
         self._seq: dict[str, int] = {}
         self._unannounced_leaves: dict[str, ClientConnection] = {}
+        # Newest stored message delivered per channel with history: replay after a lost
+        # link starts there, and older or repeated ids are never delivered twice.
+        self._last_stored: dict[str, str] = {}
         self._link_lock = asyncio.Lock()
         self._link_up = asyncio.Event()
         self._running = False
@@ -88,6 +102,7 @@ class RedisConnectionManager(ConnectionManager):
         self._join_script = self._redis.register_script(_scripts.JOIN)
         self._leave_script = self._redis.register_script(_scripts.LEAVE)
         self._reap_script = self._redis.register_script(_scripts.REAP)
+        self._store_script = self._redis.register_script(_scripts.STORE)
         try:
             await self._open_link()
         except REDIS_DOWN as exc:
@@ -181,20 +196,74 @@ class RedisConnectionManager(ConnectionManager):
         return frozenset(_text(m) for m in raw)
 
     async def publish(self, channel: str, payload: Any) -> None:
-        """Encode once and PUBLISH once; raises PublishError within a bound if Redis is down."""
+        """Encode once and PUBLISH once; raises PublishError within a bound if Redis is down.
+
+        On a channel with history the message is also appended to its stream, in the same
+        atomic step, and announced with its stream id.
+        """
         self.settings.validate_channel_id(channel)
-        data = encode_envelope(
-            Envelope(EventKind.MESSAGE, channel, self.worker_id, uuid.uuid4().hex, 0, payload)
-        )
+        if self.settings.has_history(channel):
+            data = encode_payload(payload)
+        else:
+            data = encode_envelope(
+                Envelope(EventKind.MESSAGE, channel, self.worker_id, uuid.uuid4().hex, 0, payload)
+            )
         if len(data) > self.settings.max_message_bytes:
             raise MessageTooLargeError(
                 f"message is {len(data)} bytes; the limit is {self.settings.max_message_bytes}"
             )
         try:
             async with asyncio.timeout(self.settings.redis_timeout * 2):
-                await self._client().publish(self.keys.topic(channel), data)
+                if self.settings.has_history(channel):
+                    await self._store(channel, data)
+                else:
+                    await self._client().publish(self.keys.topic(channel), data)
         except REDIS_DOWN as exc:
             raise PublishError(f"cannot publish to {channel!r}, Redis unavailable: {exc}") from exc
+
+    async def _store(self, channel: str, payload: bytes) -> None:
+        await self._store_script(
+            keys=[self.keys.history(channel)],
+            args=[
+                self.keys.topic(channel),
+                stored_envelope_head(channel, self.worker_id),
+                payload,
+                self.settings.history_size,
+                int(self.settings.history_ttl * 1000),
+            ],
+        )
+
+    async def _history_after(
+        self, channel: str, since: str
+    ) -> tuple[list[tuple[str, Any]], str | None, bool]:
+        key = self.keys.history(channel)
+        client = self._client()
+        try:
+            entries = await client.xrange(key, min=f"({since}", max="+")
+            info = await client.xinfo_stream(key) if entries or await client.exists(key) else None
+        except REDIS_DOWN as exc:
+            raise PublishError(f"cannot read history, Redis unavailable: {exc}") from exc
+        replay = []
+        for stream_id, fields in entries or []:
+            try:
+                replay.append((_text(stream_id or b""), decode_stored(fields or {})))
+            except MalformedMessageError as exc:
+                logger.warning("skipped history entry %r of %r: %s", stream_id, channel, exc)
+        if info is None:
+            return replay, None, False  # expired or never written: cannot vouch for the gap
+        first = info.get("first-entry")
+        oldest = _text(first[0]) if first else None
+        # Trimming removes the oldest entries, and the stream does not record their ids: the
+        # history reaches back to ``since`` if nothing was ever removed, or if ``since`` is
+        # still kept. (A ``since`` that was itself trimmed counts as a gap: safe, as the
+        # client then resyncs.)
+        trimmed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
+        max_deleted = _text(info.get("max-deleted-entry-id") or b"0-0")
+        reaches_back = not trimmed or (
+            oldest is not None and stream_id_order(oldest) <= stream_id_order(since)
+        )
+        complete = reaches_back and stream_id_order(max_deleted) <= stream_id_order(since)
+        return replay, oldest, complete
 
     # -- the pub/sub link --------------------------------------------------------------
 
@@ -225,6 +294,7 @@ class RedisConnectionManager(ConnectionManager):
                 self._subscribed.discard(channel)
                 self._members.pop(channel, None)
                 self._seq.pop(channel, None)
+                self._last_stored.pop(channel, None)
                 await pubsub.unsubscribe(self.keys.topic(channel))
 
     async def _load_membership(self, channel: str) -> None:
@@ -255,6 +325,7 @@ class RedisConnectionManager(ConnectionManager):
                 for channel in channels:
                     self._loading[channel] = []
                     await self._load_membership(channel)
+                    await self._replay_missed(channel)
             except BaseException:
                 self._pubsub = None
                 self._subscribed.clear()
@@ -345,11 +416,32 @@ class RedisConnectionManager(ConnectionManager):
         if envelope.kind is EventKind.MESSAGE:
             self._deliver(envelope.channel, OutgoingFrame(envelope.payload))
             return
+        if envelope.kind is EventKind.STORED:
+            self._deliver_stored(envelope.channel, envelope.ref, envelope.payload)
+            return
         buffered = self._loading.get(envelope.channel)
         if buffered is not None:
             buffered.append(envelope)
         else:
             self._apply_membership_event(envelope)
+
+    def _deliver_stored(self, channel: str, stream_id: str, payload: Any) -> None:
+        last = self._last_stored.get(channel)
+        if last is not None and stream_id_order(stream_id) <= stream_id_order(last):
+            return  # already delivered by a replay
+        self._last_stored[channel] = stream_id
+        self._deliver(channel, stored_message_frame(stream_id, payload))
+
+    async def _replay_missed(self, channel: str) -> None:
+        """After a lost link, deliver what the channel stored meanwhile (history channels)."""
+        last = self._last_stored.get(channel)
+        if last is None or not self.settings.has_history(channel):
+            return
+        entries, _, _ = await self._history_after(channel, last)
+        for stream_id, payload in entries:
+            self._deliver_stored(channel, stream_id, payload)
+        if entries:
+            logger.info("replayed %d missed messages on %r", len(entries), channel)
 
     def _apply_membership_event(self, envelope: Envelope) -> None:
         channel = envelope.channel
