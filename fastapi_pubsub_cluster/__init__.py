@@ -15,6 +15,7 @@ from .hub import PubSubHub, close_implicit_hubs
 from .managers.base import ConnectionManager
 from .managers.memory import InMemoryConnectionManager
 from .managers.redis import RedisConnectionManager
+from .metrics import Metrics, PrometheusMetrics
 from .publisher import RedisPublisher, publish_sync
 from .settings import PubSubSettings
 from .websocket import BasePubSubWebSocket
@@ -29,6 +30,8 @@ __all__ = [
     "InvalidChannelError",
     "MalformedMessageError",
     "MessageTooLargeError",
+    "Metrics",
+    "PrometheusMetrics",
     "PubSubError",
     "PubSubHub",
     "PubSubSettings",

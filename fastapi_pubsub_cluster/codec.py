@@ -27,10 +27,12 @@ class EventKind(StrEnum):
 class Envelope:
     """One event on a channel, as it crosses Redis.
 
-    Encoded as a msgpack array ``[version, kind, channel, origin, ref, seq, payload]``:
-    ``ref`` is the message id (MESSAGE) or the connection id (JOIN/LEAVE); ``seq`` is the
-    channel's membership sequence number (0 for MESSAGE); ``payload`` is the published
-    object (MESSAGE) or whether clients should be notified (JOIN/LEAVE).
+    Encoded as a msgpack array ``[version, kind, channel, origin, ref, seq, payload,
+    sent_at]``: ``ref`` is the message id (MESSAGE), the stream id (STORED) or the
+    connection id (JOIN/LEAVE); ``seq`` is the channel's membership sequence number (0 for
+    messages); ``payload`` is the published object (messages) or whether clients should be
+    notified (JOIN/LEAVE); ``sent_at`` is the publisher's clock in Unix seconds (0 for
+    membership events), for the publish-to-delivery latency metric.
     """
 
     kind: EventKind
@@ -39,6 +41,7 @@ class Envelope:
     ref: str
     seq: int = 0
     payload: Any = None
+    sent_at: float = 0.0
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
@@ -53,6 +56,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
                 envelope.ref,
                 envelope.seq,
                 envelope.payload,
+                envelope.sent_at,
             ],
             use_bin_type=True,
         )
@@ -69,16 +73,21 @@ def encode_payload(payload: Any) -> bytes:
 
 
 def stored_envelope_head(channel: str, origin: str) -> bytes:
-    """The first four items of a STORED envelope, with the array header for all seven.
+    """The first four items of a STORED envelope, with the array header for all eight.
 
-    Redis appends the stream id, the sequence and the payload bytes inside the script that
-    stores the message, so that the id it announces is the id it stored.
+    Redis appends the stream id, the sequence, the payload bytes and ``sent_at`` inside the
+    script that stores the message, so that the id it announces is the id it stored.
     """
     head = b"".join(
         msgpack.packb(item, use_bin_type=True)
         for item in (ENVELOPE_VERSION, EventKind.STORED.value, channel, origin)
     )
-    return b"\x97" + head  # fixarray of 7
+    return b"\x98" + head  # fixarray of 8
+
+
+def packed_timestamp(seconds: float) -> bytes:
+    """``sent_at`` as msgpack bytes, for the store script to append."""
+    return msgpack.packb(float(seconds))
 
 
 def decode_stored(fields: dict[Any, Any]) -> Any:
@@ -107,16 +116,18 @@ def decode_envelope(data: bytes) -> Envelope:
         items = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise MalformedMessageError(f"not a msgpack envelope: {exc}") from exc
-    if not isinstance(items, list) or len(items) != 7 or items[0] != ENVELOPE_VERSION:
-        raise MalformedMessageError("not a version-1 envelope array of 7 items")
-    _, kind, channel, origin, ref, seq, payload = items
+    if not isinstance(items, list) or len(items) != 8 or items[0] != ENVELOPE_VERSION:
+        raise MalformedMessageError("not a version-1 envelope array of 8 items")
+    _, kind, channel, origin, ref, seq, payload, sent_at = items
     try:
         event_kind = EventKind(kind)
     except ValueError as exc:
         raise MalformedMessageError(f"unknown envelope kind {kind!r}") from exc
     if not all(isinstance(v, str) for v in (channel, origin, ref)) or not isinstance(seq, int):
         raise MalformedMessageError("envelope fields have the wrong types")
-    return Envelope(event_kind, channel, origin, ref, seq, payload)
+    if not isinstance(sent_at, int | float):
+        raise MalformedMessageError("envelope timestamp is not a number")
+    return Envelope(event_kind, channel, origin, ref, seq, payload, float(sent_at))
 
 
 class OutgoingFrame:

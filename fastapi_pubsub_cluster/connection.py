@@ -52,6 +52,8 @@ class ClientConnection:
         self._held: list[OutgoingFrame] | None = None
         #: The owning socket's ``on_reconnect``, called after the Redis link came back.
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
+        #: Set by the manager: called each time the drop_oldest policy discards a message.
+        self.on_dropped: Callable[[], None] | None = None
         #: Set by the manager: called once when the client is dropped for falling behind.
         self.on_evicted: Callable[[ClientConnection], None] | None = None
         self._queue_size = queue_size
@@ -118,6 +120,8 @@ class ClientConnection:
             if self._policy == "drop_oldest":
                 self._outbox.popleft()
                 self.dropped_messages += 1
+                if self.on_dropped is not None:
+                    self.on_dropped()
             else:
                 self._on_overflow()
                 return False

@@ -15,6 +15,7 @@ from .errors import HubClosedError
 from .managers.base import ConnectionManager
 from .managers.memory import InMemoryConnectionManager
 from .managers.redis import RedisConnectionManager
+from .metrics import Metrics
 from .settings import PubSubSettings
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -43,15 +44,16 @@ class PubSubHub:
         redis_url: RedisCredentialsLike | None = None,
         *,
         settings: PubSubSettings | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         settings = settings if settings is not None else PubSubSettings.from_env()
         if redis_url is not None:
             settings = settings.with_changes(redis_url=redis_url_from(redis_url))
         self.settings = settings
         self.manager: ConnectionManager = (
-            RedisConnectionManager(settings)
+            RedisConnectionManager(settings, metrics=metrics)
             if settings.redis_url
-            else InMemoryConnectionManager(settings)
+            else InMemoryConnectionManager(settings, metrics)
         )
         self._state = "new"
         self._start_lock = asyncio.Lock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
@@ -11,7 +12,14 @@ from typing import Any
 
 import redis
 
-from .codec import Envelope, EventKind, encode_envelope, encode_payload, stored_envelope_head
+from .codec import (
+    Envelope,
+    EventKind,
+    encode_envelope,
+    encode_payload,
+    packed_timestamp,
+    stored_envelope_head,
+)
 from .credentials import RedisCredentialsLike, redis_url_from
 from .errors import ConfigurationError, MessageTooLargeError, PublishError
 from .keys import RedisKeys
@@ -39,7 +47,9 @@ def _prepare(settings: PubSubSettings, channel: str, payload: Any) -> _Prepared:
     if settings.has_history(channel):
         data = encode_payload(payload)
     else:
-        envelope = Envelope(EventKind.MESSAGE, channel, _ORIGIN, uuid.uuid4().hex, 0, payload)
+        envelope = Envelope(
+            EventKind.MESSAGE, channel, _ORIGIN, uuid.uuid4().hex, 0, payload, time.time()
+        )
         data = encode_envelope(envelope)
     if len(data) > settings.max_message_bytes:
         raise MessageTooLargeError(
@@ -53,6 +63,7 @@ def _prepare(settings: PubSubSettings, channel: str, payload: Any) -> _Prepared:
         data,
         settings.history_size,
         int(settings.history_ttl * 1000),
+        packed_timestamp(time.time()),
     )
     return _Prepared(keys.topic(channel), data, keys.history(channel), args)
 

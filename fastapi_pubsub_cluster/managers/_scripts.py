@@ -19,7 +19,7 @@ redis.call('HSET', KEYS[3], ARGV[4], ARGV[2])
 local seq = redis.call('INCR', KEYS[2])
 redis.call('PERSIST', KEYS[2])
 redis.call('PUBLISH', ARGV[1],
-  cmsgpack.pack({1, 'j', ARGV[2], ARGV[3], ARGV[4], seq, ARGV[5] == '1'}))
+  cmsgpack.pack({1, 'j', ARGV[2], ARGV[3], ARGV[4], seq, ARGV[5] == '1', 0}))
 return seq
 """
 
@@ -30,7 +30,7 @@ if redis.call('SREM', KEYS[1], ARGV[4]) == 0 then return 0 end
 local seq = redis.call('INCR', KEYS[2])
 if redis.call('SCARD', KEYS[1]) == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
 redis.call('PUBLISH', ARGV[1],
-  cmsgpack.pack({1, 'l', ARGV[2], ARGV[3], ARGV[4], seq, ARGV[5] == '1'}))
+  cmsgpack.pack({1, 'l', ARGV[2], ARGV[3], ARGV[4], seq, ARGV[5] == '1', 0}))
 return seq
 """
 
@@ -53,7 +53,7 @@ for i = 1, #entries, 2 do
       redis.call('PEXPIRE', seq_key, ARGV[5])
     end
     redis.call('PUBLISH', ARGV[1] .. ':topic:' .. channel,
-      cmsgpack.pack({1, 'l', channel, ARGV[3], conn, seq, true}))
+      cmsgpack.pack({1, 'l', channel, ARGV[3], conn, seq, true, 0}))
   end
 end
 redis.call('DEL', KEYS[2], KEYS[3])
@@ -64,11 +64,11 @@ return removed
 # Stores a message in the channel's stream and announces it with the id it got, in one step.
 # KEYS: the channel's stream
 # ARGV: topic, envelope head (see codec.stored_envelope_head), payload msgpack bytes,
-#       approximate length to keep, TTL in ms
+#       approximate length to keep, TTL in ms, msgpack of the publisher's timestamp
 STORE = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'p', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 local receivers = redis.call('PUBLISH', ARGV[1],
-  ARGV[2] .. cmsgpack.pack(id) .. cmsgpack.pack(0) .. ARGV[3])
+  ARGV[2] .. cmsgpack.pack(id) .. cmsgpack.pack(0) .. ARGV[3] .. ARGV[6])
 return {id, receivers}
 """

@@ -13,6 +13,7 @@ from typing import Any
 from ..codec import OutgoingFrame, history_gap_frame, stored_message_frame
 from ..connection import ClientConnection
 from ..errors import CloseCode, MalformedMessageError
+from ..metrics import Metrics
 from ..settings import PubSubSettings
 from ..tasks import TaskSupervisor
 
@@ -34,9 +35,12 @@ class ConnectionManager(ABC):
     coalesces into fewer runs, and the last run always starts after the last event.
     """
 
-    def __init__(self, settings: PubSubSettings) -> None:
+    def __init__(self, settings: PubSubSettings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.worker_id = new_worker_id()
+        #: Where figures go (no-op unless a hub was given e.g. ``PrometheusMetrics``).
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.bind(lambda: self.local_connection_count, lambda: len(self._local))
         self._local: dict[str, dict[str, ClientConnection]] = {}
         self._members: dict[str, set[str]] = {}
         self._dirty_channels: set[str] = set()
@@ -62,6 +66,7 @@ class ConnectionManager(ABC):
         register it; the connection is then not registered anywhere.
         """
         connection.on_evicted = self._evict
+        connection.on_dropped = self.metrics.dropped
         since = connection.resume_from
         if since is not None:
             connection.hold_live_messages()
@@ -107,6 +112,7 @@ class ConnectionManager(ABC):
 
     def _evict(self, connection: ClientConnection) -> None:
         """Unregister a client that fell behind, at once: it must not count or receive."""
+        self.metrics.slow_client_disconnected()
         if self._remove_local(connection):
             self._tasks.spawn(
                 self._announce_leave(connection, True), name=f"pubsub-evict-{connection.id}"
@@ -186,11 +192,18 @@ class ConnectionManager(ABC):
         if notify:
             self._schedule_regeneration(channel)
 
-    def _deliver(self, channel: str, frame: OutgoingFrame) -> int:
+    def _deliver(self, channel: str, frame: OutgoingFrame, sent_at: float = 0.0) -> int:
         """Hand ``frame`` to every local client of ``channel``; returns how many took it."""
         conns = self._local.get(channel)
         if not conns:
             return 0
+        delivered = self._offer_to_all(channel, conns, frame)
+        self.metrics.delivered(delivered, sent_at)
+        return delivered
+
+    def _offer_to_all(
+        self, channel: str, conns: dict[str, ClientConnection], frame: OutgoingFrame
+    ) -> int:
         delivered = 0
         # A copy: an overflowing client is removed while we iterate.
         for connection in list(conns.values()):

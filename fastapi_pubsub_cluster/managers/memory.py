@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..codec import OutgoingFrame, encode_payload, stored_message_frame
 from ..connection import ClientConnection
 from ..errors import MessageTooLargeError
 from ..history import LocalHistory
+from ..metrics import Metrics
 from ..settings import PubSubSettings
 from .base import ConnectionManager
 
@@ -19,8 +21,8 @@ class InMemoryConnectionManager(ConnectionManager):
     view: use :class:`~fastapi_pubsub_cluster.managers.redis.RedisConnectionManager`.
     """
 
-    def __init__(self, settings: PubSubSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: PubSubSettings, metrics: Metrics | None = None) -> None:
+        super().__init__(settings, metrics)
         self._histories: dict[str, LocalHistory] = {}
 
     async def start(self) -> None:
@@ -47,14 +49,17 @@ class InMemoryConnectionManager(ConnectionManager):
             raise MessageTooLargeError(
                 f"message is {size} bytes; the limit is {self.settings.max_message_bytes}"
             )
+        self.metrics.published()
+        sent_at = time.time()
         if self.settings.has_history(channel):
             history = self._histories.get(channel)
             if history is None:
                 history = LocalHistory(self.settings.history_size, self.settings.history_ttl)
                 self._histories[channel] = history
-            self._deliver(channel, stored_message_frame(history.append(payload), payload))
+            frame = stored_message_frame(history.append(payload), payload)
         else:
-            self._deliver(channel, OutgoingFrame(payload))
+            frame = OutgoingFrame(payload)
+        self._deliver(channel, frame, sent_at)
 
     async def _history_after(
         self, channel: str, since: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +22,7 @@ from ..codec import (
     decode_stored,
     encode_envelope,
     encode_payload,
+    packed_timestamp,
     stored_envelope_head,
     stored_message_frame,
     stream_id_order,
@@ -28,6 +30,7 @@ from ..codec import (
 from ..connection import ClientConnection
 from ..errors import ConfigurationError, MalformedMessageError, MessageTooLargeError, PublishError
 from ..keys import RedisKeys
+from ..metrics import Metrics
 from ..redis_clients import RedisEndpoint
 from ..settings import PubSubSettings
 from . import _scripts
@@ -57,8 +60,13 @@ class RedisConnectionManager(ConnectionManager):
       published during the gap are lost (pub/sub is at-most-once).
     """
 
-    def __init__(self, settings: PubSubSettings, redis_url: str | None = None) -> None:
-        super().__init__(settings)
+    def __init__(
+        self,
+        settings: PubSubSettings,
+        redis_url: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        super().__init__(settings, metrics)
         url = redis_url or settings.redis_url
         if not url:
             raise ConfigurationError("RedisConnectionManager needs a Redis URL")
@@ -206,7 +214,15 @@ class RedisConnectionManager(ConnectionManager):
             data = encode_payload(payload)
         else:
             data = encode_envelope(
-                Envelope(EventKind.MESSAGE, channel, self.worker_id, uuid.uuid4().hex, 0, payload)
+                Envelope(
+                    EventKind.MESSAGE,
+                    channel,
+                    self.worker_id,
+                    uuid.uuid4().hex,
+                    0,
+                    payload,
+                    time.time(),
+                )
             )
         if len(data) > self.settings.max_message_bytes:
             raise MessageTooLargeError(
@@ -220,6 +236,7 @@ class RedisConnectionManager(ConnectionManager):
                     await self._client().publish(self.keys.topic(channel), data)
         except REDIS_DOWN as exc:
             raise PublishError(f"cannot publish to {channel!r}, Redis unavailable: {exc}") from exc
+        self.metrics.published()
 
     async def _store(self, channel: str, payload: bytes) -> None:
         await self._store_script(
@@ -230,6 +247,7 @@ class RedisConnectionManager(ConnectionManager):
                 payload,
                 self.settings.history_size,
                 int(self.settings.history_ttl * 1000),
+                packed_timestamp(time.time()),
             ],
         )
 
@@ -360,6 +378,7 @@ class RedisConnectionManager(ConnectionManager):
                 if self._pubsub is None:
                     await self._open_link()
                     self.reconnect_count += 1
+                    self.metrics.redis_reconnected()
                     logger.warning(
                         "Redis link re-established (reconnect #%d); messages published "
                         "while it was down were not delivered",
@@ -414,10 +433,10 @@ class RedisConnectionManager(ConnectionManager):
             logger.warning("ignored an envelope for %r on topic %s", envelope.channel, topic_name)
             return
         if envelope.kind is EventKind.MESSAGE:
-            self._deliver(envelope.channel, OutgoingFrame(envelope.payload))
+            self._deliver(envelope.channel, OutgoingFrame(envelope.payload), envelope.sent_at)
             return
         if envelope.kind is EventKind.STORED:
-            self._deliver_stored(envelope.channel, envelope.ref, envelope.payload)
+            self._deliver_stored(envelope.channel, envelope.ref, envelope.payload, envelope.sent_at)
             return
         buffered = self._loading.get(envelope.channel)
         if buffered is not None:
@@ -425,12 +444,14 @@ class RedisConnectionManager(ConnectionManager):
         else:
             self._apply_membership_event(envelope)
 
-    def _deliver_stored(self, channel: str, stream_id: str, payload: Any) -> None:
+    def _deliver_stored(
+        self, channel: str, stream_id: str, payload: Any, sent_at: float = 0.0
+    ) -> None:
         last = self._last_stored.get(channel)
         if last is not None and stream_id_order(stream_id) <= stream_id_order(last):
             return  # already delivered by a replay
         self._last_stored[channel] = stream_id
-        self._deliver(channel, stored_message_frame(stream_id, payload))
+        self._deliver(channel, stored_message_frame(stream_id, payload), sent_at)
 
     async def _replay_missed(self, channel: str) -> None:
         """After a lost link, deliver what the channel stored meanwhile (history channels)."""
@@ -463,6 +484,7 @@ class RedisConnectionManager(ConnectionManager):
                 continue  # the listener is reconnecting already
             if not await self._link_hears_itself():
                 self.deaf_link_count += 1
+                self.metrics.deaf_link_detected()
                 logger.warning(
                     "pub/sub link of %s is deaf (probe not back within %.1fs); renewing it",
                     self.worker_id,
