@@ -1,4 +1,9 @@
-"""Names of the Redis keys and pub/sub topics, in one place (the publisher shares them)."""
+"""Names of the Redis keys and pub/sub topics, in one place (the publisher shares them).
+
+Every key of a channel carries the channel id as a hash tag (``{<id>}``), so that on a
+Redis Cluster they all live on one shard, with the channel's sharded pub/sub topic: the
+scripts that change presence and announce it then touch a single slot.
+"""
 
 from __future__ import annotations
 
@@ -9,39 +14,53 @@ from dataclasses import dataclass
 class RedisKeys:
     """Key layout under one prefix.
 
-    ``<prefix>:channel:<id>``   set of connection ids in a channel (cluster-wide presence)
-    ``<prefix>:seq:<id>``       counter of the channel's membership events
-    ``<prefix>:topic:<id>``     pub/sub topic carrying the channel's envelopes
-    ``<prefix>:history:<id>``   stream of the channel's messages, if it keeps history
-    ``<prefix>:workers``        set of worker ids that hold presence
-    ``<prefix>:worker:<w>:conns``  hash connection id -> channel, owned by worker ``w``
-    ``<prefix>:worker:<w>:alive``  heartbeat of worker ``w``, with a TTL
+    ``<prefix>:{<id>}:members``   set of connection ids in a channel (cluster-wide presence)
+    ``<prefix>:{<id>}:owners``    hash connection id -> worker id, for reaping dead workers
+    ``<prefix>:{<id>}:seq``       counter of the channel's membership events
+    ``<prefix>:{<id>}:topic``     (sharded) pub/sub topic carrying the channel's envelopes
+    ``<prefix>:{<id>}:history``   stream of the channel's messages, if it keeps history
+    ``<prefix>:workers``          set of worker ids that hold presence
+    ``<prefix>:worker:{<w>}:alive``     heartbeat of worker ``w``, with a TTL
+    ``<prefix>:worker:{<w>}:channels``  channels worker ``w`` has held sockets in
     """
 
     prefix: str
 
+    def _channel_key(self, channel: str, kind: str) -> str:
+        return f"{self.prefix}:{{{channel}}}:{kind}"
+
     def members(self, channel: str) -> str:
-        return f"{self.prefix}:channel:{channel}"
+        return self._channel_key(channel, "members")
+
+    def owners(self, channel: str) -> str:
+        return self._channel_key(channel, "owners")
 
     def seq(self, channel: str) -> str:
-        return f"{self.prefix}:seq:{channel}"
-
-    def history(self, channel: str) -> str:
-        return f"{self.prefix}:history:{channel}"
+        return self._channel_key(channel, "seq")
 
     def topic(self, channel: str) -> str:
-        return f"{self.prefix}:topic:{channel}"
+        return self._channel_key(channel, "topic")
 
-    @property
-    def topic_prefix(self) -> str:
-        return f"{self.prefix}:topic:"
+    def history(self, channel: str) -> str:
+        return self._channel_key(channel, "history")
+
+    def channel_of_topic(self, topic: str) -> str | None:
+        """The channel id of a topic name, or None if it is not one of ours."""
+        head = f"{self.prefix}:{{"
+        if topic.startswith(head) and topic.endswith("}:topic"):
+            return topic[len(head) : -len("}:topic")]
+        return None
 
     @property
     def workers(self) -> str:
         return f"{self.prefix}:workers"
 
-    def worker_connections(self, worker_id: str) -> str:
-        return f"{self.prefix}:worker:{worker_id}:conns"
-
     def heartbeat(self, worker_id: str) -> str:
-        return f"{self.prefix}:worker:{worker_id}:alive"
+        return f"{self.prefix}:worker:{{{worker_id}}}:alive"
+
+    def worker_channels(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{{{worker_id}}}:channels"
+
+    def probe_topic(self, worker_id: str, tag: str) -> str:
+        """A topic for a worker's link probes; ``tag`` picks its slot (and so its shard)."""
+        return f"{self.prefix}:probe:{{{tag}}}:{worker_id}"

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Any
 
 import redis
+from redis.asyncio.cluster import RedisCluster
 
 from .codec import (
     Envelope,
@@ -24,7 +25,7 @@ from .credentials import RedisCredentialsLike, redis_url_from
 from .errors import ConfigurationError, MessageTooLargeError, PublishError
 from .keys import RedisKeys
 from .managers._scripts import STORE
-from .redis_clients import RedisEndpoint, is_sentinel_url
+from .redis_clients import RedisEndpoint, is_cluster_url, is_sentinel_url
 from .settings import PubSubSettings
 
 _ORIGIN = f"publisher-{socket.gethostname()}-{os.getpid()}"
@@ -41,7 +42,9 @@ class _Prepared:
     script_args: tuple[str | bytes | int, ...] = ()
 
 
-def _prepare(settings: PubSubSettings, channel: str, payload: Any) -> _Prepared:
+def _prepare(
+    settings: PubSubSettings, channel: str, payload: Any, publish_command: str = "PUBLISH"
+) -> _Prepared:
     settings.validate_channel_id(channel)
     keys = RedisKeys(settings.key_prefix)
     if settings.has_history(channel):
@@ -58,6 +61,7 @@ def _prepare(settings: PubSubSettings, channel: str, payload: Any) -> _Prepared:
     if not settings.has_history(channel):
         return _Prepared(keys.topic(channel), data)
     args = (
+        publish_command,
         keys.topic(channel),
         stored_envelope_head(channel, _ORIGIN),
         data,
@@ -89,10 +93,14 @@ class RedisPublisher:
 
     async def publish(self, channel: str, payload: Any) -> int:
         """Publish ``payload``; returns how many workers received it."""
-        prepared = _prepare(self.settings, channel, payload)
+        client = self._redis
+        sharded = isinstance(client, RedisCluster)
+        prepared = _prepare(self.settings, channel, payload, "SPUBLISH" if sharded else "PUBLISH")
         try:
+            if prepared.stream_key is None and isinstance(client, RedisCluster):
+                return int(await client.spublish(prepared.topic, prepared.data))
             if prepared.stream_key is None:
-                return int(await self._redis.publish(prepared.topic, prepared.data))
+                return int(await client.publish(prepared.topic, prepared.data))
             _, receivers = await self._store(keys=[prepared.stream_key], args=prepared.script_args)
             return int(receivers)
         except (redis.RedisError, OSError) as exc:
@@ -125,7 +133,7 @@ def publish_sync(
     settings = settings if settings is not None else PubSubSettings.from_env()
     prepared = _prepare(settings, channel, payload)
     url = redis_url_from(redis_url)
-    if is_sentinel_url(url):
+    if is_sentinel_url(url) or is_cluster_url(url):
         raise ConfigurationError("publish_sync takes a plain Redis URL; use RedisPublisher")
     client = redis.Redis.from_url(
         url,

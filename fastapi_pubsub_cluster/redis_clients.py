@@ -1,4 +1,5 @@
-"""redis-py clients built from one URL: ``redis://``, ``rediss://``, ``unix://`` or Sentinel."""
+"""redis-py clients built from one URL: ``redis://``, ``rediss://``, ``unix://``, Sentinel
+(``redis+sentinel://``) or Redis Cluster (``redis+cluster://host:port[,host:port...]``)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,23 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from .errors import ConfigurationError
 from .settings import PubSubSettings
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_REDIS_PORT = 6379
+COMMAND_RETRIES = 3
+
+#: A client for ordinary commands: one Redis, or a Redis Cluster.
+CommandClient = Redis | RedisCluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +51,31 @@ def is_sentinel_url(url: str) -> bool:
     return url.split("://", 1)[0] in SENTINEL_SCHEMES
 
 
+def is_cluster_url(url: str) -> bool:
+    """True for ``redis+cluster://`` and ``rediss+cluster://`` URLs."""
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
+def _hosts(netloc: str, default_port: int, url: str) -> tuple[str, str, list[tuple[str, int]]]:
+    """``user:password@h1:p1,h2:p2`` -> (user, password, [(h1, p1), (h2, p2)])."""
+    auth, _, hosts = netloc.rpartition("@")
+    username, _, password = auth.partition(":") if auth else ("", "", "")
+    addresses: list[tuple[str, int]] = []
+    for host_port in filter(None, hosts.split(",")):
+        host, _, port = host_port.rpartition(":") if ":" in host_port else (host_port, "", "")
+        try:
+            addresses.append((host or host_port, int(port) if port else default_port))
+        except ValueError as exc:
+            raise ConfigurationError(f"bad address {host_port!r} in {url!r}") from exc
+    return unquote(username), unquote(password), addresses
+
+
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """Parse a Sentinel URL; raises :class:`ConfigurationError` when it cannot be used."""
     parts = urlsplit(url)
     if parts.scheme not in SENTINEL_SCHEMES:
         raise ConfigurationError(f"not a Sentinel URL: {url!r}")
-    auth, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = auth.partition(":") if auth else ("", "", "")
-    sentinels: list[tuple[str, int]] = []
-    for host_port in filter(None, hosts.split(",")):
-        host, _, port = host_port.rpartition(":") if ":" in host_port else (host_port, "", "")
-        try:
-            sentinels.append((host or host_port, int(port) if port else DEFAULT_SENTINEL_PORT))
-        except ValueError as exc:
-            raise ConfigurationError(f"bad Sentinel address {host_port!r} in {url!r}") from exc
+    username, password, sentinels = _hosts(parts.netloc, DEFAULT_SENTINEL_PORT, url)
     path = [p for p in parts.path.split("/") if p]
     if not sentinels or not path:
         raise ConfigurationError(
@@ -72,8 +91,8 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         sentinels=tuple(sentinels),
         service_name=unquote(path[0]),
         db=db,
-        username=unquote(username) or None,
-        password=unquote(password) or None,
+        username=username or None,
+        password=password or None,
         sentinel_password=query.get("sentinel_password", [None])[0],
         ssl=parts.scheme == "rediss+sentinel",
     )
@@ -94,9 +113,22 @@ class RedisEndpoint:
             "client_name": client_name,
         }
         self._pool_timeout = settings.redis_timeout
-        self._clients: list[Redis] = []
+        self._clients: list[CommandClient] = []
         self._sentinel: Sentinel | None = None
         self._target: SentinelTarget | None = None
+        #: True for a Redis Cluster URL: channels are spread over shards.
+        self.is_cluster = is_cluster_url(url)
+        if self.is_cluster:
+            parts = urlsplit(url)
+            username, password, nodes = _hosts(parts.netloc, DEFAULT_REDIS_PORT, url)
+            if not nodes:
+                raise ConfigurationError(f"Redis Cluster URL names no node: {url!r}")
+            self._cluster_nodes = nodes
+            self._cluster_auth: dict[str, Any] = {
+                "username": username or None,
+                "password": password or None,
+                "ssl": parts.scheme == "rediss+cluster",
+            }
         if is_sentinel_url(url):
             self._target = parse_sentinel_url(url)
             self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
@@ -108,15 +140,29 @@ class RedisEndpoint:
                 },
             )
 
-    def command_client(self, max_connections: int) -> Redis:
-        """A client for ordinary commands: redis-py's bounded retries, a bounded pool."""
-        if self._sentinel is not None:
-            client = self._primary(max_connections=max_connections)
+    def command_client(self, max_connections: int) -> CommandClient:
+        """A client for ordinary commands: redis-py's bounded retries, a bounded pool
+        (per shard on a cluster)."""
+        # A stale pooled connection (Redis restarted) fails once and is replaced: retry a
+        # few times, briefly, so that a command does not fail for it.
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), COMMAND_RETRIES)
+        client: CommandClient
+        if self.is_cluster:
+            client = RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in self._cluster_nodes],
+                max_connections=max_connections,
+                retry=retry,
+                **self._cluster_auth,
+                **self._options,
+            )
+        elif self._sentinel is not None:
+            client = self._primary(max_connections=max_connections, retry=retry)
         else:
             pool = BlockingConnectionPool.from_url(
                 self.url,
                 max_connections=max_connections,
                 timeout=self._pool_timeout,
+                retry=retry,
                 **self._options,
             )
             client = Redis(connection_pool=pool)
@@ -124,18 +170,24 @@ class RedisEndpoint:
         return client
 
     def link_client(self) -> Redis:
-        """A client for the pub/sub link, with no automatic retry.
+        """A client for the pub/sub link, with no automatic retry (the caller closes it).
 
         redis-py would otherwise reconnect and resubscribe silently, and the manager would
         never learn that it must register its presence again and tell the application.
         """
         no_retry = Retry(NoBackoff(), 0)
+        if self.is_cluster:
+            raise ConfigurationError("on a cluster, links are per node: use node_link_client")
         if self._sentinel is not None:
-            client = self._primary(retry=no_retry)
-        else:
-            client = Redis.from_url(self.url, retry=no_retry, **self._options)
-        self._clients.append(client)
-        return client
+            return self._primary(retry=no_retry)
+        return Redis.from_url(self.url, retry=no_retry, **self._options)
+
+    def node_link_client(self, host: str, port: int) -> Redis:
+        """A pub/sub link client to one cluster node, with no automatic retry (the caller
+        closes it)."""
+        return Redis(
+            host=host, port=port, retry=Retry(NoBackoff(), 0), **self._cluster_auth, **self._options
+        )
 
     def _primary(self, **extra: Any) -> Redis:
         assert self._sentinel is not None and self._target is not None
@@ -154,7 +206,10 @@ class RedisEndpoint:
         clients, self._clients = self._clients, []
         for client in clients:
             with contextlib.suppress(RedisError, OSError):
-                await client.aclose(close_connection_pool=True)
+                if isinstance(client, RedisCluster):
+                    await client.aclose()
+                else:
+                    await client.aclose(close_connection_pool=True)
         if self._sentinel is not None:
             for sentinel_client in self._sentinel.sentinels:
                 with contextlib.suppress(RedisError, OSError):

@@ -123,6 +123,8 @@ class PubSubSettings:
                 f"channel id is {len(channel_id)} characters long; "
                 f"the limit is {self.max_channel_id_length}"
             )
+        if "{" in channel_id or "}" in channel_id:
+            raise InvalidChannelError("channel id may not contain braces (Redis hash tags)")
         if self._channel_regex.fullmatch(channel_id) is None:
             raise InvalidChannelError(
                 f"channel id {channel_id[:50]!r} has characters outside {self.channel_id_pattern}"

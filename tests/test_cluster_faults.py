@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis
 
+from fastapi_pubsub_cluster.keys import RedisKeys
 from tests.live import close_code_of, connect, recv_until, uvicorn_process, wait_for_condition
 from tests.redis_servers import OwnedRedisServer
 
@@ -59,7 +60,7 @@ async def test_presence_of_a_killed_worker_is_reaped_within_two_ttls(
         await recv_until(on_survivor, lambda m: m == {"count": 1}, timeout=2 * HEARTBEAT_TTL + 2)
         reap_seconds = time.monotonic() - killed_at
         print(f"reaped a SIGKILLed worker's presence in {reap_seconds:.2f}s (TTL {HEARTBEAT_TTL}s)")
-        assert redis_keys.scard(f"{key_prefix}:channel:room") == 1
+        assert redis_keys.scard(RedisKeys(key_prefix).members("room")) == 1
         assert redis_keys.scard(f"{key_prefix}:workers") == 1
         for ws in on_doomed:
             ws.transport.abort()
@@ -82,7 +83,7 @@ async def test_sigterm_removes_presence_at_once_and_closes_sockets(
             # open when the hub stops gets 1001. Either way the client is told to come back.
             assert await close_code_of(leaving) in (1001, 1012)
             await recv_until(watcher, lambda m: m == {"count": 1}, timeout=10)
-        assert redis_keys.scard(f"{key_prefix}:channel:room") == 1
+        assert redis_keys.scard(RedisKeys(key_prefix).members("room")) == 1
         assert redis_keys.scard(f"{key_prefix}:workers") == 1
         await watcher.close()
 
@@ -120,7 +121,7 @@ async def test_broadcasts_and_presence_resume_after_redis_restart(
                             continue
             print(f"broadcasts resumed {time.monotonic() - restarted_at:.2f}s after Redis restart")
         # Both workers registered their sockets again in the new, empty Redis.
-        members_key = f"{key_prefix}:channel:room"
+        members_key = RedisKeys(key_prefix).members("room")
         await wait_for_condition(lambda: redis_keys.scard(members_key) == 2, 5)
         assert redis_keys.scard(f"{key_prefix}:workers") == 2
         for ws in (on_a, on_b):

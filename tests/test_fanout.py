@@ -100,8 +100,8 @@ async def test_burst_of_200_clients_leaves_no_entry_behind(server: str, hub: Pub
     manager = hub.manager
     if isinstance(manager, RedisConnectionManager):
         assert manager._redis is not None
-        own_entries = await manager._redis.hlen(manager.keys.worker_connections(manager.worker_id))
-        assert own_entries == 0
+        assert await manager._redis.hlen(manager.keys.owners("burst")) == 0
+        assert await manager._redis.scard(manager.keys.members("burst")) == 0
 
 
 async def test_a_client_that_vanishes_does_not_stop_delivery_to_others(

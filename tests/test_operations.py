@@ -20,6 +20,7 @@ from fastapi_pubsub_cluster import (
     RedisPublisher,
 )
 from fastapi_pubsub_cluster.errors import CloseCode
+from fastapi_pubsub_cluster.keys import RedisKeys
 from fastapi_pubsub_cluster.managers.redis import MAX_REDIS_CONNECTIONS
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
@@ -70,7 +71,7 @@ async def test_deaf_subscriber_link_is_detected_and_renewed(
             await recv_until(ws, lambda m: m == {"count": 1})
             assert proxy.deafen_subscribers() == 1
             # Redis still lists the subscription, yet nothing reaches the worker any more.
-            assert (await direct.pubsub_numsub(f"{key_prefix}:topic:quiet"))[0][1] == 1
+            assert (await direct.pubsub_numsub(RedisKeys(key_prefix).topic("quiet")))[0][1] == 1
             seconds = await publish_until_received(owned_redis.url, hub, ws, "quiet", timeout=10)
             print(f"deaf link detected and deliveries resumed in {seconds:.2f}s")
             assert manager.deaf_link_count >= 1

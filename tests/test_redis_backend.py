@@ -20,6 +20,7 @@ from fastapi_pubsub_cluster import (
     publish_sync,
 )
 from fastapi_pubsub_cluster.errors import CloseCode
+from fastapi_pubsub_cluster.keys import RedisKeys
 from fastapi_pubsub_cluster.managers.redis import RedisConnectionManager
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
@@ -47,7 +48,7 @@ async def test_foreign_payloads_on_the_topic_are_ignored_and_delivery_goes_on(
     async with serve(build_app(redis_hub)) as url:
         ws = await connect(f"{url}/ws/feed")
         await recv_until(ws, lambda m: m == {"count": 1})
-        topic = f"{key_prefix}:topic:feed"
+        topic = RedisKeys(key_prefix).topic("feed")
         for garbage in (b"\xc1\xc1", b"plain text", msgpack.packb({"not": "an envelope"})):
             await redis_client.publish(topic, garbage)
         await redis_hub.publish("feed", {"real": True})
@@ -90,7 +91,7 @@ async def test_one_broadcast_costs_one_publish_whatever_the_number_of_clients(
         await asyncio.gather(*(recv_until(ws, lambda m: "to" in m) for ws in clients))
         assert await publish_calls() - before == 1
         # One subscription for the channel on this worker, not one per socket.
-        numsub = await stats.pubsub_numsub(f"{owned_hub.settings.key_prefix}:topic:wide")
+        numsub = await stats.pubsub_numsub(RedisKeys(owned_hub.settings.key_prefix).topic("wide"))
         assert numsub[0][1] == 1
         await asyncio.gather(*(ws.close() for ws in clients))
     await stats.aclose()
@@ -169,7 +170,7 @@ async def test_seed_style_redis_credentials_select_the_redis_manager(
         assert await recv_json(ws) == {"num_connected_clients": 1}
         assert isinstance(sockets[0].connection_manager, RedisConnectionManager)
         stats = aioredis.Redis.from_url(owned_redis.url)
-        assert await stats.scard("pubsub:channel:seed") == 1
+        assert await stats.scard(RedisKeys("pubsub").members("seed")) == 1
         await stats.aclose()
         await ws.close()
         await sockets[0].hub.stop()

@@ -8,6 +8,7 @@ import random
 import redis.asyncio as aioredis
 
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings, RedisConnectionManager
+from fastapi_pubsub_cluster.keys import RedisKeys
 from fastapi_pubsub_cluster.managers._scripts import SEQ_IDLE_TTL_MS
 from tests.apps.local_app import build_app
 from tests.live import connect, recv_until, serve, wait_for_condition
@@ -49,15 +50,15 @@ async def test_churn_leaves_no_tasks_sockets_or_keys_behind(settings: PubSubSett
 
         if isinstance(manager, RedisConnectionManager):
             client = aioredis.Redis.from_url(manager.redis_url)
-            await wait_for_condition(lambda: not manager._subscribed, 10)
+            await wait_for_condition(lambda: not manager._channel_links, 10)
             prefix = settings.key_prefix
             keys = [k.decode() async for k in client.scan_iter(match=f"{prefix}:*")]
-            heartbeat = f"{prefix}:worker:{manager.worker_id}:alive"
-            lasting = {f"{prefix}:workers", heartbeat}
+            layout = RedisKeys(prefix)
+            lasting = {layout.workers, layout.heartbeat(manager.worker_id)}
             for key in keys:
                 if key in lasting:
                     continue
                 # Only idle channels' sequence counters remain, and they expire.
-                assert key.startswith(f"{prefix}:seq:"), key
+                assert key.endswith("}:seq"), key
                 assert 0 < await client.pttl(key) <= SEQ_IDLE_TTL_MS
             await client.aclose()

@@ -246,12 +246,15 @@ class ConnectionManager(ABC):
             self._dirty_channels.discard(channel)
             self._regenerating.pop(channel, None)
 
-    async def _notify_link_restored(self) -> None:
-        """After a lost link: close clients with 1012 (if configured) or call their hooks."""
-        conns = [c for channel in list(self._local) for c in self.local_connections(channel)]
+    async def _notify_link_restored(self, channels: list[str]) -> None:
+        """After a lost link: close the clients of ``channels`` with 1012 (if configured) or
+        call their ``on_reconnect`` hooks."""
+        conns = [c for channel in channels for c in self.local_connections(channel)]
         if self.settings.close_clients_on_reconnect:
-            await self._close_local_connections(
-                CloseCode.SERVICE_RESTART, "pub/sub link was lost; reconnect to resync"
+            reason = "pub/sub link was lost; reconnect to resync"
+            await asyncio.gather(
+                *(c.close(CloseCode.SERVICE_RESTART, reason) for c in conns),
+                return_exceptions=True,
             )
             return
         hooks = [c.on_reconnect() for c in conns if c.on_reconnect is not None]

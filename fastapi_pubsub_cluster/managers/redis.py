@@ -1,18 +1,15 @@
-"""Cluster-wide manager: presence in Redis sets, events over one pub/sub link per worker."""
+"""Cluster-wide manager: presence in Redis, events over one pub/sub link per Redis server."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 
 from ..codec import (
     Envelope,
@@ -31,33 +28,43 @@ from ..connection import ClientConnection
 from ..errors import ConfigurationError, MalformedMessageError, MessageTooLargeError, PublishError
 from ..keys import RedisKeys
 from ..metrics import Metrics
-from ..redis_clients import RedisEndpoint
+from ..redis_clients import CommandClient, RedisEndpoint
 from ..settings import PubSubSettings
 from . import _scripts
+from ._link import REDIS_DOWN, TopicLink
 from .base import ConnectionManager
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
 ReconnectHook = Callable[[], Awaitable[None]]
 
-# Errors that mean "Redis is not answering", as opposed to bugs.
-REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError)
-
-# Redis connections one worker may hold for commands, besides its one pub/sub link.
+# Redis connections one worker may hold for commands (per shard on a cluster), besides its
+# pub/sub link (one per Redis server that holds any of its channels).
 MAX_REDIS_CONNECTIONS = 8
+
+# Atomically claims a worker's presence for reaping: nothing if its heartbeat lives (unless
+# forced), else the channels it had, which are then forgotten. KEYS: heartbeat, channels set.
+_CLAIM = """
+if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local channels = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+return channels
+"""
 
 
 class RedisConnectionManager(ConnectionManager):
-    """Presence and fan-out across every worker that shares one Redis.
+    """Presence and fan-out across every worker that shares one Redis (or Redis Cluster).
 
-    * Each local connection is a member of ``<prefix>:channel:<id>`` and of its worker's
-      hash; a heartbeat key with a TTL lets live workers reap the presence of dead ones.
-    * Joins, leaves and published messages are envelopes on ``<prefix>:topic:<id>``.
-      Each worker holds one pub/sub connection, subscribed to the topics of the channels
-      it has sockets in, decodes each envelope once and fans it out locally.
-    * When Redis goes away the link reconnects with backoff, resubscribes, registers its
-      presence again, reloads membership and calls the ``on_reconnect`` hooks. Messages
-      published during the gap are lost (pub/sub is at-most-once).
+    * Each local connection is a member of its channel's set, with its worker recorded as
+      owner; a heartbeat key with a TTL lets live workers reap the presence of dead ones.
+    * Joins, leaves and published messages are envelopes on the channel's topic. A worker
+      holds one pub/sub link per Redis server (one in all, unless on a cluster), subscribed
+      to the topics of the channels it has sockets in; it decodes each envelope once and
+      fans it out locally. On a cluster, topics are shard channels (SPUBLISH/SSUBSCRIBE)
+      and a channel's keys and topic share one hash slot.
+    * When a link is lost it reconnects with backoff, resubscribes, registers presence
+      again, reloads membership, replays history where a channel keeps it, and calls the
+      ``on_reconnect`` hooks. Other messages published during the gap are lost.
     """
 
     def __init__(
@@ -72,55 +79,66 @@ class RedisConnectionManager(ConnectionManager):
             raise ConfigurationError("RedisConnectionManager needs a Redis URL")
         self.redis_url = url
         self.keys = RedisKeys(settings.key_prefix)
-        #: Called after every successful re-subscription that follows a lost link.
+        #: Called after every re-subscription that follows a lost link.
         self.on_reconnect: list[ReconnectHook] = []
-        #: How many times the link was re-established after a loss.
-        self.reconnect_count = 0
-        #: How many times a probe found the link deaf (connected, but not receiving).
-        self.deaf_link_count = 0
-        self._listener: asyncio.Task[None] | None = None
-        self._probe: tuple[bytes, asyncio.Future[None]] | None = None
-        self._redis: Redis | None = None
-        self._link_client: Redis | None = None
         self._endpoint: RedisEndpoint | None = None
-        self._pubsub: PubSub | None = None
-        self._control_topic = f"{self.keys.prefix}:control:{self.worker_id}"
-        self._subscribed: set[str] = set()
+        self._redis: CommandClient | None = None
+        self._links: dict[str, TopicLink] = {}
+        self._channel_links: dict[str, TopicLink] = {}
+        self._subscription_lock = asyncio.Lock()
         self._loading: dict[str, list[Envelope]] = {}
         self._seq: dict[str, int] = {}
+        self._recorded_channels: set[str] = set()
         self._unannounced_leaves: dict[str, ClientConnection] = {}
         # Newest stored message delivered per channel with history: replay after a lost
         # link starts there, and older or repeated ids are never delivered twice.
         self._last_stored: dict[str, str] = {}
-        self._link_lock = asyncio.Lock()
-        self._link_up = asyncio.Event()
         self._running = False
+
+    @property
+    def reconnect_count(self) -> int:
+        """Times a pub/sub link was re-established after a loss."""
+        return sum(link.reconnect_count for link in self._links.values())
+
+    @property
+    def deaf_link_count(self) -> int:
+        """Times a probe found a link connected but not receiving."""
+        return sum(link.deaf_count for link in self._links.values())
+
+    @property
+    def is_cluster(self) -> bool:
+        """True when connected to a Redis Cluster."""
+        return self._endpoint is not None and self._endpoint.is_cluster
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect to Redis, write the heartbeat and start the listener; fails if Redis is down."""
+        """Connect, write the heartbeat and open the pub/sub link; fails if Redis is down."""
         if self._running:
             return
         self._endpoint = RedisEndpoint(
             self.redis_url, self.settings, client_name=f"{self.keys.prefix}:{self.worker_id}"
         )
-        self._redis = self._endpoint.command_client(MAX_REDIS_CONNECTIONS)
-        self._link_client = self._endpoint.link_client()
-        self._join_script = self._redis.register_script(_scripts.JOIN)
-        self._leave_script = self._redis.register_script(_scripts.LEAVE)
-        self._reap_script = self._redis.register_script(_scripts.REAP)
-        self._store_script = self._redis.register_script(_scripts.STORE)
+        client = self._endpoint.command_client(MAX_REDIS_CONNECTIONS)
+        self._redis = client
+        self._join_script = client.register_script(_scripts.JOIN)
+        self._leave_script = client.register_script(_scripts.LEAVE)
+        self._reap_channel_script = client.register_script(_scripts.REAP_CHANNEL)
+        self._snapshot_script = client.register_script(_scripts.SNAPSHOT)
+        self._store_script = client.register_script(_scripts.STORE)
+        self._claim_script = client.register_script(_CLAIM)
         try:
-            await self._open_link()
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+            await self._beat()
+            if not self._endpoint.is_cluster:
+                endpoint = self._endpoint
+                await self._open_link("main", endpoint.link_client, self.worker_id)
         except REDIS_DOWN as exc:
             await self._close_redis()
             raise PublishError(f"cannot connect to Redis at {self._safe_url}: {exc}") from exc
         self._running = True
-        self._listener = self._tasks.spawn(self._listen_forever(), name="pubsub-redis-listener")
         self._tasks.spawn(self._maintain_presence(), name="pubsub-redis-heartbeat")
-        if self.settings.probe_interval > 0:
-            self._tasks.spawn(self._probe_link_forever(), name="pubsub-redis-probe")
         logger.info("worker %s joined the cluster at %s", self.worker_id, self._safe_url)
 
     async def stop(self) -> None:
@@ -140,10 +158,13 @@ class RedisConnectionManager(ConnectionManager):
         logger.info("worker %s left the cluster", self.worker_id)
 
     async def _close_redis(self) -> None:
-        await self._drop_link()
+        links, self._links = list(self._links.values()), {}
+        self._channel_links.clear()
+        for link in links:
+            await link.close()
         if self._endpoint is not None:
             await self._endpoint.aclose()
-        self._redis = self._link_client = self._endpoint = None
+        self._redis = self._endpoint = None
 
     @property
     def _safe_url(self) -> str:
@@ -151,10 +172,20 @@ class RedisConnectionManager(ConnectionManager):
         head, sep, tail = self.redis_url.rpartition("@")
         return f"{head.split('://')[0]}://***@{tail}" if sep else self.redis_url
 
-    def _client(self) -> Redis:
+    def _client(self) -> CommandClient:
         if self._redis is None:
             raise PublishError("the Redis connection manager is not started")
         return self._redis
+
+    @property
+    def _publish_command(self) -> str:
+        return "SPUBLISH" if self.is_cluster else "PUBLISH"
+
+    async def _publish_raw(self, topic: str, data: bytes) -> int:
+        client = self._client()
+        if isinstance(client, RedisCluster):
+            return int(await client.spublish(topic, data))
+        return int(await client.publish(topic, data))
 
     # -- membership --------------------------------------------------------------------
 
@@ -172,20 +203,25 @@ class RedisConnectionManager(ConnectionManager):
             # Retried when the link is back, so the entry does not stay behind.
             self._unannounced_leaves[connection.id] = connection
             logger.warning("leave of %s not recorded yet (%r); retrying later", connection.id, exc)
-        with contextlib.suppress(*REDIS_DOWN):
+        try:
             await self._sync_subscription(connection.channel)
+        except REDIS_DOWN as exc:
+            logger.debug("unsubscribe from %r failed: %r", connection.channel, exc)
+
+    async def _record_channel(self, channel: str) -> None:
+        """Note, under the worker's own key, that it holds sockets in ``channel``, so that a
+        peer can find them if this worker dies."""
+        await self._client().sadd(self.keys.worker_channels(self.worker_id), channel)
+        self._recorded_channels.add(channel)
 
     async def _run_membership_script(
         self, script: Any, connection: ClientConnection, notify: bool
     ) -> None:
         channel = connection.channel
         await script(
-            keys=[
-                self.keys.members(channel),
-                self.keys.seq(channel),
-                self.keys.worker_connections(self.worker_id),
-            ],
+            keys=[self.keys.members(channel), self.keys.seq(channel), self.keys.owners(channel)],
             args=[
+                self._publish_command,
                 self.keys.topic(channel),
                 channel,
                 self.worker_id,
@@ -203,37 +239,39 @@ class RedisConnectionManager(ConnectionManager):
             raise PublishError(f"cannot read presence, Redis unavailable: {exc}") from exc
         return frozenset(_text(m) for m in raw)
 
+    # -- publishing and history --------------------------------------------------------
+
     async def publish(self, channel: str, payload: Any) -> None:
-        """Encode once and PUBLISH once; raises PublishError within a bound if Redis is down.
+        """Encode once and publish once; raises PublishError within a bound if Redis is down.
 
         On a channel with history the message is also appended to its stream, in the same
         atomic step, and announced with its stream id.
         """
         self.settings.validate_channel_id(channel)
-        if self.settings.has_history(channel):
+        stored = self.settings.has_history(channel)
+        if stored:
             data = encode_payload(payload)
         else:
-            data = encode_envelope(
-                Envelope(
-                    EventKind.MESSAGE,
-                    channel,
-                    self.worker_id,
-                    uuid.uuid4().hex,
-                    0,
-                    payload,
-                    time.time(),
-                )
+            envelope = Envelope(
+                EventKind.MESSAGE,
+                channel,
+                self.worker_id,
+                uuid.uuid4().hex,
+                0,
+                payload,
+                time.time(),
             )
+            data = encode_envelope(envelope)
         if len(data) > self.settings.max_message_bytes:
             raise MessageTooLargeError(
                 f"message is {len(data)} bytes; the limit is {self.settings.max_message_bytes}"
             )
         try:
             async with asyncio.timeout(self.settings.redis_timeout * 2):
-                if self.settings.has_history(channel):
+                if stored:
                     await self._store(channel, data)
                 else:
-                    await self._client().publish(self.keys.topic(channel), data)
+                    await self._publish_raw(self.keys.topic(channel), data)
         except REDIS_DOWN as exc:
             raise PublishError(f"cannot publish to {channel!r}, Redis unavailable: {exc}") from exc
         self.metrics.published()
@@ -242,6 +280,7 @@ class RedisConnectionManager(ConnectionManager):
         await self._store_script(
             keys=[self.keys.history(channel)],
             args=[
+                self._publish_command,
                 self.keys.topic(channel),
                 stored_envelope_head(channel, self.worker_id),
                 payload,
@@ -283,163 +322,139 @@ class RedisConnectionManager(ConnectionManager):
         complete = reaches_back and stream_id_order(max_deleted) <= stream_id_order(since)
         return replay, oldest, complete
 
-    # -- the pub/sub link --------------------------------------------------------------
+    # -- the pub/sub links -------------------------------------------------------------
+
+    async def _open_link(self, name: str, connect: Callable[[], Any], probe_tag: str) -> TopicLink:
+        link = TopicLink(
+            name=name,
+            connect=connect,
+            sharded=self.is_cluster,
+            probe_topic=self.keys.probe_topic(self.worker_id, probe_tag),
+            publish=self._publish_raw,
+            on_message=self._on_topic_message,
+            on_restored=self._on_link_restored,
+            settings=self.settings,
+            tasks=self._tasks,
+        )
+        await link.open()
+        self._links[name] = link
+        link.start()
+        return link
+
+    async def _link_for(self, channel: str) -> TopicLink:
+        """The link that carries ``channel``'s topic (on a cluster: its shard's)."""
+        client = self._client()
+        if not isinstance(client, RedisCluster):
+            return self._links["main"]
+        node = client.get_node_from_key(self.keys.topic(channel))
+        if node is None:
+            raise PublishError(f"no cluster node serves channel {channel!r}")
+        link = self._links.get(node.name)
+        if link is not None:
+            return link
+        tag = self._probe_tag_on(client, node.name)
+        probe_key = self.keys.probe_topic(self.worker_id, tag)
+        assert self._endpoint is not None
+        endpoint = self._endpoint
+
+        def connect() -> Any:
+            # Whoever serves the probe's slot now: after a failover, the promoted replica.
+            owner = client.get_node_from_key(probe_key) or node
+            return endpoint.node_link_client(owner.host, int(owner.port))
+
+        return await self._open_link(node.name, connect, tag)
+
+    def _probe_tag_on(self, client: RedisCluster, node_name: str) -> str:
+        """A hash tag whose slot the node serves, so that its probes travel its link."""
+        for attempt in range(100_000):
+            tag = f"{self.worker_id}-{attempt}"
+            node = client.get_node_from_key(self.keys.probe_topic(self.worker_id, tag))
+            if node is not None and node.name == node_name:
+                return tag
+        raise PublishError(f"cluster node {node_name} serves no slot")
 
     async def _sync_subscription(self, channel: str) -> None:
         """Subscribe to a channel's topic while it has local sockets, unsubscribe after.
 
         Under one lock, so that concurrent first joins and last leaves cannot interleave
-        their SUBSCRIBE and UNSUBSCRIBE.
+        their subscribe and unsubscribe.
         """
-        async with asyncio.timeout(self.settings.redis_timeout * 2):
-            await self._link_up.wait()
-        async with self._link_lock:
-            pubsub = self._pubsub
-            if pubsub is None:
-                raise PublishError("the Redis link is down")
+        async with self._subscription_lock:
             wanted = channel in self._local
-            if wanted and channel not in self._subscribed:
-                self._subscribed.add(channel)
+            link = self._channel_links.get(channel)
+            if wanted and link is None:
+                link = await self._link_for(channel)
+                self._channel_links[channel] = link
                 self._loading[channel] = []
                 try:
-                    await pubsub.subscribe(self.keys.topic(channel))
+                    await self._record_channel(channel)
+                    await link.subscribe(self.keys.topic(channel))
                     await self._load_membership(channel)
                 except BaseException:
-                    self._subscribed.discard(channel)
+                    self._channel_links.pop(channel, None)
                     self._loading.pop(channel, None)
                     raise
-            elif not wanted and channel in self._subscribed:
-                self._subscribed.discard(channel)
+            elif not wanted and link is not None:
+                del self._channel_links[channel]
                 self._members.pop(channel, None)
                 self._seq.pop(channel, None)
                 self._last_stored.pop(channel, None)
-                await pubsub.unsubscribe(self.keys.topic(channel))
+                self._recorded_channels.discard(channel)
+                await link.unsubscribe(self.keys.topic(channel))
+                await self._client().srem(self.keys.worker_channels(self.worker_id), channel)
 
     async def _load_membership(self, channel: str) -> None:
         """Replace the mirror of ``channel`` with Redis' set, then apply what arrived meanwhile."""
-        async with self._client().pipeline(transaction=True) as pipe:
-            pipe.smembers(self.keys.members(channel))
-            pipe.get(self.keys.seq(channel))
-            raw_members, raw_seq = await pipe.execute()
+        raw_members, raw_seq = await self._snapshot_script(
+            keys=[self.keys.members(channel), self.keys.seq(channel)]
+        )
         self._members[channel] = {_text(m) for m in raw_members}
         self._seq[channel] = int(raw_seq or 0)
         for envelope in self._loading.pop(channel, []):
             self._apply_membership_event(envelope)
 
-    async def _open_link(self) -> None:
-        """Open the pub/sub connection, subscribe, and bring presence and mirrors up to date."""
-        async with self._link_lock:
-            if self._link_client is None:
-                raise PublishError("the Redis connection manager is not started")
-            pubsub = self._link_client.pubsub()
-            try:
-                channels = list(self._local)
-                await pubsub.subscribe(self._control_topic, *(self.keys.topic(c) for c in channels))
-                self._pubsub = pubsub
-                self._subscribed = set(channels)
-                # Heartbeat first: presence of a worker without one would be reaped.
-                await self._beat()
-                await self._register_presence()
-                for channel in channels:
-                    self._loading[channel] = []
-                    await self._load_membership(channel)
-                    await self._replay_missed(channel)
-            except BaseException:
-                self._pubsub = None
-                self._subscribed.clear()
-                self._loading.clear()
-                with contextlib.suppress(*REDIS_DOWN):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                raise
-            self._link_up.set()
+    async def _on_link_restored(self, link: TopicLink) -> None:
+        """Runs in the link's task before it reads again: presence, mirrors, history, hooks."""
+        channels = [c for c, owner in self._channel_links.items() if owner is link]
+        await self._beat()  # first: presence of a worker without a heartbeat would be reaped
+        await self._register_presence(channels)
         for channel in channels:
+            self._loading[channel] = []
+            await self._load_membership(channel)
+            await self._replay_missed(channel)
             self._schedule_regeneration(channel)
-
-    async def _drop_link(self) -> None:
-        self._link_up.clear()
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(*REDIS_DOWN):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    async def _register_presence(self) -> None:
-        """(Re-)register every local connection and record leaves that failed earlier."""
-        for connection in list(self._unannounced_leaves.values()):
-            await self._run_membership_script(self._leave_script, connection, True)
-            self._unannounced_leaves.pop(connection.id, None)
-        for channel in list(self._local):
-            for connection in self.local_connections(channel):
-                await self._run_membership_script(self._join_script, connection, True)
-
-    async def _listen_forever(self) -> None:
-        delay = self.settings.reconnect_delay_initial
-        while True:
-            try:
-                if self._pubsub is None:
-                    await self._open_link()
-                    self.reconnect_count += 1
-                    self.metrics.redis_reconnected()
-                    logger.warning(
-                        "Redis link re-established (reconnect #%d); messages published "
-                        "while it was down were not delivered",
-                        self.reconnect_count,
-                    )
-                    await self._run_reconnect_hooks()
-                    await self._notify_link_restored()
-                delay = self.settings.reconnect_delay_initial
-                await self._pump_messages()
-            except asyncio.CancelledError:
-                raise
-            except REDIS_DOWN as exc:
-                await self._drop_link()
-                logger.warning(
-                    "Redis link lost (%s: %s); reconnecting in %.2fs",
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.reconnect_delay_max)
-
-    async def _pump_messages(self) -> None:
-        while True:
-            pubsub = self._pubsub
-            if pubsub is None:
-                raise PublishError("the Redis link was dropped")
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None and message.get("type") == "message":
-                self._on_topic_message(message["channel"], message["data"])
-
-    async def _run_reconnect_hooks(self) -> None:
+        self.metrics.redis_reconnected()
         for hook in list(self.on_reconnect):
             try:
                 await hook()
             except Exception:
                 logger.exception("on_reconnect hook %r failed", hook)
+        await self._notify_link_restored(channels)
 
-    def _on_topic_message(self, topic: bytes, data: bytes) -> None:
-        topic_name = topic.decode(errors="replace")
-        if topic_name == self._control_topic:
-            probe = self._probe
-            if probe is not None and data == probe[0] and not probe[1].done():
-                probe[1].set_result(None)
-            return
+    async def _register_presence(self, channels: list[str]) -> None:
+        """(Re-)register the local connections of ``channels``; retry leaves that failed."""
+        for connection in list(self._unannounced_leaves.values()):
+            await self._run_membership_script(self._leave_script, connection, True)
+            self._unannounced_leaves.pop(connection.id, None)
+        for channel in channels:
+            await self._record_channel(channel)
+            for connection in self.local_connections(channel):
+                await self._run_membership_script(self._join_script, connection, True)
+
+    def _on_topic_message(self, topic: str, data: bytes) -> None:
         try:
             envelope = decode_envelope(data)
         except MalformedMessageError as exc:
-            logger.warning("ignored a payload on %s that is not an envelope: %s", topic_name, exc)
+            logger.warning("ignored a payload on %s that is not an envelope: %s", topic, exc)
             return
-        if topic_name != self.keys.topic(envelope.channel):
-            logger.warning("ignored an envelope for %r on topic %s", envelope.channel, topic_name)
+        if topic != self.keys.topic(envelope.channel):
+            logger.warning("ignored an envelope for %r on topic %s", envelope.channel, topic)
             return
         if envelope.kind is EventKind.MESSAGE:
             self._deliver(envelope.channel, OutgoingFrame(envelope.payload), envelope.sent_at)
-            return
-        if envelope.kind is EventKind.STORED:
+        elif envelope.kind is EventKind.STORED:
             self._deliver_stored(envelope.channel, envelope.ref, envelope.payload, envelope.sent_at)
-            return
-        buffered = self._loading.get(envelope.channel)
-        if buffered is not None:
+        elif (buffered := self._loading.get(envelope.channel)) is not None:
             buffered.append(envelope)
         else:
             self._apply_membership_event(envelope)
@@ -466,7 +481,7 @@ class RedisConnectionManager(ConnectionManager):
 
     def _apply_membership_event(self, envelope: Envelope) -> None:
         channel = envelope.channel
-        if channel not in self._subscribed or envelope.seq <= self._seq.get(channel, 0):
+        if channel not in self._channel_links or envelope.seq <= self._seq.get(channel, 0):
             return  # not ours any more, or already part of the loaded snapshot
         self._seq[channel] = envelope.seq
         notify = bool(envelope.payload)
@@ -474,52 +489,6 @@ class RedisConnectionManager(ConnectionManager):
             self._apply_join(channel, envelope.ref, notify)
         else:
             self._apply_leave(channel, envelope.ref, notify)
-
-    # -- deaf-link detection -----------------------------------------------------------
-
-    async def _probe_link_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.probe_interval)
-            if not self._link_up.is_set():
-                continue  # the listener is reconnecting already
-            if not await self._link_hears_itself():
-                self.deaf_link_count += 1
-                self.metrics.deaf_link_detected()
-                logger.warning(
-                    "pub/sub link of %s is deaf (probe not back within %.1fs); renewing it",
-                    self.worker_id,
-                    self.settings.probe_timeout,
-                )
-                await self._restart_listener()
-
-    async def _link_hears_itself(self) -> bool:
-        """Publish a token to our own control topic; True if the link delivers it in time."""
-        token = uuid.uuid4().hex.encode()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._probe = (token, waiter)
-        try:
-            try:
-                receivers = await self._client().publish(self._control_topic, token)
-            except REDIS_DOWN:
-                return True  # Redis itself is unreachable: the listener and heartbeat see it
-            if receivers == 0:
-                return False  # Redis no longer knows our subscription
-            try:
-                await asyncio.wait_for(waiter, self.settings.probe_timeout)
-            except TimeoutError:
-                return False
-            return True
-        finally:
-            self._probe = None
-
-    async def _restart_listener(self) -> None:
-        listener = self._listener
-        if listener is not None and not listener.done():
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-        await self._drop_link()
-        self._listener = self._tasks.spawn(self._listen_forever(), name="pubsub-redis-listener")
 
     # -- heartbeat and reaping ---------------------------------------------------------
 
@@ -536,15 +505,18 @@ class RedisConnectionManager(ConnectionManager):
     async def _beat(self) -> None:
         client = self._client()
         ttl_ms = int(self.settings.heartbeat_ttl * 1000)
-        async with client.pipeline(transaction=True) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             pipe.set(self.keys.heartbeat(self.worker_id), "1", px=ttl_ms, get=True)
             pipe.sadd(self.keys.workers, self.worker_id)
-            previous, _ = await pipe.execute()
-        if previous is None and self._running and self._link_up.is_set():
-            # Our heartbeat had expired (event loop stalled, or Redis restarted): peers may
+            pipe.exists(self.keys.worker_channels(self.worker_id))
+            previous, _, recorded = await pipe.execute()
+        reaped = previous is None or (self._recorded_channels and not recorded)
+        links_up = all(link.is_up for link in self._links.values())
+        if reaped and self._running and self._local and links_up:
+            # Our heartbeat had expired (event loop stalled, or Redis restarted): a peer may
             # have reaped our presence, so register it again.
-            logger.warning("heartbeat of %s had expired; re-registering presence", self.worker_id)
-            await self._register_presence()
+            logger.warning("presence of %s was lost; registering it again", self.worker_id)
+            await self._register_presence(list(self._channel_links))
 
     async def _reap_dead_workers(self) -> None:
         client = self._client()
@@ -563,21 +535,35 @@ class RedisConnectionManager(ConnectionManager):
                     logger.warning("reaped %d connections of dead worker %s", removed, worker)
 
     async def _reap(self, worker_id: str, *, force: bool) -> int:
-        result = await self._reap_script(
-            keys=[
-                self.keys.workers,
-                self.keys.worker_connections(worker_id),
-                self.keys.heartbeat(worker_id),
-            ],
-            args=[
-                self.keys.prefix,
-                worker_id,
-                self.worker_id,
-                "1" if force else "0",
-                _scripts.SEQ_IDLE_TTL_MS,
-            ],
+        """Remove a worker's presence from every channel it held; -1 if it turned out alive."""
+        channels = await self._claim_script(
+            keys=[self.keys.heartbeat(worker_id), self.keys.worker_channels(worker_id)],
+            args=["1" if force else "0"],
         )
-        return int(result)
+        if channels is None:
+            return -1
+        removed = 0
+        for raw in channels:
+            channel = _text(raw)
+            removed += int(
+                await self._reap_channel_script(
+                    keys=[
+                        self.keys.members(channel),
+                        self.keys.seq(channel),
+                        self.keys.owners(channel),
+                    ],
+                    args=[
+                        self._publish_command,
+                        self.keys.topic(channel),
+                        channel,
+                        self.worker_id,
+                        worker_id,
+                        _scripts.SEQ_IDLE_TTL_MS,
+                    ],
+                )
+            )
+        await self._client().srem(self.keys.workers, worker_id)
+        return removed
 
 
 def _text(value: bytes | str) -> str:

@@ -1,0 +1,245 @@
+"""One pub/sub connection to one Redis server, kept alive and honest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from ..errors import PublishError
+from ..settings import PubSubSettings
+from ..tasks import TaskSupervisor
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+# Errors that mean "Redis is not answering", as opposed to bugs.
+REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class TopicLink:
+    """A pub/sub connection subscribed to a set of topics, read by one task.
+
+    When the connection fails, or a probe (a message to itself on ``probe_topic``) does not
+    come back in time although Redis took it, the link drops the connection, reconnects with
+    backoff, subscribes to its topics again and awaits ``on_restored``, so that the owner can
+    register presence again and tell the application. Messages go to ``on_message``.
+    With ``sharded`` it uses SSUBSCRIBE (Redis Cluster shard channels).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        connect: Callable[[], Redis],
+        sharded: bool,
+        probe_topic: str,
+        publish: Callable[[str, bytes], Awaitable[int]],
+        on_message: Callable[[str, bytes], None],
+        on_restored: Callable[[TopicLink], Awaitable[None]],
+        settings: PubSubSettings,
+        tasks: TaskSupervisor,
+    ) -> None:
+        self.name = name
+        self.topics: set[str] = set()
+        self.probe_topic = probe_topic
+        #: Times the link was re-established after a loss, and found deaf by a probe.
+        self.reconnect_count = 0
+        self.deaf_count = 0
+        self._connect = connect
+        self._sharded = sharded
+        self._publish = publish
+        self._on_message = on_message
+        self._on_restored = on_restored
+        self._settings = settings
+        self._tasks = tasks
+        self._client: Redis | None = None
+        self._pubsub: PubSub | None = None
+        self._lock = asyncio.Lock()
+        self._up = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._probe: tuple[bytes, asyncio.Future[None]] | None = None
+
+    @property
+    def is_up(self) -> bool:
+        """True while the connection is open and subscribed."""
+        return self._up.is_set()
+
+    async def open(self) -> None:
+        """Connect and subscribe; raises if Redis cannot be reached."""
+        async with self._lock:
+            await self._connect_and_subscribe()
+
+    def start(self) -> None:
+        """Start reading (and probing) in tasks owned by the manager's supervisor."""
+        self._listener = self._tasks.spawn(self._listen_forever(), name=f"pubsub-link-{self.name}")
+        if self._settings.probe_interval > 0:
+            self._prober = self._tasks.spawn(
+                self._probe_forever(), name=f"pubsub-probe-{self.name}"
+            )
+
+    async def close(self) -> None:
+        """Stop the tasks and close the connection."""
+        for task in (self._prober, self._listener):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._drop()
+        await self._close_client()
+
+    async def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(*REDIS_DOWN):
+                await client.aclose(close_connection_pool=True)
+
+    async def subscribe(self, topic: str) -> None:
+        """Add ``topic``; waits (bounded) for the link if it is reconnecting."""
+        await self._when_up()
+        async with self._lock:
+            if topic in self.topics:
+                return
+            pubsub = self._require()
+            self.topics.add(topic)
+            try:
+                await (pubsub.ssubscribe(topic) if self._sharded else pubsub.subscribe(topic))
+            except BaseException:
+                self.topics.discard(topic)
+                raise
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Remove ``topic``."""
+        async with self._lock:
+            if topic not in self.topics:
+                return
+            self.topics.discard(topic)
+            pubsub = self._pubsub
+            if pubsub is not None:
+                await (pubsub.sunsubscribe(topic) if self._sharded else pubsub.unsubscribe(topic))
+
+    async def _when_up(self) -> None:
+        async with asyncio.timeout(self._settings.redis_timeout * 2):
+            await self._up.wait()
+
+    def _require(self) -> PubSub:
+        if self._pubsub is None:
+            raise PublishError(f"the Redis link {self.name} is down")
+        return self._pubsub
+
+    async def _connect_and_subscribe(self) -> None:
+        # A fresh client each time: ``connect`` may resolve a new primary after a failover.
+        await self._close_client()
+        self._client = self._connect()
+        pubsub = self._client.pubsub()
+        topics = [self.probe_topic, *self.topics]
+        try:
+            await (pubsub.ssubscribe(*topics) if self._sharded else pubsub.subscribe(*topics))
+        except BaseException:
+            with contextlib.suppress(*REDIS_DOWN):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        self._pubsub = pubsub
+        self._up.set()
+
+    async def _drop(self) -> None:
+        self._up.clear()
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(*REDIS_DOWN):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _listen_forever(self) -> None:
+        delay = self._settings.reconnect_delay_initial
+        while True:
+            try:
+                if self._pubsub is None:
+                    async with self._lock:
+                        await self._connect_and_subscribe()
+                    self.reconnect_count += 1
+                    logger.warning(
+                        "Redis link %s re-established (reconnect #%d); messages published "
+                        "while it was down were not delivered",
+                        self.name,
+                        self.reconnect_count,
+                    )
+                    await self._on_restored(self)
+                delay = self._settings.reconnect_delay_initial
+                await self._pump()
+            except asyncio.CancelledError:
+                raise
+            except REDIS_DOWN as exc:
+                await self._drop()
+                logger.warning(
+                    "Redis link %s lost (%s: %s); reconnecting in %.2fs",
+                    self.name,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.reconnect_delay_max)
+
+    async def _pump(self) -> None:
+        kind = "smessage" if self._sharded else "message"
+        while True:
+            message = await self._require().get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None or message.get("type") != kind:
+                continue
+            topic = message["channel"]
+            topic_name = topic.decode(errors="replace") if isinstance(topic, bytes) else topic
+            data = message["data"]
+            if topic_name == self.probe_topic:
+                probe = self._probe
+                if probe is not None and data == probe[0] and not probe[1].done():
+                    probe[1].set_result(None)
+                continue
+            self._on_message(topic_name, data)
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.probe_interval)
+            if not self._up.is_set():
+                continue  # reconnecting already
+            if not await self._hears_itself():
+                self.deaf_count += 1
+                logger.warning(
+                    "Redis link %s is deaf (probe not back within %.1fs); renewing it",
+                    self.name,
+                    self._settings.probe_timeout,
+                )
+                await self._renew()
+
+    async def _hears_itself(self) -> bool:
+        token = uuid.uuid4().hex.encode()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._probe = (token, waiter)
+        try:
+            try:
+                receivers = await self._publish(self.probe_topic, token)
+            except REDIS_DOWN:
+                return True  # Redis itself is unreachable: the listener sees that
+            if receivers == 0:
+                return False  # Redis no longer knows our subscription
+            try:
+                await asyncio.wait_for(waiter, self._settings.probe_timeout)
+            except TimeoutError:
+                return False
+            return True
+        finally:
+            self._probe = None
+
+    async def _renew(self) -> None:
+        listener = self._listener
+        if listener is not None and not listener.done():
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        await self._drop()
+        self._listener = self._tasks.spawn(self._listen_forever(), name=f"pubsub-link-{self.name}")
