@@ -15,15 +15,33 @@ from dataclasses import dataclass, field
 import redis
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
+def free_port(also_free_at: int | None = None) -> int:
+    """A TCP port on loopback that nothing listens on right now (and, with
+    ``also_free_at``, whose port + that offset is free too: a cluster bus port)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if also_free_at is None:
+            return port
+        if port + also_free_at < 65536 and _is_free(port + also_free_at):
+            return port
+
+
+def _is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
-def wait_until_pingable(url: str, timeout: float = 10.0) -> None:
-    """Block until Redis at ``url`` answers PING, or raise after ``timeout``."""
+def wait_until_pingable(
+    url: str, timeout: float = 10.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until Redis at ``url`` answers PING, or raise after ``timeout`` (at once if
+    ``process`` exits: its port was taken)."""
     deadline = time.monotonic() + timeout
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
@@ -32,6 +50,8 @@ def wait_until_pingable(url: str, timeout: float = 10.0) -> None:
                 if client.ping():
                     return
             except redis.RedisError:
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {process.returncode}") from None
                 if time.monotonic() > deadline:
                     raise
             time.sleep(0.05)
@@ -52,12 +72,32 @@ class OwnedRedisServer:
     workdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="pubsub-redis-"))
     #: More redis-server arguments, e.g. ``["--replicaof", "127.0.0.1", "6380"]``.
     extra_args: list[str] = field(default_factory=list)
+    #: Cluster nodes also listen on port + 10000 (the cluster bus).
+    cluster_bus: bool = False
+    _started_once: bool = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        """Start the server; on the first start, move to another port if this one was taken
+        meanwhile (restarts keep the port, as a real restart would)."""
+        for _ in range(5):
+            if self.cluster_bus and not self._started_once:
+                self.port = free_port(also_free_at=10000)
+            try:
+                self._start_once()
+            except RuntimeError:
+                if self._started_once:
+                    raise
+                self.port = free_port()
+                continue
+            self._started_once = True
+            return
+        raise RuntimeError("could not start redis-server on a free port")
+
+    def _start_once(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -81,7 +121,11 @@ class OwnedRedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until_pingable(self.url)
+        try:
+            wait_until_pingable(self.url, process=self.process)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Kill the server (SIGKILL: no goodbye to clients, as in a crash)."""
@@ -162,3 +206,64 @@ class OwnedSentinel:
             self.process.wait(timeout=10)
             self.process = None
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass
+class OwnedRedisCluster:
+    """A Redis Cluster of ``size`` masters (no replicas) on loopback ports, built from
+    ``redis-server --cluster-enabled yes`` processes and ``redis-cli --cluster create``."""
+
+    size: int = 3
+    nodes: list[OwnedRedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        return f"redis+cluster://{hosts}"
+
+    def start(self) -> None:
+        for _ in range(self.size):
+            node = OwnedRedisServer(cluster_bus=True)
+            node.extra_args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                os.path.join(node.workdir, "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+            ]
+            node.start()
+            self.nodes.append(node)
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed (apt-get install redis-tools)")
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        for node in self.nodes:
+            client = redis.Redis.from_url(node.url)
+            try:
+                while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+                    time.sleep(0.1)
+            finally:
+                client.close()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        self.nodes.clear()

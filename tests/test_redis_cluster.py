@@ -1,0 +1,155 @@
+"""Redis Cluster: channels spread over three shards with sharded pub/sub, one slot each."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from redis.cluster import RedisCluster as SyncRedisCluster
+from redis.crc import key_slot
+
+from fastapi_pubsub_cluster import PubSubHub, RedisConnectionManager, RedisPublisher
+from fastapi_pubsub_cluster.keys import RedisKeys
+from tests.apps.local_app import build_app
+from tests.conftest import make_settings
+from tests.live import connect, recv_until, serve, uvicorn_process
+from tests.redis_servers import OwnedRedisCluster
+
+pytestmark = pytest.mark.slow
+
+CHANNELS = [f"shard-test-{i}" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[OwnedRedisCluster]:
+    cluster = OwnedRedisCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+async def cluster_hub(
+    redis_cluster: OwnedRedisCluster, key_prefix: str
+) -> AsyncIterator[PubSubHub]:
+    async with PubSubHub(settings=make_settings(key_prefix, redis_cluster.url)) as hub:
+        yield hub
+
+
+def node_of(redis_cluster: OwnedRedisCluster, key: str) -> str:
+    client = SyncRedisCluster(host="127.0.0.1", port=redis_cluster.nodes[0].port)
+    try:
+        return str(client.get_node_from_key(key).name)
+    finally:
+        client.close()
+
+
+def test_a_channels_keys_and_topic_share_one_slot(key_prefix: str) -> None:
+    keys = RedisKeys(key_prefix)
+    names = [keys.members("x"), keys.owners("x"), keys.seq("x"), keys.topic("x")]
+    names.append(keys.history("x"))
+    assert len({key_slot(name.encode()) for name in names}) == 1
+    assert key_slot(keys.members("x").encode()) != key_slot(keys.members("y").encode())
+
+
+async def test_channels_on_every_shard_fan_out_with_one_link_per_shard(
+    cluster_hub: PubSubHub, redis_cluster: OwnedRedisCluster, key_prefix: str
+) -> None:
+    keys = RedisKeys(key_prefix)
+    shards = {node_of(redis_cluster, keys.topic(channel)) for channel in CHANNELS}
+    assert len(shards) == 3  # the channels really are spread over the three masters
+    async with serve(build_app(cluster_hub)) as url:
+        clients = {
+            channel: [await connect(f"{url}/ws/{channel}") for _ in range(2)]
+            for channel in CHANNELS
+        }
+        for group in clients.values():
+            for ws in group:
+                await recv_until(ws, lambda m: m == {"count": 2})
+        for channel in CHANNELS:
+            await cluster_hub.publish(channel, {"to": channel})
+        for channel, group in clients.items():
+            for ws in group:
+                assert await recv_until(ws, lambda m: "to" in m) == {"to": channel}
+        manager = cluster_hub.manager
+        assert isinstance(manager, RedisConnectionManager) and manager.is_cluster
+        assert len(manager._links) == 3  # one sharded pub/sub link per master, not per socket
+        for channel in CHANNELS:
+            assert await cluster_hub.count(channel) == 2
+        for group in clients.values():
+            for ws in group:
+                await ws.close()
+
+
+async def test_two_workers_on_a_cluster_see_each_other(
+    redis_cluster: OwnedRedisCluster, key_prefix: str
+) -> None:
+    settings = make_settings(key_prefix, redis_cluster.url)
+    async with (
+        PubSubHub(settings=settings) as hub_a,
+        PubSubHub(settings=settings) as hub_b,
+        serve(build_app(hub_a)) as url_a,
+        serve(build_app(hub_b)) as url_b,
+    ):
+        on_a = await connect(f"{url_a}/ws/{CHANNELS[0]}")
+        on_b = await connect(f"{url_b}/ws/{CHANNELS[0]}")
+        for ws in (on_a, on_b):
+            await recv_until(ws, lambda m: m == {"count": 2})
+        async with RedisPublisher(redis_cluster.url, settings=settings) as outside:
+            assert await outside.publish(CHANNELS[0], {"from": "script"}) == 2
+        for ws in (on_a, on_b):
+            assert await recv_until(ws, lambda m: "from" in m) == {"from": "script"}
+        await on_b.close()
+        await recv_until(on_a, lambda m: m == {"count": 1})
+        await on_a.close()
+
+
+async def test_history_resume_on_a_cluster(
+    redis_cluster: OwnedRedisCluster, key_prefix: str
+) -> None:
+    settings = make_settings(key_prefix, redis_cluster.url, history_channels="shard-test-.*")
+    async with PubSubHub(settings=settings) as hub, serve(build_app(hub)) as url:
+        ws = await connect(f"{url}/ws/{CHANNELS[1]}")
+        await hub.publish(CHANNELS[1], {"n": 0})
+        first = await recv_until(ws, lambda m: "id" in m)
+        await ws.close()
+        for n in range(1, 21):
+            await hub.publish(CHANNELS[1], {"n": n})
+        back = await connect(f"{url}/ws/{CHANNELS[1]}?since={first['id']}")
+        missed = [await recv_until(back, lambda m: "id" in m) for _ in range(20)]
+        assert [m["data"]["n"] for m in missed] == list(range(1, 21))
+        await back.close()
+
+
+async def test_killed_worker_is_reaped_on_a_cluster(
+    redis_cluster: OwnedRedisCluster, key_prefix: str
+) -> None:
+    env = {
+        "PUBSUB_REDIS_URL": redis_cluster.url,
+        "PUBSUB_KEY_PREFIX": key_prefix,
+        "PUBSUB_HEARTBEAT_TTL": "2",
+    }
+    app = "tests.apps.cluster_app:app"
+    with uvicorn_process(app, env) as survivor, uvicorn_process(app, env) as doomed:
+        base_s = survivor.replace("http://", "ws://")
+        base_d = doomed.replace("http://", "ws://")
+        watchers = [await connect(f"{base_s}/ws/{channel}") for channel in CHANNELS[:3]]
+        victims = [await connect(f"{base_d}/ws/{channel}") for channel in CHANNELS[:3]]
+        for ws in watchers:
+            await recv_until(ws, lambda m: m == {"count": 2})
+        async with httpx.AsyncClient() as http:
+            pid = int((await http.get(f"{doomed}/healthz", timeout=5)).json()["pid"])
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.gather(
+            *(recv_until(ws, lambda m: m == {"count": 1}, timeout=8) for ws in watchers)
+        )
+        for ws in victims:
+            ws.transport.abort()
+        for ws in watchers:
+            await ws.close()
