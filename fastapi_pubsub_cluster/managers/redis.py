@@ -416,7 +416,8 @@ class RedisConnectionManager(ConnectionManager):
     async def _on_link_restored(self, link: TopicLink) -> None:
         """Runs in the link's task before it reads again: presence, mirrors, history, hooks."""
         channels = [c for c, owner in self._channel_links.items() if owner is link]
-        await self._beat()  # first: presence of a worker without a heartbeat would be reaped
+        # The heartbeat first: presence of a worker without one would be reaped.
+        await self._beat(repair=False)
         await self._register_presence(channels)
         for channel in channels:
             self._loading[channel] = []
@@ -502,7 +503,8 @@ class RedisConnectionManager(ConnectionManager):
             except REDIS_DOWN as exc:
                 logger.warning("heartbeat failed (%r); retrying in %.1fs", exc, interval)
 
-    async def _beat(self) -> None:
+    async def _beat(self, *, repair: bool = True) -> None:
+        """Renew the heartbeat; with ``repair``, register presence again if it was lost."""
         client = self._client()
         ttl_ms = int(self.settings.heartbeat_ttl * 1000)
         async with client.pipeline(transaction=False) as pipe:
@@ -512,7 +514,7 @@ class RedisConnectionManager(ConnectionManager):
             previous, _, recorded = await pipe.execute()
         reaped = previous is None or (self._recorded_channels and not recorded)
         links_up = all(link.is_up for link in self._links.values())
-        if reaped and self._running and self._local and links_up:
+        if repair and reaped and self._running and self._local and links_up:
             # Our heartbeat had expired (event loop stalled, or Redis restarted): a peer may
             # have reaped our presence, so register it again.
             logger.warning("presence of %s was lost; registering it again", self.worker_id)
