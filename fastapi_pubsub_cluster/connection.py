@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
@@ -23,9 +23,10 @@ Generator = Callable[[], Awaitable[Any]]
 class ClientConnection:
     """A websocket held by this worker, as the connection manager sees it.
 
-    Fan-out calls :meth:`offer`, which never awaits: the frame goes into a bounded outbox
-    that one writer task drains. When the outbox is full the slow-client policy applies to
-    this client alone.
+    Fan-out calls :meth:`offer`, which never awaits. The frame is written at once when the
+    socket takes it without waiting; otherwise it goes into a bounded outbox that a writer
+    task (created on first need) drains. When the outbox is full the slow-client policy
+    applies to this client alone.
     """
 
     def __init__(
@@ -62,6 +63,9 @@ class ClientConnection:
         self._outbox: deque[str | bytes] = deque()
         self._ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        # A send started in the caller's task that had to wait, and what it waits on.
+        self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None
+        self._writing = False
         self._closing = False
         self._overflowed = False
 
@@ -116,6 +120,8 @@ class ClientConnection:
 
     def _push(self, frame: OutgoingFrame, *, bounded: bool) -> bool:
         data: str | bytes = frame.text if self.wire_format == "json" else frame.binary
+        if not self._outbox and self._suspended is None and not self._writing:
+            return self._send_now(data)
         if bounded and len(self._outbox) >= self._queue_size:
             if self._policy == "drop_oldest":
                 self._outbox.popleft()
@@ -126,16 +132,46 @@ class ClientConnection:
                 self._on_overflow()
                 return False
         self._outbox.append(data)
-        self._ready.set()
+        self._wake_writer()
         return True
 
-    def start_writer(self) -> asyncio.Task[None]:
-        """Start the task that drains the outbox; the caller owns it (see :meth:`stop_writer`)."""
+    def _send_now(self, data: str | bytes) -> bool:
+        """Start the send at once, in the caller's task.
+
+        A server's ASGI send normally completes without waiting (the socket's write buffer
+        takes the frame), so most deliveries cost no task switch. When it does have to wait
+        (the client is not reading fast enough), the suspended send is handed to this
+        client's writer task, and later frames queue behind it in the bounded outbox.
+        """
+        send = self._send_coroutine(data)
+        try:
+            waiting_on = send.send(None)
+        except StopIteration:
+            return True
+        except Exception as exc:  # the client vanished, or the socket is closing
+            self._lost(exc)
+            return False
+        self._suspended = (send, waiting_on)
+        self._wake_writer()
+        return True
+
+    def _send_coroutine(self, data: str | bytes) -> Coroutine[Any, Any, None]:
+        if isinstance(data, str):
+            return self.websocket.send_text(data)
+        return self.websocket.send_bytes(data)
+
+    def _wake_writer(self) -> None:
         if self._writer is None:
+            # Created on first need: a client that never falls behind costs no task.
             self._writer = asyncio.get_running_loop().create_task(
                 self._write_until_closed(), name=f"pubsub-writer-{self.id}"
             )
-        return self._writer
+        self._ready.set()
+
+    def _lost(self, exc: BaseException) -> None:
+        logger.debug("send to %s failed: %r", self.id, exc)
+        self._closing = True
+        self._outbox.clear()
 
     async def stop_writer(self) -> None:
         """Stop queuing, cancel the writer and wait for it."""
@@ -145,6 +181,9 @@ class ClientConnection:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+        if self._suspended is not None:  # the writer never got to run
+            self._suspended[0].close()
+            self._suspended = None
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close the socket with ``code``, waiting at most ``close_timeout`` for the client."""
@@ -185,21 +224,39 @@ class ClientConnection:
             if task is not None:
                 task.uncancel()
         except Exception as exc:  # the client vanished mid-send
-            logger.debug("send to %s failed: %r", self.id, exc)
-            self._closing = True
-            self._outbox.clear()
+            self._lost(exc)
             return
         await self.close(CloseCode.POLICY_VIOLATION, "client too slow")
 
     async def _drain_forever(self) -> None:
-        websocket = self.websocket
         outbox = self._outbox
         while True:
             await self._ready.wait()
-            while outbox:
-                data = outbox.popleft()
-                if isinstance(data, str):
-                    await websocket.send_text(data)
-                else:
-                    await websocket.send_bytes(data)
             self._ready.clear()
+            self._writing = True
+            try:
+                if self._suspended is not None:
+                    await self._finish_suspended()
+                while outbox:
+                    await self._send_coroutine(outbox.popleft())
+            finally:
+                self._writing = False
+
+    async def _finish_suspended(self) -> None:
+        """Drive the send that :meth:`_send_now` started to its end."""
+        assert self._suspended is not None
+        send, waiting_on = self._suspended
+        try:
+            while True:
+                if waiting_on is None:
+                    await asyncio.sleep(0)  # a bare yield: just let the loop run
+                else:
+                    await asyncio.wait((waiting_on,))
+                waiting_on = send.send(None)
+        except StopIteration:
+            pass
+        except BaseException:
+            send.close()
+            raise
+        finally:
+            self._suspended = None

@@ -170,7 +170,6 @@ class BasePubSubWebSocket:
         connection.resume_from = self.resume_from
         self._connection = connection
         close_code: int = CloseCode.NORMAL
-        connection.start_writer()
         manager = self.connection_manager
         try:
             try:
