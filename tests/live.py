@@ -111,6 +111,35 @@ async def close_code_of(ws: ClientConnection, timeout: float = 10.0) -> int | No
 
 
 @contextmanager
+def running(command: list[str], base: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``command`` from the repository root until ``base``/healthz answers; yields
+    ``base``; terminates the process after (kills it if it does not stop)."""
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[:4]} exited with {process.returncode}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command[:4]} did not answer within 30s")
+            time.sleep(0.05)
+        yield base
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
 def uvicorn_process(app_path: str, env: dict[str, str], workers: int = 1) -> Iterator[str]:
     """Run ``uvicorn app_path`` as a real separate process; yields its base ``http://`` URL."""
     port = free_port()
@@ -128,27 +157,5 @@ def uvicorn_process(app_path: str, env: dict[str, str], workers: int = 1) -> Ite
         "--log-level",
         "warning",
     ]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {process.returncode}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=0.5).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not come up within 20s")
-            time.sleep(0.05)
+    with running(command, f"http://127.0.0.1:{port}", env) as base:
         yield base
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()

@@ -6,7 +6,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -16,7 +15,7 @@ import pytest
 from fastapi_pubsub_cluster.demo import create_app
 from fastapi_pubsub_cluster.demo.app import chat_line_from
 from tests.conftest import make_settings
-from tests.live import ROOT, connect, recv_until, serve, uvicorn_process
+from tests.live import ROOT, connect, recv_until, running, serve, uvicorn_process
 from tests.redis_servers import free_port
 
 
@@ -31,34 +30,6 @@ async def demo_server(key_prefix: str) -> AsyncIterator[str]:
 def redis_env(redis_url: str, key_prefix: str, redis_client: object) -> dict[str, str]:
     """Environment that points a process at the test's Redis and key prefix."""
     return {"PUBSUB_REDIS_URL": redis_url, "PUBSUB_KEY_PREFIX": key_prefix}
-
-
-@contextmanager
-def running(command: list[str], base: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run ``command`` from the repository root until ``base``/healthz answers; kill it after."""
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})})
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:4]} exited with {process.returncode}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[:4]} did not answer within 30s")
-            time.sleep(0.05)
-        yield base
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 @contextmanager

@@ -33,21 +33,27 @@ def assert_strictly_ordered(ids: list[str]) -> None:
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
 
 
+async def last_seen_then_away(hub: PubSubHub, url: str, channel: str, missed: int) -> str:
+    """A client receives one message and leaves; ``missed`` more are published meanwhile.
+    Returns the id of the last message it saw."""
+    ws = await connect(f"{url}/ws/{channel}")
+    await hub.publish(channel, {"n": -1})
+    (seen,) = await receive_stored(ws, 1)
+    await ws.close()
+    for n in range(missed):
+        await hub.publish(channel, {"n": n})
+    return str(seen["id"])
+
+
 async def test_reconnecting_client_receives_exactly_what_it_missed_in_order(
     history_hub: PubSubHub,
 ) -> None:
     async with serve(build_app(history_hub)) as url:
-        ws = await connect(f"{url}/ws/news")
-        await history_hub.publish("news", {"n": -1})
-        (seen,) = await receive_stored(ws, 1)
-        await ws.close()
-
-        for n in range(50):
-            await history_hub.publish("news", {"n": n})
-        back = await connect(f"{url}/ws/news?since={seen['id']}")
+        seen = await last_seen_then_away(history_hub, url, "news", 50)
+        back = await connect(f"{url}/ws/news?since={seen}")
         missed = await receive_stored(back, 50)
         assert [m["data"]["n"] for m in missed] == list(range(50))
-        assert_strictly_ordered([seen["id"]] + [m["id"] for m in missed])
+        assert_strictly_ordered([seen] + [m["id"] for m in missed])
         # Then live messages, and nothing twice.
         await history_hub.publish("news", {"n": "live"})
         assert (await receive_stored(back, 1))[0]["data"] == {"n": "live"}
@@ -58,12 +64,7 @@ async def test_messages_published_during_the_replay_are_neither_lost_nor_doubled
     history_hub: PubSubHub,
 ) -> None:
     async with serve(build_app(history_hub)) as url:
-        ws = await connect(f"{url}/ws/news")
-        await history_hub.publish("news", {"n": -1})
-        (seen,) = await receive_stored(ws, 1)
-        await ws.close()
-        for n in range(50):
-            await history_hub.publish("news", {"n": n})
+        seen = await last_seen_then_away(history_hub, url, "news", 50)
 
         async def keep_publishing() -> None:
             for n in range(50, 100):
@@ -71,7 +72,7 @@ async def test_messages_published_during_the_replay_are_neither_lost_nor_doubled
                 await asyncio.sleep(0)  # interleave with the reconnecting client's replay
 
         publisher = asyncio.create_task(keep_publishing())
-        back = await connect(f"{url}/ws/news?since={seen['id']}")
+        back = await connect(f"{url}/ws/news?since={seen}")
         received = await receive_stored(back, 100)
         await publisher
         assert [m["data"]["n"] for m in received] == list(range(100))
@@ -83,15 +84,10 @@ async def test_client_is_told_when_history_no_longer_reaches_back(settings: PubS
     # Redis trims streams by whole nodes (MAXLEN ~), so publish well past one node.
     small = settings.with_changes(history_channels="small", history_size=10)
     async with PubSubHub(settings=small) as hub, serve(build_app(hub)) as url:
-        ws = await connect(f"{url}/ws/small")
-        await hub.publish("small", {"n": -1})
-        (seen,) = await receive_stored(ws, 1)
-        await ws.close()
-        for n in range(300):
-            await hub.publish("small", {"n": n})
-        back = await connect(f"{url}/ws/small?since={seen['id']}")
+        seen = await last_seen_then_away(hub, url, "small", 300)
+        back = await connect(f"{url}/ws/small?since={seen}")
         gap = await recv_until(back, lambda m: "history_gap" in m or "id" in m)
-        assert gap["history_gap"]["since"] == seen["id"]
+        assert gap["history_gap"]["since"] == seen
         assert gap["history_gap"]["oldest"] is not None
         # What is still kept follows, in order, ending with the newest message.
         rest = []
