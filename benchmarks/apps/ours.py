@@ -1,0 +1,35 @@
+"""fastapi-pubsub-cluster as its users run it; configured by ``PUBSUB_*`` variables."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from benchmarks.apps import CONTROL_PATH, split_control_frame
+from fastapi_pubsub_cluster import BasePubSubWebSocket, PubSubHub
+
+hub = PubSubHub()  # PUBSUB_REDIS_URL set: Redis manager; unset: in memory
+app = FastAPI(lifespan=hub.lifespan)
+
+
+@app.websocket("/ws/{channel}")
+async def channel_socket(websocket: WebSocket, channel: str) -> None:
+    await BasePubSubWebSocket(websocket, channel).run()
+
+
+@app.websocket(CONTROL_PATH)
+async def control(websocket: WebSocket) -> None:
+    """Publications from the driver, for the in-memory manager (no Redis to publish into)."""
+    await websocket.accept()
+    try:
+        while True:
+            channel, payload = split_control_frame(await websocket.receive_text())
+            await hub.publish(channel, json.loads(payload))
+    except WebSocketDisconnect:
+        pass
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, int]:
+    return {"local_connections": hub.manager.local_connection_count}

@@ -1,0 +1,118 @@
+"""Where a server's CPU goes in a burst: ``python -m benchmarks.profile [--target NAME]``.
+
+Runs one fan-out burst against a real server process while ``py-spy`` samples it (install
+``py-spy``), then prints the functions with the most samples: on-CPU time of their own
+("self") and including callees ("total").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+from benchmarks.limits import raise_open_files_limit
+from benchmarks.publishers import make_payload
+from benchmarks.redis_server import bench_redis
+from benchmarks.scenarios import session, wait_for_deliveries
+from benchmarks.targets import by_name
+
+
+def top_functions(
+    collapsed: str, limit: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
+    """(self, total, samples) from py-spy's collapsed stacks (``frame;frame;... count``)."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        # "function (file.py:line)" -> "function (file.py)": one row per function.
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";") if frame]
+        if not frames or frames[0].startswith("process"):
+            frames = frames[1:]
+        samples += count
+        if frames:
+            own[frames[-1]] += count
+        for frame in set(frames):
+            total[frame] += count
+    return own.most_common(limit), total.most_common(limit), samples
+
+
+async def profile(
+    target_name: str, subscribers: int, messages: int, limit: int, native: bool
+) -> None:
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("py-spy is not installed (pip install py-spy)")
+    target = by_name(target_name)
+    with bench_redis() as redis:
+        async with session(target, redis, {"fanout": subscribers}) as live:
+            pids = [p.pid for p in live.server.processes()]
+            output = tempfile.NamedTemporaryFile(suffix=".txt", delete=False)  # noqa: SIM115
+            output.close()
+            recorder = await asyncio.create_subprocess_exec(
+                *(spy, "record", "--format", "raw", "--rate", "500"),
+                *("--output", output.name, "--pid", str(pids[-1])),
+                # py-spy cannot unwind C frames of a process it does not pause.
+                *(("--native",) if native else ("--nonblocking",)),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                await asyncio.sleep(1.0)  # py-spy attaches
+                for sequence in range(messages):
+                    await live.publisher.publish("fanout", make_payload(sequence))
+                await wait_for_deliveries(live, messages * subscribers)
+            finally:
+                if recorder.returncode is None:
+                    recorder.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+                try:
+                    await asyncio.wait_for(recorder.wait(), 30)
+                except TimeoutError:
+                    recorder.kill()
+                    await recorder.wait()
+            collapsed = await asyncio.to_thread(Path(output.name).read_text, "utf-8")
+            await asyncio.to_thread(Path(output.name).unlink)
+    own, total, samples = top_functions(collapsed, limit)
+    print(
+        f"{target_name}: {samples} samples of pid {pids[-1]} during a burst of "
+        f"{messages} messages to {subscribers} subscribers"
+    )
+    for title, rows in (("self", own), ("total (with callees)", total)):
+        print(f"\nTop functions by {title}:")
+        for frame, count in rows:
+            print(f"  {100 * count / max(1, samples):5.1f}%  {frame}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile")
+    parser.add_argument("--target", default="ours-redis-1w")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--messages", type=int, default=150)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--native", action="store_true", help="include C frames (uvloop)")
+    arguments = parser.parse_args()
+    raise_open_files_limit()
+    asyncio.run(
+        profile(
+            arguments.target,
+            arguments.subscribers,
+            arguments.messages,
+            arguments.top,
+            arguments.native,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""How the driver publishes into each system: the way its users publish from outside."""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+import websockets
+
+from benchmarks.apps import CONTROL_PATH
+from benchmarks.apps.peer_settings import broadcaster_channel, socketio_channel
+from benchmarks.targets import PublishVia, Target
+
+PADDING = "x" * 64
+
+
+def make_payload(sequence: int) -> dict[str, Any]:
+    """A small message carrying its send time (µs since the epoch) for latency."""
+    return {"sent_us": time.time_ns() // 1000, "seq": sequence, "body": PADDING}
+
+
+class Publisher(ABC):
+    """Publishes payloads to a channel of one running system."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open connections (some publishers connect lazily)."""
+
+    @abstractmethod
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class OursRedisPublisher(Publisher):
+    def __init__(self, redis_url: str, key_prefix: str) -> None:
+        from fastapi_pubsub_cluster import PubSubSettings, RedisPublisher
+
+        self._publisher = RedisPublisher(
+            redis_url, settings=PubSubSettings(redis_url=redis_url, key_prefix=key_prefix)
+        )
+
+    async def start(self) -> None:
+        pass  # connects on first use
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        await self._publisher.publish(channel, payload)
+
+    async def close(self) -> None:
+        await self._publisher.aclose()
+
+
+class SocketioPublisher(Publisher):
+    def __init__(self, redis_url: str, channel: str) -> None:
+        import socketio
+
+        self._manager = socketio.AsyncRedisManager(redis_url, channel=channel, write_only=True)
+
+    async def start(self) -> None:
+        pass  # connects on first use
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        await self._manager.emit("message", payload, room=channel, namespace="/")
+
+    async def close(self) -> None:
+        redis = getattr(self._manager, "redis", None)
+        if redis is not None:
+            await redis.aclose()
+
+
+class BroadcasterPublisher(Publisher):
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        from broadcaster import Broadcast
+
+        self._broadcast = Broadcast(redis_url)
+        self._prefix = prefix
+
+    async def start(self) -> None:
+        await self._broadcast.connect()
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        await self._broadcast.publish(
+            broadcaster_channel(channel, self._prefix), json.dumps(payload)
+        )
+
+    async def close(self) -> None:
+        await self._broadcast.disconnect()
+
+
+class ControlSocketPublisher(Publisher):
+    """Through the app's control websocket (in-memory systems, and permit's in-app publish)."""
+
+    def __init__(self, port: int) -> None:
+        self._url = f"ws://127.0.0.1:{port}{CONTROL_PATH}"
+        self._socket: websockets.ClientConnection | None = None
+
+    async def start(self) -> None:
+        self._socket = await websockets.connect(
+            self._url, compression=None, max_size=None, open_timeout=20
+        )
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        if self._socket is None:
+            raise RuntimeError("publisher not started")
+        await self._socket.send(f"{channel}\n{json.dumps(payload, separators=(',', ':'))}")
+
+    async def close(self) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+
+
+def publisher_for(target: Target, port: int, redis_url: str, prefix: str) -> Publisher:
+    """The publisher for ``target``; ``prefix`` is the run's key prefix (the apps' too)."""
+    if target.publish_via is PublishVia.OURS_REDIS:
+        return OursRedisPublisher(redis_url, prefix)
+    if target.publish_via is PublishVia.SOCKETIO_REDIS:
+        return SocketioPublisher(redis_url, socketio_channel(prefix))
+    if target.publish_via is PublishVia.BROADCASTER_REDIS:
+        return BroadcasterPublisher(redis_url, prefix)
+    return ControlSocketPublisher(port)

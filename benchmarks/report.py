@@ -1,0 +1,284 @@
+"""Medians, spreads and ratios of the measurements; printed as tables and written as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from benchmarks.metrics import median, ratio, spread
+from benchmarks.scenarios import Measurement
+from benchmarks.targets import ALL_TARGETS, CEILINGS, REFERENCE, Role, by_name
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+Summary = dict[str, dict[str, dict[str, Any]]]  # scenario -> target -> figures
+
+#: Columns of the headline table: (label, key in the summary, format).
+HEADLINE: tuple[tuple[str, str, str], ...] = (
+    ("user µs", "burst_cpu_user_us", "{:.1f}"),
+    ("sys µs", "burst_cpu_sys_us", "{:.1f}"),
+    ("CPU µs/dlv", "burst_cpu_us", "{:.1f}"),
+    ("dlv/s", "burst_deliveries_per_s", "{:,.0f}"),
+    ("p50 @2/s", "light2_p50_ms", "{:.1f}"),
+    ("p99 @2/s", "light2_p99_ms", "{:.1f}"),
+    ("p50 @10/s", "steady10_p50_ms", "{:.1f}"),
+    ("p99 @10/s", "steady10_p99_ms", "{:.1f}"),
+    ("KiB/conn", "rss_kib_per_conn", "{:.1f}"),
+    ("cmds/bcast", "burst_redis_cmds_per_broadcast", "{:.2f}"),
+    ("lost", "burst_lost", "{:.0f}"),
+)
+
+
+def summarize(measurements: Sequence[Measurement]) -> Summary:
+    """Median and spread of every figure over the repeats of each configuration."""
+    grouped: dict[tuple[str, str], list[Measurement]] = defaultdict(list)
+    for measurement in measurements:
+        grouped[(measurement.scenario, measurement.target)].append(measurement)
+    summary: Summary = defaultdict(dict)
+    for (scenario, target), runs in grouped.items():
+        keys = sorted({key for run in runs for key in run.values})
+        figures: dict[str, Any] = {
+            "runs": len(runs),
+            "errors": [run.error for run in runs if run.error],
+        }
+        for key in keys:
+            values = [run.values.get(key) for run in runs if run.error is None]
+            figures[key] = median(values)
+            figures[f"{key}.spread"] = spread(values)
+        summary[scenario][target] = figures
+    return dict(summary)
+
+
+def ratios(summary: Summary, scenario: str, key: str) -> dict[str, dict[str, float | None]]:
+    """``key`` of every target divided by the same figure of every other target."""
+    rows = summary.get(scenario, {})
+    return {
+        mine: {theirs: ratio(rows[mine].get(key), rows[theirs].get(key)) for theirs in rows}
+        for mine in rows
+    }
+
+
+def headline_scenario(summary: Summary) -> str | None:
+    fanouts = [s for s in summary if s.startswith("fanout-")]
+    preferred = "fanout-1000"
+    if preferred in summary:
+        return preferred
+    # Otherwise the largest size run (a quick run has only one).
+    return max(fanouts, key=lambda s: int(s.split("-")[1]), default=None)
+
+
+def with_idle_memory(summary: Summary, scenario: str) -> dict[str, dict[str, Any]]:
+    """The scenario's rows, memory per connection taken from the largest idle run if any."""
+    rows = {target: dict(figures) for target, figures in summary.get(scenario, {}).items()}
+    idle = sorted((s for s in summary if s.startswith("idle-")), key=lambda s: int(s.split("-")[1]))
+    for target, figures in rows.items():
+        for idle_scenario in reversed(idle):
+            value = summary[idle_scenario].get(target, {}).get("rss_kib_per_conn")
+            if value is not None:
+                figures["rss_kib_per_conn"] = value
+                figures["rss_source"] = idle_scenario
+                break
+    return rows
+
+
+def build_report(
+    plan: str,
+    measurements: Sequence[Measurement],
+    environment: dict[str, Any],
+    duration: float,
+    notes: Sequence[str],
+) -> dict[str, Any]:
+    summary = summarize(measurements)
+    headline = headline_scenario(summary)
+    ratio_tables: dict[str, Any] = {}
+    for scenario in summary:
+        ratio_tables[scenario] = {
+            key: ratios(summary, scenario, key)
+            for key in (
+                "burst_cpu_us",
+                "burst_cpu_user_us",
+                "burst_deliveries_per_s",
+                "light2_p50_ms",
+                "steady10_p50_ms",
+                "rss_kib_per_conn",
+            )
+        }
+    return {
+        "plan": plan,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_s": round(duration, 1),
+        "environment": environment,
+        "reference": REFERENCE,
+        "ceilings": list(CEILINGS),
+        "targets": {
+            t.name: {
+                "role": t.role.value,
+                "description": t.description,
+                "workers": t.workers,
+                "publish_via": t.publish_via.value,
+                "workarounds": list(t.workarounds),
+            }
+            for t in ALL_TARGETS
+        },
+        "notes": list(notes),
+        "headline_scenario": headline,
+        "headline": with_idle_memory(summary, headline) if headline else {},
+        "summary": summary,
+        "ratios": ratio_tables,
+        "measurements": [asdict(m) for m in measurements],
+    }
+
+
+def write_report(report: dict[str, Any]) -> str:
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = os.path.join(RESULTS_DIR, f"{stamp}-{report['plan']}.json")
+    text = json.dumps(report, indent=2, sort_keys=False)
+    for destination in (path, os.path.join(RESULTS_DIR, "latest.json")):
+        with open(destination, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    return path
+
+
+def _cell(value: Any, fmt: str, spread_value: Any = None) -> str:
+    if value is None:
+        return "-"
+    text = fmt.format(value)
+    if spread_value is not None and spread_value >= 0.14:
+        text += f" ±{spread_value * 50:.0f}%"
+    return text
+
+
+def _order(names: Sequence[str]) -> list[str]:
+    known = [t.name for t in ALL_TARGETS if t.name in names]
+    return known + sorted(set(names) - set(known))
+
+
+def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for every table to print."""
+    result: list[tuple[str, list[str], list[list[str]]]] = []
+    headline = report["headline_scenario"]
+    if headline:
+        rows = report["headline"]
+        header = ["system", *(label for label, _, _ in HEADLINE), "÷ws", "÷fastapi"]
+        body = []
+        for name in _order(list(rows)):
+            figures = rows[name]
+            cells = [
+                _cell(figures.get(key), fmt, figures.get(f"{key}.spread"))
+                for _, key, fmt in HEADLINE
+            ]
+            for ceiling in CEILINGS:
+                value = ratio(
+                    figures.get("burst_cpu_us"), rows.get(ceiling, {}).get("burst_cpu_us")
+                )
+                cells.append(_cell(value, "{:.2f}"))
+            body.append([name, *cells])
+        result.append(
+            (
+                f"{headline}: one channel. CPU per delivery in a burst (µs); latency ms at "
+                "2 and 10 msg/s; memory per idle connection; CPU ÷ each ceiling",
+                header,
+                body,
+            )
+        )
+        cpu = report["ratios"][headline]["burst_cpu_us"]
+        others = [n for n in _order(list(rows)) if by_name_role(n) != Role.OURS]
+        ours = [n for n in _order(list(rows)) if by_name_role(n) == Role.OURS]
+        if others and ours:
+            body = [[mine, *(_cell(cpu[mine].get(o), "{:.2f}") for o in others)] for mine in ours]
+            result.append(
+                (
+                    f"{headline}: CPU per delivery, ours / theirs (<1: we spend less)",
+                    ["ours", *others],
+                    body,
+                )
+            )
+    for scenario in sorted(report["summary"]):
+        if scenario == headline:
+            continue
+        rows = report["summary"][scenario]
+        keys = [
+            (label, key, fmt)
+            for label, key, fmt in HEADLINE
+            if any(key in f for f in rows.values())
+        ]
+        header = ["system", *(label for label, _, _ in keys)]
+        body = [
+            [
+                name,
+                *(
+                    _cell(rows[name].get(key), fmt, rows[name].get(f"{key}.spread"))
+                    for _, key, fmt in keys
+                ),
+            ]
+            for name in _order(list(rows))
+        ]
+        result.append((scenario, header, body))
+    return result
+
+
+def by_name_role(name: str) -> Role | None:
+    try:
+        return by_name(name).role
+    except KeyError:
+        return None
+
+
+def print_report(report: dict[str, Any], path: str) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        _print_plain(report, path)
+        return
+    console = Console(width=max(160, Console().width))
+    for title, header, body in tables(report):
+        table = Table(title=title, title_justify="left")
+        for index, column in enumerate(header):
+            table.add_column(column, justify="left" if index == 0 else "right", no_wrap=index == 0)
+        for row in body:
+            table.add_row(*row)
+        console.print(table)
+    for line in _footer(report, path):
+        console.print(line, highlight=False)
+
+
+def _print_plain(report: dict[str, Any], path: str) -> None:
+    for title, header, body in tables(report):
+        widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
+        print(f"\n{title}")
+        for row in [header, *body]:
+            print(
+                "  ".join(str(cell).rjust(width) for cell, width in zip(row, widths, strict=True))
+            )
+    for line in _footer(report, path):
+        print(line)
+
+
+def _footer(report: dict[str, Any], path: str) -> list[str]:
+    lines = ["", "Notes:"]
+    lines += [f"- {note}" for note in report["notes"]]
+    for name, target in report["targets"].items():
+        lines += [f"- workaround ({name}): {w}" for w in target["workarounds"]]
+    for scenario, rows in report["summary"].items():
+        for name, figures in rows.items():
+            lines += [f"- ERROR {scenario} {name}: {error}" for error in figures["errors"]]
+    env = report["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)
+    lines.append(
+        f"Versions: {versions}; redis-server {env['redis_server']}; "
+        f"library revision {env.get('library_revision')}"
+    )
+    machine = env["machine"]
+    lines.append(
+        f"Machine: {machine['usable_cores']} usable cores, {machine['cpu']}, "
+        f"Python {machine['python']}; plan {report['plan']}, {report['duration_s']}s"
+    )
+    lines.append(f"JSON: {path} (and results/latest.json)")
+    return lines

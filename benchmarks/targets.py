@@ -1,0 +1,138 @@
+"""The systems under test: ours (in memory, Redis with 1/2/4 workers), ceilings and peers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import quote
+
+
+class Role(StrEnum):
+    OURS = "ours"
+    CEILING = "ceiling"
+    PEER = "peer"
+
+
+class Protocol(StrEnum):
+    """How a light client talks to the server."""
+
+    PLAIN = "plain"  # frames are the payload (or contain it)
+    ENGINEIO = "engineio"  # socket.io over a plain websocket
+    PERMIT_RPC = "permit-rpc"  # fastapi_websocket_rpc JSON-RPC
+
+
+class PublishVia(StrEnum):
+    """How the driver publishes into the system, as its users would from outside a socket."""
+
+    OURS_REDIS = "fastapi_pubsub_cluster.RedisPublisher"
+    SOCKETIO_REDIS = "socketio.AsyncRedisManager(write_only=True).emit"
+    BROADCASTER_REDIS = "broadcaster.Broadcast.publish"
+    CONTROL_SOCKET = "control websocket into the app"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One system as a server command, a client protocol and a way to publish."""
+
+    name: str
+    role: Role
+    description: str
+    #: ``uvicorn`` app path, or ``None`` for a module run with ``python -m``.
+    asgi_app: str | None
+    module: str | None = None
+    workers: int = 1
+    uses_redis: bool = False
+    protocol: Protocol = Protocol.PLAIN
+    publish_via: PublishVia = PublishVia.CONTROL_SOCKET
+    #: Workarounds applied so the system works at all under the workload (printed).
+    workarounds: tuple[str, ...] = field(default=())
+
+    def client_url(self, port: int, channel: str) -> str:
+        """Where a client of ``channel`` connects."""
+        base = f"ws://127.0.0.1:{port}"
+        if self.protocol is Protocol.ENGINEIO:
+            return f"{base}/socket.io/?EIO=4&transport=websocket&channel={quote(channel)}"
+        if self.protocol is Protocol.PERMIT_RPC:
+            return f"{base}/pubsub"
+        return f"{base}/ws/{quote(channel)}"
+
+
+BROADCASTER_WORKAROUNDS = (
+    "Broadcast.subscribe() entered under one asyncio.Lock in the app: sockets joining a channel "
+    "concurrently race (check 'anyone subscribed?', await SUBSCRIBE, then assign the set) and "
+    "all but the last never receive.",
+    "the Redis backend's private _ready event set again after each subscribe(): it is set "
+    "before SUBSCRIBE is awaited, the listener wakes in between, PubSub.listen() returns at once "
+    "(nothing subscribed yet), the listener clears _ready and never runs again, so no socket "
+    "receives anything (even one subscriber in a fresh process).",
+)
+
+OURS_MEMORY = Target("ours-memory", Role.OURS, "fastapi-pubsub-cluster, in memory", "ours")
+OURS_REDIS = tuple(
+    Target(
+        f"ours-redis-{workers}w",
+        Role.OURS,
+        f"fastapi-pubsub-cluster, Redis, {workers} uvicorn worker(s)",
+        "ours",
+        workers=workers,
+        uses_redis=True,
+        publish_via=PublishVia.OURS_REDIS,
+    )
+    for workers in (1, 2, 4)
+)
+WEBSOCKETS = Target(
+    "websockets",
+    Role.CEILING,
+    "websockets asyncio server + broadcast(), no ASGI",
+    None,
+    module="benchmarks.apps.websockets_server",
+)
+FASTAPI_LOOP = Target(
+    "fastapi-loop", Role.CEILING, "bare FastAPI, send_text looped over a set", "fastapi_loop"
+)
+SOCKETIO = Target(
+    "socketio-redis",
+    Role.PEER,
+    "python-socketio AsyncServer + AsyncRedisManager, rooms",
+    "socketio_app",
+    uses_redis=True,
+    protocol=Protocol.ENGINEIO,
+    publish_via=PublishVia.SOCKETIO_REDIS,
+)
+BROADCASTER = Target(
+    "broadcaster-redis",
+    Role.PEER,
+    "encode/broadcaster Redis backend, one subscribe() per socket",
+    "broadcaster_app",
+    uses_redis=True,
+    publish_via=PublishVia.BROADCASTER_REDIS,
+    workarounds=BROADCASTER_WORKAROUNDS,
+)
+PERMIT = Target(
+    "permit-pubsub-redis",
+    Role.PEER,
+    "fastapi_websocket_pubsub PubSubEndpoint + Redis broadcaster",
+    "permit_app",
+    uses_redis=True,
+    protocol=Protocol.PERMIT_RPC,
+)
+
+ALL_TARGETS: tuple[Target, ...] = (
+    OURS_MEMORY,
+    *OURS_REDIS,
+    WEBSOCKETS,
+    FASTAPI_LOOP,
+    SOCKETIO,
+    BROADCASTER,
+    PERMIT,
+)
+#: The configuration every ratio is taken against.
+REFERENCE = "ours-redis-1w"
+CEILINGS = ("websockets", "fastapi-loop")
+
+
+def by_name(name: str) -> Target:
+    for target in ALL_TARGETS:
+        if target.name == name:
+            return target
+    raise KeyError(name)
