@@ -29,6 +29,30 @@ class ClientConnection:
     applies to this client alone.
     """
 
+    __slots__ = (
+        "_close_timeout",
+        "_closing",
+        "_held",
+        "_outbox",
+        "_overflowed",
+        "_policy",
+        "_queue_size",
+        "_ready",
+        "_suspended",
+        "_writer",
+        "_writing",
+        "channel",
+        "dropped_messages",
+        "generate",
+        "id",
+        "on_dropped",
+        "on_evicted",
+        "on_reconnect",
+        "resume_from",
+        "websocket",
+        "wire_format",
+    )
+
     def __init__(
         self,
         websocket: WebSocket,
@@ -60,8 +84,10 @@ class ClientConnection:
         self._queue_size = queue_size
         self._policy = slow_client_policy
         self._close_timeout = close_timeout
-        self._outbox: deque[str | bytes] = deque()
-        self._ready = asyncio.Event()
+        # Created on first need, as is the writer: most clients never fall behind, and
+        # idle connections are what a worker holds by the thousand.
+        self._outbox: deque[str | bytes] | None = None
+        self._ready: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         # A send started in the caller's task that had to wait, and what it waits on.
         self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None
@@ -77,7 +103,7 @@ class ClientConnection:
     @property
     def pending(self) -> int:
         """Frames waiting in the outbox."""
-        return len(self._outbox)
+        return len(self._outbox or ())
 
     def offer(self, frame: OutgoingFrame) -> bool:
         """Queue ``frame`` for this client without waiting; False if it was not queued.
@@ -122,16 +148,19 @@ class ClientConnection:
         data: str | bytes = frame.text if self.wire_format == "json" else frame.binary
         if not self._outbox and self._suspended is None and not self._writing:
             return self._send_now(data)
-        if bounded and len(self._outbox) >= self._queue_size:
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        if bounded and len(outbox) >= self._queue_size:
             if self._policy == "drop_oldest":
-                self._outbox.popleft()
+                outbox.popleft()
                 self.dropped_messages += 1
                 if self.on_dropped is not None:
                     self.on_dropped()
             else:
                 self._on_overflow()
                 return False
-        self._outbox.append(data)
+        outbox.append(data)
         self._wake_writer()
         return True
 
@@ -161,8 +190,9 @@ class ClientConnection:
         return self.websocket.send_bytes(data)
 
     def _wake_writer(self) -> None:
+        if self._ready is None:
+            self._ready = asyncio.Event()
         if self._writer is None:
-            # Created on first need: a client that never falls behind costs no task.
             self._writer = asyncio.get_running_loop().create_task(
                 self._write_until_closed(), name=f"pubsub-writer-{self.id}"
             )
@@ -171,7 +201,7 @@ class ClientConnection:
     def _lost(self, exc: BaseException) -> None:
         logger.debug("send to %s failed: %r", self.id, exc)
         self._closing = True
-        self._outbox.clear()
+        self._outbox = None
 
     async def stop_writer(self) -> None:
         """Stop queuing, cancel the writer and wait for it."""
@@ -188,7 +218,7 @@ class ClientConnection:
     async def close(self, code: int, reason: str = "") -> None:
         """Close the socket with ``code``, waiting at most ``close_timeout`` for the client."""
         self._closing = True
-        self._outbox.clear()
+        self._outbox = None
         if self.websocket.application_state != WebSocketState.CONNECTED:
             return
         try:
@@ -207,7 +237,7 @@ class ClientConnection:
         )
         self._overflowed = True
         self._closing = True
-        self._outbox.clear()
+        self._outbox = None
         if self.on_evicted is not None:
             self.on_evicted(self)
         # The writer is blocked in a send that the client does not read: interrupt it.
@@ -229,16 +259,17 @@ class ClientConnection:
         await self.close(CloseCode.POLICY_VIOLATION, "client too slow")
 
     async def _drain_forever(self) -> None:
-        outbox = self._outbox
+        ready = self._ready
+        assert ready is not None  # created before the writer
         while True:
-            await self._ready.wait()
-            self._ready.clear()
+            await ready.wait()
+            ready.clear()
             self._writing = True
             try:
                 if self._suspended is not None:
                     await self._finish_suspended()
-                while outbox:
-                    await self._send_coroutine(outbox.popleft())
+                while self._outbox:
+                    await self._send_coroutine(self._outbox.popleft())
             finally:
                 self._writing = False
 

@@ -180,8 +180,15 @@ class ConnectionManager(ABC):
             del self._local[connection.channel]
         return True
 
+    def _shared_id(self, channel: str, connection_id: str) -> str:
+        """The id string the local dict already holds, if the connection is local: the
+        mirror then stores one string per local connection, not two."""
+        local = self._local.get(channel)
+        connection = local.get(connection_id) if local else None
+        return connection.id if connection is not None else connection_id
+
     def _apply_join(self, channel: str, connection_id: str, notify: bool) -> None:
-        self._members.setdefault(channel, set()).add(connection_id)
+        self._members.setdefault(channel, set()).add(self._shared_id(channel, connection_id))
         if notify:
             self._schedule_regeneration(channel)
 

@@ -408,7 +408,7 @@ class RedisConnectionManager(ConnectionManager):
         raw_members, raw_seq = await self._snapshot_script(
             keys=[self.keys.members(channel), self.keys.seq(channel)]
         )
-        self._members[channel] = {_text(m) for m in raw_members}
+        self._members[channel] = {self._shared_id(channel, _text(m)) for m in raw_members}
         self._seq[channel] = int(raw_seq or 0)
         for envelope in self._loading.pop(channel, []):
             self._apply_membership_event(envelope)
