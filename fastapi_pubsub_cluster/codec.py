@@ -23,6 +23,9 @@ class EventKind(StrEnum):
     LEAVE = "l"  # a connection left the channel
 
 
+_KINDS = {kind.value: kind for kind in EventKind}
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One event on a channel, as it crosses Redis.
@@ -119,10 +122,9 @@ def decode_envelope(data: bytes) -> Envelope:
     if not isinstance(items, list) or len(items) != 8 or items[0] != ENVELOPE_VERSION:
         raise MalformedMessageError("not a version-1 envelope array of 8 items")
     _, kind, channel, origin, ref, seq, payload, sent_at = items
-    try:
-        event_kind = EventKind(kind)
-    except ValueError as exc:
-        raise MalformedMessageError(f"unknown envelope kind {kind!r}") from exc
+    event_kind = _KINDS.get(kind) if isinstance(kind, str) else None
+    if event_kind is None:
+        raise MalformedMessageError(f"unknown envelope kind {kind!r}")
     if not all(isinstance(v, str) for v in (channel, origin, ref)) or not isinstance(seq, int):
         raise MalformedMessageError("envelope fields have the wrong types")
     if not isinstance(sent_at, int | float):

@@ -38,6 +38,7 @@ class ClientConnection:
         "_policy",
         "_queue_size",
         "_ready",
+        "_replay",
         "_suspended",
         "_writer",
         "_writing",
@@ -75,6 +76,7 @@ class ClientConnection:
         #: Stream id the client asked to resume after (``?since=``), on channels with history.
         self.resume_from: str | None = None
         self._held: list[OutgoingFrame] | None = None
+        self._replay: tuple[list[OutgoingFrame], str | None] | None = None
         #: The owning socket's ``on_reconnect``, called after the Redis link came back.
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
         #: Set by the manager: called each time the drop_oldest policy discards a message.
@@ -122,13 +124,26 @@ class ClientConnection:
             return True
         return self._push(frame, bounded=True)
 
+    @property
+    def holding(self) -> bool:
+        """True between :meth:`hold_live_messages` and :meth:`release`."""
+        return self._held is not None
+
     def hold_live_messages(self) -> None:
-        """Keep live messages aside until :meth:`finish_replay` (call before joining)."""
+        """Keep messages aside until :meth:`release`: call it before joining, so that a
+        client accepted after joining misses nothing, and a replay goes first."""
         self._held = []
 
-    def finish_replay(self, replayed: list[OutgoingFrame], last_id: str | None) -> None:
-        """Queue ``replayed`` in order, then the held live messages that are newer."""
+    def set_replay(self, replayed: list[OutgoingFrame], last_id: str | None) -> None:
+        """What :meth:`release` sends before the held live messages, and the stream id up to
+        which held messages are already part of it."""
+        self._replay = (replayed, last_id)
+
+    def release(self) -> None:
+        """Queue the replay in order, then the held live messages that are newer."""
         held, self._held = self._held or [], None
+        replayed, last_id = self._replay or ([], None)
+        self._replay = None
         if self._closing:
             return
         for frame in replayed:

@@ -137,7 +137,8 @@ class BasePubSubWebSocket:
     # -- the connection loop -----------------------------------------------------------
 
     async def run(self, send_message_on_exception: bool = True) -> None:
-        """Accept, join the channel, read client messages until disconnect, then leave.
+        """Authorize, join the channel, accept, read client messages until disconnect, then
+        leave (always, even on errors and cancellation).
 
         ``send_message_on_exception=False`` (the original package's flag) leaves without
         telling the channel.
@@ -155,7 +156,6 @@ class BasePubSubWebSocket:
             logger.info("socket not authorized for channel %r", self.channel_id)
             await self._refuse("not authorized")
             return
-        await self.websocket.accept()
         connection = ClientConnection(
             self.websocket,
             self.channel_id,
@@ -168,6 +168,9 @@ class BasePubSubWebSocket:
         )
         connection.on_reconnect = self.on_reconnect
         connection.resume_from = self.resume_from
+        # Join before the handshake completes, with messages held until then: a client
+        # that sees itself accepted misses nothing published afterwards.
+        connection.hold_live_messages()
         self._connection = connection
         close_code: int = CloseCode.NORMAL
         manager = self.connection_manager
@@ -178,8 +181,11 @@ class BasePubSubWebSocket:
             except PubSubError as exc:
                 logger.warning("socket for %r could not join: %s", self.channel_id, exc)
                 close_code = CloseCode.TRY_AGAIN_LATER
+                await self.websocket.accept()
                 await self.close(close_code, "pub/sub backend unavailable")
                 return
+            await self.websocket.accept()
+            connection.release()
             await self.on_connect()
             close_code = await self._read_until_disconnect(connection)
         finally:

@@ -232,3 +232,15 @@ async def test_shutdown_closes_sockets_with_1001(settings: PubSubSettings) -> No
         await hub.stop()
         assert await close_code_of(ws) == CloseCode.GOING_AWAY
         assert hub.manager.local_connection_count == 0
+
+
+async def test_a_message_published_right_after_the_handshake_is_delivered(
+    server: str, hub: PubSubHub
+) -> None:
+    # The socket joins before it is accepted: nothing published after the client sees the
+    # handshake complete can be missed, even before its first message arrives.
+    for i in range(10):
+        ws = await connect(f"{server}/ws/eager-{i}")
+        await hub.publish(f"eager-{i}", {"first": i})
+        assert await recv_until(ws, lambda m: "first" in m) == {"first": i}
+        await ws.close()

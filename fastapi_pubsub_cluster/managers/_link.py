@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -187,14 +189,30 @@ class TopicLink:
                 delay = min(delay * 2, self._settings.reconnect_delay_max)
 
     async def _pump(self) -> None:
-        kind = "smessage" if self._sharded else "message"
+        """Read messages until the connection fails (or the task is cancelled).
+
+        Messages are read straight from the connection (redis-py's parser), not through
+        ``PubSub.get_message``, whose per-call retry and bookkeeping cost more than the
+        rest of a broadcast on a worker. Subscription replies still go through
+        ``PubSub.handle_message``, which keeps its bookkeeping right. No read timeout:
+        a silent connection is the probes' business.
+        """
+        pubsub = self._require()
+        connection: Any = pubsub.connection  # set by the subscribe in _connect_and_subscribe
+        if connection is None:
+            raise PublishError(f"the Redis link {self.name} has no connection")
+        kind = b"smessage" if self._sharded else b"message"
         while True:
-            message = await self._require().get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None or message.get("type") != kind:
+            response = await connection.read_response(
+                timeout=math.inf, disconnect_on_error=False, push_request=True
+            )
+            if not isinstance(response, list) or len(response) != 3 or response[0] != kind:
+                await pubsub.handle_message(  # type: ignore[no-untyped-call]
+                    response, ignore_subscribe_messages=True
+                )
                 continue
-            topic = message["channel"]
+            topic, data = response[1], response[2]
             topic_name = topic.decode(errors="replace") if isinstance(topic, bytes) else topic
-            data = message["data"]
             if topic_name == self.probe_topic:
                 probe = self._probe
                 if probe is not None and data == probe[0] and not probe[1].done():

@@ -62,33 +62,39 @@ class ConnectionManager(ABC):
     async def connect(self, connection: ClientConnection, *, notify: bool = True) -> None:
         """Register a local connection in its channel, cluster-wide.
 
+        If the connection holds its messages (:meth:`ClientConnection.hold_live_messages`,
+        as a socket not yet accepted does), they wait, after any replay, until the caller
+        releases them; otherwise they flow once the connection is registered.
+
         Raises :class:`~fastapi_pubsub_cluster.errors.PublishError` when the backend cannot
         register it; the connection is then not registered anywhere.
         """
         connection.on_evicted = self._evict
         connection.on_dropped = self.metrics.dropped
-        since = connection.resume_from
-        if since is not None:
+        held_by_caller = connection.holding
+        if not held_by_caller:
             connection.hold_live_messages()
         self._add_local(connection)
         try:
             await self._announce_join(connection, notify)
-            if since is not None:
-                await self._replay(connection, since)
+            if connection.resume_from is not None:
+                await self._replay(connection, connection.resume_from)
         except BaseException:
             self._remove_local(connection)
             raise
+        if not held_by_caller:
+            connection.release()
 
     async def _replay(self, connection: ClientConnection, since: str) -> None:
-        """Send what the channel published after ``since``, then resume live delivery."""
+        """Set aside what the channel published after ``since``, to go before live messages."""
         channel = connection.channel
         if not self.settings.has_history(channel):
-            connection.finish_replay([history_gap_frame(since, None)], None)
+            connection.set_replay([history_gap_frame(since, None)], None)
             return
         entries, oldest, complete = await self._history_after(channel, since)
         frames = [] if complete else [history_gap_frame(since, oldest)]
         frames.extend(stored_message_frame(stream_id, payload) for stream_id, payload in entries)
-        connection.finish_replay(frames, entries[-1][0] if entries else since)
+        connection.set_replay(frames, entries[-1][0] if entries else since)
 
     @abstractmethod
     async def _history_after(
