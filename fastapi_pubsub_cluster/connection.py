@@ -7,13 +7,19 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from .codec import OutgoingFrame, stream_id_order
+from .codec import OutgoingFrame, stream_id_order, websocket_frame
 from .errors import CloseCode
 from .settings import SlowClientPolicy, WireFormat
+
+if TYPE_CHECKING:
+    from .uvicorn_ws import DirectWriter
+
+#: Key of the direct writer in the ASGI scope's ``extensions`` (see ``uvicorn_ws``).
+DIRECT_WRITE_EXTENSION = "fastapi_pubsub_cluster.direct_write"
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -32,6 +38,7 @@ class ClientConnection:
     __slots__ = (
         "_close_timeout",
         "_closing",
+        "_direct",
         "_held",
         "_outbox",
         "_overflowed",
@@ -76,6 +83,10 @@ class ClientConnection:
         #: Stream id the client asked to resume after (``?since=``), on channels with history.
         self.resume_from: str | None = None
         self._held: list[OutgoingFrame] | None = None
+        # Set when served by PubSubWebSocketProtocol: frames built once per broadcast.
+        self._direct: DirectWriter | None = (websocket.scope.get("extensions") or {}).get(
+            DIRECT_WRITE_EXTENSION
+        )
         self._replay: tuple[list[OutgoingFrame], str | None] | None = None
         #: The owning socket's ``on_reconnect``, called after the Redis link came back.
         self.on_reconnect: Callable[[], Awaitable[None]] | None = None
@@ -162,6 +173,11 @@ class ClientConnection:
     def _push(self, frame: OutgoingFrame, *, bounded: bool) -> bool:
         data: str | bytes = frame.text if self.wire_format == "json" else frame.binary
         if not self._outbox and self._suspended is None and not self._writing:
+            direct = self._direct
+            if direct is not None and direct.try_write(
+                websocket_frame(frame, text=self.wire_format == "json")
+            ):
+                return True
             return self._send_now(data)
         outbox = self._outbox
         if outbox is None:

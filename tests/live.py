@@ -24,8 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn in this event loop; yields ``ws://127.0.0.1:PORT``."""
+async def serve(app: Any, **options: Any) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn in this event loop; yields ``ws://127.0.0.1:PORT``.
+    ``options`` go to ``uvicorn.Config`` (e.g. ``ws=`` a protocol class)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -36,6 +37,7 @@ async def serve(app: Any) -> AsyncIterator[str]:
         log_level="warning",
         ws_max_size=16 * 1024 * 1024,
         timeout_graceful_shutdown=5,
+        **options,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -79,14 +81,20 @@ async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> Any:
 
 
 async def recv_until(
-    ws: ClientConnection, predicate: Callable[[Any], bool], timeout: float = 10.0
+    ws: ClientConnection,
+    predicate: Callable[[Any], bool],
+    timeout: float = 10.0,
+    skipped: list[Any] | None = None,
 ) -> Any:
-    """Read messages until one satisfies ``predicate``; return it."""
+    """Read messages until one satisfies ``predicate``; return it. The others read on the
+    way are appended to ``skipped`` when given."""
     async with asyncio.timeout(timeout):
         while True:
             message = json.loads(await ws.recv())
             if predicate(message):
                 return message
+            if skipped is not None:
+                skipped.append(message)
 
 
 async def last_message_when_quiet(ws: ClientConnection, quiet: float, first: Any = None) -> Any:

@@ -1,0 +1,81 @@
+"""The opt-in uvicorn protocol: broadcasts framed once, written straight to each socket."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgpack
+import pytest
+
+from fastapi_pubsub_cluster import PubSubHub
+from fastapi_pubsub_cluster.errors import CloseCode
+from fastapi_pubsub_cluster.uvicorn_ws import PubSubWebSocketProtocol
+from tests.apps.local_app import build_app
+from tests.live import close_code_of, connect, recv_until, serve
+from tests.test_slow_clients import BIG, stalled_client
+
+
+@pytest.fixture
+async def direct_server(hub: PubSubHub) -> AsyncIterator[str]:
+    async with serve(build_app(hub), ws=PubSubWebSocketProtocol) as url:
+        yield url
+
+
+def direct_frames(hub: PubSubHub, channel: str) -> list[int]:
+    return [
+        c._direct.frames_written if c._direct is not None else -1
+        for c in hub.manager.local_connections(channel)
+    ]
+
+
+async def test_broadcast_is_written_directly_to_uncompressed_sockets(
+    direct_server: str, hub: PubSubHub
+) -> None:
+    clients = [await connect(f"{direct_server}/ws/direct", compression=None) for _ in range(5)]
+    packed = await connect(f"{direct_server}/ws/direct?format=msgpack", compression=None)
+    for ws in clients:
+        await recv_until(ws, lambda m: m == {"count": 6})
+    before = sum(direct_frames(hub, "direct"))
+    for n in range(10):
+        await hub.publish("direct", {"n": n})
+    for ws in clients:
+        for n in range(10):
+            assert await recv_until(ws, lambda m, n=n: "n" in m) == {"n": n}
+    seen = []
+    while len(seen) < 10:
+        message = msgpack.unpackb(await asyncio.wait_for(packed.recv(), 5))
+        if "n" in message:
+            seen.append(message["n"])
+    assert seen == list(range(10))
+    assert sum(direct_frames(hub, "direct")) - before == 60  # every delivery took the path
+    for ws in [*clients, packed]:
+        await ws.close()
+
+
+async def test_sockets_with_permessage_deflate_use_the_ordinary_path(
+    direct_server: str, hub: PubSubHub
+) -> None:
+    compressed = await connect(f"{direct_server}/ws/deflate")  # offers deflate by default
+    await recv_until(compressed, lambda m: m == {"count": 1})
+    await hub.publish("deflate", {"compressed": True})
+    assert await recv_until(compressed, lambda m: "compressed" in m) == {"compressed": True}
+    assert direct_frames(hub, "deflate") == [0]
+    await compressed.close()
+
+
+async def test_a_stalled_socket_still_gets_the_slow_client_policy(hub: PubSubHub) -> None:
+    strict = PubSubHub(settings=hub.settings.with_changes(send_queue_size=8))
+    async with strict, serve(build_app(strict), ws=PubSubWebSocketProtocol) as url:
+        slow = await stalled_client(f"{url}/ws/stall")
+        fast = await connect(f"{url}/ws/stall", compression=None, max_size=None)
+        await recv_until(fast, lambda m: m == {"count": 2})
+        others: list[dict[str, int]] = []
+        for i in range(120):
+            await strict.publish("stall", {"i": i, "pad": BIG})
+            await recv_until(fast, lambda m, i=i: m.get("i") == i, timeout=5, skipped=others)
+        # The stalled client was dropped from the channel while the other kept up.
+        if {"count": 1} not in others:
+            await recv_until(fast, lambda m: m == {"count": 1}, timeout=10)
+        assert await close_code_of(slow, timeout=20) == CloseCode.POLICY_VIOLATION
+        await fast.close()
