@@ -1,9 +1,11 @@
-"""``python -m benchmarks [--quick] [--only NAME ...] [--scenario fanout|channels|idle]``."""
+"""``python -m benchmarks [--quick] [--only NAME ...]
+[--scenario fanout|channels|idle|cluster|history]``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import time
 import traceback
@@ -14,13 +16,15 @@ from benchmarks.environment import library_revision, machine, package_versions
 from benchmarks.limits import raise_open_files_limit
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.progress import ProgressDisplay
-from benchmarks.redis_server import BenchRedis, bench_redis
+from benchmarks.redis_server import BenchRedis, bench_cluster, bench_redis
 from benchmarks.report import build_report, print_report, write_report
 from benchmarks.scenarios import (
     Measurement,
     Values,
     measure_channels,
+    measure_cluster,
     measure_fanout,
+    measure_history,
     measure_idle,
 )
 from benchmarks.targets import by_name
@@ -38,6 +42,23 @@ NOTES = (
     "Repeats are interleaved (every configuration once, then again) so drift hits all alike; "
     "±N% after a figure is half the max-min spread of the repeats when it exceeds 7%.",
 )
+SCENARIOS = ("fanout", "channels", "idle", "cluster", "history")
+CLUSTER_NOTES = (
+    "cluster: the same channels workload with 2 uvicorn workers on one Redis and on a "
+    "3-master Redis Cluster (SSUBSCRIBE/SPUBLISH, channels spread over the shards by hash "
+    "slot). On two shared cores the websocket clients bound deliveries/s, so a cluster cannot "
+    "raise it here: what shards change is Redis CPU per broadcast and how it is spread "
+    "('max node' = the busiest node's share of Redis CPU; 1/3 = even over three shards).",
+    "Redis CPU: psutil (user+system of the redis-server processes; 10 ms clock ticks, so "
+    "coarse at these loads) and INFO cpu (each node's own getrusage, microseconds).",
+)
+HISTORY_NOTES = (
+    "history: one channel, history off vs on (PUBSUB_HISTORY_CHANNELS on the server, the same "
+    "history_channels in the publisher's settings: one Lua script, XADD MAXLEN ~ + PUBLISH, "
+    "per message). 'stored' = 1,000 messages then published to a history channel with no "
+    "subscribers: Redis used_memory growth and the stream's MEMORY USAGE per 1,000 entries "
+    "(history_size 1000), and Redis CPU per message.",
+)
 
 
 @dataclass(frozen=True)
@@ -48,9 +69,34 @@ class Step:
     run: Callable[[], Awaitable[Values]]
 
 
-def build_steps(plan: Plan, redis: BenchRedis, only: set[str], scenarios: set[str]) -> list[Step]:
+def wanted_scenario(plan: Plan, scenario: str, scenarios: set[str]) -> bool:
+    if scenarios:
+        return scenario in scenarios
+    return scenario not in plan.explicit_only
+
+
+def needs_cluster(plan: Plan, only: set[str], scenarios: set[str]) -> bool:
+    return wanted_scenario(plan, "cluster", scenarios) and any(
+        by_name(name).uses_cluster for name in plan.cluster_targets if not only or name in only
+    )
+
+
+def build_steps(
+    plan: Plan,
+    redis: BenchRedis,
+    only: set[str],
+    scenarios: set[str],
+    cluster: BenchRedis | None = None,
+) -> list[Step]:
     def wanted(target: str, scenario: str) -> bool:
-        return (not only or target in only) and (not scenarios or scenario in scenarios)
+        return (not only or target in only) and wanted_scenario(plan, scenario, scenarios)
+
+    def redis_for(target: str) -> BenchRedis:
+        if by_name(target).uses_cluster:
+            if cluster is None:
+                raise RuntimeError(f"{target} needs a Redis Cluster")
+            return cluster
+        return redis
 
     steps: list[Step] = []
     for repeat in range(plan.repeats):
@@ -77,6 +123,27 @@ def build_steps(plan: Plan, redis: BenchRedis, only: set[str], scenarios: set[st
             )
             for name in plan.channel_targets
             if wanted(name, "channels")
+        ]
+        channels, per_channel = plan.cluster_layout
+        steps += [
+            Step(
+                f"cluster-{channels}x{per_channel}",
+                name,
+                repeat,
+                _cluster(plan, redis_for(name), name),
+            )
+            for name in plan.cluster_targets
+            if wanted(name, "cluster")
+        ]
+        steps += [
+            Step(
+                f"history-{plan.history_subscribers}",
+                name,
+                repeat,
+                _history(plan, redis_for(name), name),
+            )
+            for name in plan.history_targets
+            if wanted(name, "history")
         ]
         if repeat < plan.idle_repeats:
             steps += [
@@ -107,21 +174,45 @@ def _channels(plan: Plan, redis: BenchRedis, name: str) -> Callable[[], Awaitabl
     )
 
 
+def _cluster(plan: Plan, redis: BenchRedis, name: str) -> Callable[[], Awaitable[Values]]:
+    channels, per_channel = plan.cluster_layout
+    return lambda: measure_cluster(
+        by_name(name), redis, channels, per_channel, plan.cluster_messages
+    )
+
+
+def _history(plan: Plan, redis: BenchRedis, name: str) -> Callable[[], Awaitable[Values]]:
+    return lambda: measure_history(
+        by_name(name),
+        redis,
+        plan.history_subscribers,
+        burst_messages=plan.history_burst_messages,
+        steady_seconds=plan.steady_seconds,
+        light_seconds=plan.light_seconds,
+        stored_messages=plan.history_stored_messages,
+    )
+
+
 def _idle(redis: BenchRedis, name: str, size: int) -> Callable[[], Awaitable[Values]]:
     return lambda: measure_idle(by_name(name), redis, size)
 
 
 async def run(plan: Plan, only: set[str], scenarios: set[str], step_timeout: float) -> None:
     started = time.monotonic()
-    with bench_redis() as redis:
+    with bench_redis() as redis, contextlib.ExitStack() as stack:
+        cluster = (
+            stack.enter_context(bench_cluster()) if needs_cluster(plan, only, scenarios) else None
+        )
         environment = {
             "packages": package_versions(),
             "machine": machine(),
             "redis_server": redis.version(),
             "redis_owned": redis.owned,
+            "redis_cluster_nodes": len(cluster.node_urls) if cluster is not None else None,
+            "redis_cluster_owned": cluster.owned if cluster is not None else None,
             "library_revision": library_revision(),
         }
-        steps = build_steps(plan, redis, only, scenarios)
+        steps = build_steps(plan, redis, only, scenarios, cluster)
         measurements: list[Measurement] = []
         interrupted = asyncio.Event()
         current: asyncio.Task[Values] | None = None
@@ -159,6 +250,13 @@ async def run(plan: Plan, only: set[str], scenarios: set[str], step_timeout: flo
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     notes = list(NOTES)
+    ran = {measurement.scenario.split("-", 1)[0] for measurement in measurements}
+    notes += [
+        *(CLUSTER_NOTES if "cluster" in ran else ()),
+        *(HISTORY_NOTES if "history" in ran else ()),
+    ]
+    if environment["redis_cluster_owned"] is False:
+        notes.append("REDIS_CLUSTER_URL given: its nodes' CPU is not measured (only INFO cpu).")
     if not environment["redis_owned"]:
         notes.append("REDIS_URL given: Redis command counts include any other client's commands.")
     report = build_report(plan.name, measurements, environment, time.monotonic() - started, notes)
@@ -174,8 +272,8 @@ def main() -> None:
         "--scenario",
         action="append",
         default=[],
-        choices=("fanout", "channels", "idle"),
-        help="run only this scenario",
+        choices=SCENARIOS,
+        help="run only this scenario (cluster and history are not in a plain --quick run)",
     )
     parser.add_argument("--step-timeout", type=float, default=600.0)
     arguments = parser.parse_args()

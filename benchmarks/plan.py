@@ -33,6 +33,19 @@ class Plan:
     idle_sizes: tuple[int, ...]
     idle_targets: tuple[str, ...]
     idle_repeats: int
+    #: Scenario (d) ``cluster``: the channels workload on one Redis and on a 3-master Redis
+    #: Cluster, same worker count: (channels, subscribers per channel), targets, messages.
+    cluster_layout: tuple[int, int] = (200, 5)
+    cluster_targets: tuple[str, ...] = ("ours-redis-2w", "ours-cluster-2w")
+    cluster_messages: int = 5000
+    #: Scenario (e) ``history``: one channel of N subscribers, history off vs on; messages
+    #: in the burst; messages published afterwards to measure Redis memory per stored one.
+    history_subscribers: int = 1000
+    history_targets: tuple[str, ...] = ("ours-redis-1w", "ours-redis-history-1w")
+    history_burst_messages: int = 100
+    history_stored_messages: int = 1000
+    #: Scenarios this plan runs only when asked for by name (``--scenario``).
+    explicit_only: tuple[str, ...] = ()
 
 
 QUICK = Plan(
@@ -52,6 +65,14 @@ QUICK = Plan(
     idle_sizes=(),
     idle_targets=(),
     idle_repeats=1,
+    # Not in a plain --quick run (it would pass 90 s); `--quick --scenario cluster` or
+    # `--quick --scenario history` runs them at these sizes.
+    cluster_layout=(50, 5),
+    cluster_messages=1500,
+    history_subscribers=500,
+    history_burst_messages=40,
+    history_stored_messages=1000,
+    explicit_only=("cluster", "history"),
 )
 
 FULL = Plan(

@@ -11,7 +11,7 @@ import websockets
 
 from benchmarks.apps import CONTROL_PATH
 from benchmarks.apps.peer_settings import broadcaster_channel, socketio_channel
-from benchmarks.targets import PublishVia, Target
+from benchmarks.targets import HISTORY_CHANNELS, PublishVia, Target
 
 PADDING = "x" * 64
 
@@ -36,12 +36,16 @@ class Publisher(ABC):
 
 
 class OursRedisPublisher(Publisher):
-    def __init__(self, redis_url: str, key_prefix: str) -> None:
+    """``RedisPublisher`` (one Redis or a cluster URL); ``history_channels`` must match the
+    server's ``PUBSUB_HISTORY_CHANNELS``, or history channels would get plain PUBLISHes."""
+
+    def __init__(self, redis_url: str, key_prefix: str, history_channels: str = "") -> None:
         from fastapi_pubsub_cluster import PubSubSettings, RedisPublisher
 
-        self._publisher = RedisPublisher(
-            redis_url, settings=PubSubSettings(redis_url=redis_url, key_prefix=key_prefix)
+        settings = PubSubSettings(
+            redis_url=redis_url, key_prefix=key_prefix, history_channels=history_channels
         )
+        self._publisher = RedisPublisher(redis_url, settings=settings)
 
     async def start(self) -> None:
         pass  # connects on first use
@@ -115,7 +119,7 @@ class ControlSocketPublisher(Publisher):
 def publisher_for(target: Target, port: int, redis_url: str, prefix: str) -> Publisher:
     """The publisher for ``target``; ``prefix`` is the run's key prefix (the apps' too)."""
     if target.publish_via is PublishVia.OURS_REDIS:
-        return OursRedisPublisher(redis_url, prefix)
+        return OursRedisPublisher(redis_url, prefix, HISTORY_CHANNELS if target.history else "")
     if target.publish_via is PublishVia.SOCKETIO_REDIS:
         return SocketioPublisher(redis_url, socketio_channel(prefix))
     if target.publish_via is PublishVia.BROADCASTER_REDIS:

@@ -12,7 +12,7 @@ from typing import Any
 
 from benchmarks.metrics import median, ratio, spread
 from benchmarks.scenarios import Measurement
-from benchmarks.targets import ALL_TARGETS, CEILINGS, REFERENCE, Role, by_name
+from benchmarks.targets import CEILINGS, KNOWN_TARGETS, REFERENCE, Role, by_name
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -32,6 +32,51 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("cmds/bcast", "burst_redis_cmds_per_broadcast", "{:.2f}"),
     ("lost", "burst_lost", "{:.0f}"),
 )
+
+#: Scenario name prefix -> its own columns (replacing HEADLINE's).
+SCENARIO_COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "cluster-": (
+        ("user µs", "burst_cpu_user_us", "{:.1f}"),
+        ("sys µs", "burst_cpu_sys_us", "{:.1f}"),
+        ("CPU µs/dlv", "burst_cpu_us", "{:.1f}"),
+        ("dlv/s", "burst_deliveries_per_s", "{:,.0f}"),
+        ("cmds/bcast", "burst_redis_cmds_per_broadcast", "{:.2f}"),
+        ("Redis µs/bc", "burst_redis_cpu_us_per_broadcast", "{:.1f}"),
+        ("max node", "burst_redis_max_node_share", "{:.0%}"),
+        ("Redis/bc INFO", "burst_redis_info_cpu_us_per_broadcast", "{:.1f}"),
+        ("max node INFO", "burst_redis_info_max_node_share", "{:.0%}"),
+        ("lost", "burst_lost", "{:.0f}"),
+    ),
+    "history-": (
+        ("p50 @2/s", "light2_p50_ms", "{:.1f}"),
+        ("p99 @2/s", "light2_p99_ms", "{:.1f}"),
+        ("p50 @10/s", "steady10_p50_ms", "{:.1f}"),
+        ("p99 @10/s", "steady10_p99_ms", "{:.1f}"),
+        ("user µs", "burst_cpu_user_us", "{:.1f}"),
+        ("sys µs", "burst_cpu_sys_us", "{:.1f}"),
+        ("CPU µs/dlv", "burst_cpu_us", "{:.1f}"),
+        ("Redis µs/bc", "burst_redis_cpu_us_per_broadcast", "{:.1f}"),
+        ("Redis/bc INFO", "burst_redis_info_cpu_us_per_broadcast", "{:.1f}"),
+        ("store Redis/msg", "store_redis_info_cpu_us_per_broadcast", "{:.1f}"),
+        ("stored", "store_stream_entries", "{:.0f}"),
+        ("KiB/1k mem", "store_used_memory_kib_per_1000_published", "{:.1f}"),
+        ("KiB/1k stream", "store_stream_kib_per_1000", "{:.1f}"),
+        ("lost", "burst_lost", "{:.0f}"),
+    ),
+}
+#: Scenario name prefix -> (numerator target, denominator target, what the ratio says):
+#: a table of every shared figure as numerator / denominator, measured in the same run.
+COMPARISONS: dict[str, tuple[str, str, str]] = {
+    "cluster-": ("ours-cluster-2w", "ours-redis-2w", "3-shard cluster ÷ one Redis"),
+    "history-": ("ours-redis-history-1w", "ours-redis-1w", "history on ÷ off"),
+}
+
+
+def columns_for(scenario: str) -> tuple[tuple[str, str, str], ...]:
+    for prefix, columns in SCENARIO_COLUMNS.items():
+        if scenario.startswith(prefix):
+            return columns
+    return HEADLINE
 
 
 def summarize(measurements: Sequence[Measurement]) -> Summary:
@@ -123,7 +168,7 @@ def build_report(
                 "publish_via": t.publish_via.value,
                 "workarounds": list(t.workarounds),
             }
-            for t in ALL_TARGETS
+            for t in KNOWN_TARGETS
         },
         "notes": list(notes),
         "headline_scenario": headline,
@@ -155,7 +200,7 @@ def _cell(value: Any, fmt: str, spread_value: Any = None) -> str:
 
 
 def _order(names: Sequence[str]) -> list[str]:
-    known = [t.name for t in ALL_TARGETS if t.name in names]
+    known = [t.name for t in KNOWN_TARGETS if t.name in names]
     return known + sorted(set(names) - set(known))
 
 
@@ -205,7 +250,7 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         rows = report["summary"][scenario]
         keys = [
             (label, key, fmt)
-            for label, key, fmt in HEADLINE
+            for label, key, fmt in columns_for(scenario)
             if any(key in f for f in rows.values())
         ]
         header = ["system", *(label for label, _, _ in keys)]
@@ -220,7 +265,29 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
             for name in _order(list(rows))
         ]
         result.append((scenario, header, body))
+        comparison = _comparison(scenario, rows, keys)
+        if comparison is not None:
+            result.append(comparison)
     return result
+
+
+def _comparison(
+    scenario: str, rows: dict[str, dict[str, Any]], keys: Sequence[tuple[str, str, str]]
+) -> tuple[str, list[str], list[list[str]]] | None:
+    """The scenario's pair (COMPARISONS) as ratios of their figures, if both ran."""
+    for prefix, (mine, theirs, meaning) in COMPARISONS.items():
+        if scenario.startswith(prefix) and mine in rows and theirs in rows:
+            shown = [(label, key) for label, key, _ in keys if key != "burst_lost"]
+            cells = [
+                _cell(ratio(rows[mine].get(key), rows[theirs].get(key)), "{:.2f}")
+                for _, key in shown
+            ]
+            return (
+                f"{scenario}: {meaning} ({mine} / {theirs}, same run)",
+                ["ratio", *(label for label, _ in shown)],
+                [[f"{mine} / {theirs}", *cells]],
+            )
+    return None
 
 
 def by_name_role(name: str) -> Role | None:

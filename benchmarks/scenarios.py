@@ -14,7 +14,7 @@ from benchmarks.metrics import percentile
 from benchmarks.publishers import Publisher, make_payload, publisher_for
 from benchmarks.redis_server import BenchRedis
 from benchmarks.servers import RunningServer, running_server
-from benchmarks.targets import Role, Target
+from benchmarks.targets import HISTORY_CHANNELS, Role, Target
 
 WARMUP_TIMEOUT = 60.0
 STALL_TIMEOUT = 5.0
@@ -46,6 +46,8 @@ class Session:
     #: Subscribers per channel.
     layout: dict[str, int]
     idle_rss: int = 0
+    #: The run's key prefix (the apps' and the publisher's).
+    prefix: str = ""
 
 
 def _env(target: Target, redis_url: str, prefix: str) -> dict[str, str]:
@@ -53,6 +55,7 @@ def _env(target: Target, redis_url: str, prefix: str) -> dict[str, str]:
         return {
             "PUBSUB_REDIS_URL": redis_url if target.uses_redis else "",
             "PUBSUB_KEY_PREFIX": prefix,
+            "PUBSUB_HISTORY_CHANNELS": HISTORY_CHANNELS if target.history else "",
         }
     return {"BENCH_REDIS_URL": redis_url, "BENCH_PREFIX": prefix}
 
@@ -86,7 +89,7 @@ async def _connected(
                     for channel, count in layout.items()
                     for _ in range(count)
                 ]
-                live = Session(target, server, pool, publisher, redis, layout)
+                live = Session(target, server, pool, publisher, redis, layout, prefix=prefix)
                 try:
                     await pool.connect(connections)
                     await warm_up(live)
@@ -164,14 +167,14 @@ async def burst(live: Session, messages: int, prefix: str) -> Values:
     channels = list(live.layout)
     expected = sum(live.layout[channels[i % len(channels)]] for i in range(messages))
     commands_before = live.redis.command_calls() if live.target.uses_redis else 0
-    redis_cpu_before = live.redis.cpu_seconds()
+    redis_before = RedisCpu.read(live)
     cpu_before = live.server.cpu_snapshot()
     started_us = time.time_ns() // 1000
     for sequence in range(messages):
         await live.publisher.publish(channels[sequence % len(channels)], make_payload(sequence))
     await wait_for_deliveries(live, expected)
     cpu = live.server.cpu_delta(cpu_before, live.server.cpu_snapshot())
-    redis_cpu = live.redis.cpu_seconds() - redis_cpu_before
+    redis_cpu = RedisCpu.read(live).minus(redis_before)
     commands = live.redis.command_calls() - commands_before if live.target.uses_redis else None
     collected = await live.pool.collect(reset=True)
     received = collected.received
@@ -184,8 +187,50 @@ async def burst(live: Session, messages: int, prefix: str) -> Values:
         f"{prefix}deliveries_per_s": received / elapsed if received else None,
         f"{prefix}lost": float(expected - received),
         f"{prefix}redis_cmds_per_broadcast": commands / messages if commands is not None else None,
-        f"{prefix}redis_cpu_us": redis_cpu * per if per and live.redis.owned else None,
+        f"{prefix}redis_cpu_us": redis_cpu.psutil_total * per if per and live.redis.owned else None,
+        **redis_cpu.per_broadcast(live, messages, prefix),
     }
+
+
+@dataclass
+class RedisCpu:
+    """CPU seconds of every Redis node, as psutil sees the process (10 ms clock ticks) and
+    as the node reports itself in INFO cpu (getrusage, microseconds)."""
+
+    psutil_nodes: list[float]
+    info_nodes: list[float]
+
+    @classmethod
+    def read(cls, live: Session) -> RedisCpu:
+        if not live.target.uses_redis:
+            return cls([], [])
+        return cls(live.redis.cpu_by_node(), live.redis.info_cpu_by_node())
+
+    def minus(self, before: RedisCpu) -> RedisCpu:
+        return RedisCpu(
+            [a - b for a, b in zip(self.psutil_nodes, before.psutil_nodes, strict=True)],
+            [a - b for a, b in zip(self.info_nodes, before.info_nodes, strict=True)],
+        )
+
+    @property
+    def psutil_total(self) -> float:
+        return sum(self.psutil_nodes)
+
+    def per_broadcast(self, live: Session, messages: int, prefix: str) -> Values:
+        """Redis CPU per published message (all nodes together) and the busiest node's share
+        of it (1.0 on one Redis; 1/3 would be an even spread over three shards)."""
+        if not live.target.uses_redis or messages <= 0:
+            return {}
+        values: Values = {}
+        for source, nodes in (("", self.psutil_nodes), ("info_", self.info_nodes)):
+            total = sum(nodes)
+            values[f"{prefix}redis_{source}cpu_us_per_broadcast"] = (
+                total * 1e6 / messages if nodes else None
+            )
+            values[f"{prefix}redis_{source}max_node_share"] = (
+                max(nodes) / total if nodes and total > 0 else None
+            )
+        return values
 
 
 async def steady(live: Session, rate: float, seconds: float, prefix: str) -> Values:
@@ -250,3 +295,64 @@ async def measure_idle(target: Target, redis: BenchRedis, connections: int) -> V
     """Scenario (c): server memory per idle connection, after the connections settle."""
     async with session(target, redis, {"idle": connections}) as live:
         return {"rss_kib_per_conn": live.idle_rss / 1024 / connections}
+
+
+async def measure_cluster(
+    target: Target, redis: BenchRedis, channels: int, per_channel: int, messages: int
+) -> Values:
+    """Many channels on one Redis or spread over the shards of a Redis Cluster: the
+    channels scenario, with Redis CPU per broadcast per node (``burst``)."""
+    values = await measure_channels(target, redis, channels, per_channel, messages)
+    values["redis_nodes"] = float(len(redis.node_urls))
+    return values
+
+
+async def measure_history(
+    target: Target,
+    redis: BenchRedis,
+    subscribers: int,
+    *,
+    burst_messages: int,
+    steady_seconds: float,
+    light_seconds: float,
+    stored_messages: int,
+) -> Values:
+    """The cost of history: the fan-out workload (burst, 10 and 2 msg/s), then Redis memory
+    and CPU for ``stored_messages`` published to a channel with no subscribers."""
+    async with session(target, redis, {"fanout": subscribers}) as live:
+        values: Values = {}
+        values.update(await burst(live, burst_messages, "burst_"))
+        values.update(await steady(live, 10.0, steady_seconds, "steady10_"))
+        values.update(await steady(live, 2.0, light_seconds, "light2_"))
+        values.update(await store(live, stored_messages, "store_"))
+        return values
+
+
+async def store(live: Session, messages: int, prefix: str) -> Values:
+    """Publish ``messages`` to ``fanout-stored`` (no subscribers): Redis memory growth (INFO
+    used_memory; and MEMORY USAGE of the stream) per 1,000 stored messages, Redis CPU each."""
+    from fastapi_pubsub_cluster.keys import RedisKeys
+
+    channel = "fanout-stored"
+    stream = RedisKeys(live.prefix).history(channel)
+    await asyncio.sleep(0.2)
+    memory_before = await asyncio.to_thread(live.redis.used_memory)
+    redis_before = await asyncio.to_thread(RedisCpu.read, live)
+    for sequence in range(messages):
+        await live.publisher.publish(channel, make_payload(sequence))
+    redis_cpu = (await asyncio.to_thread(RedisCpu.read, live)).minus(redis_before)
+    await asyncio.sleep(0.2)
+    memory_after = await asyncio.to_thread(live.redis.used_memory)
+    stored = await asyncio.to_thread(live.redis.stream_length, stream)
+    stream_bytes = await asyncio.to_thread(live.redis.key_memory, stream) if stored else None
+    growth = memory_after - memory_before
+    return {
+        f"{prefix}messages": float(messages),
+        f"{prefix}stream_entries": float(stored),
+        f"{prefix}used_memory_kib_per_1000": growth / 1024 * 1000 / stored if stored else None,
+        f"{prefix}used_memory_kib_per_1000_published": growth / 1024 * 1000 / messages,
+        f"{prefix}stream_kib_per_1000": stream_bytes / 1024 * 1000 / stored
+        if stream_bytes is not None and stored
+        else None,
+        **redis_cpu.per_broadcast(live, messages, prefix),
+    }

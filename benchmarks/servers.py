@@ -115,6 +115,7 @@ def _command(target: Target, port: int) -> list[str]:
         "--no-access-log",
         "--backlog",
         "4096",
+        *(["--ws", target.ws_protocol] if target.ws_protocol else []),
     ]
 
 

@@ -1,4 +1,5 @@
-"""The systems under test: ours (in memory, Redis with 1/2/4 workers), ceilings and peers."""
+"""The systems under test: ours (in memory, Redis with 1/2/4 workers), ceilings and peers;
+and, for their own scenarios, ours on a Redis Cluster and ours with history."""
 
 from __future__ import annotations
 
@@ -42,10 +43,16 @@ class Target:
     module: str | None = None
     workers: int = 1
     uses_redis: bool = False
+    #: Runs against the benchmark's Redis Cluster (``redis+cluster://``) instead of one Redis.
+    uses_cluster: bool = False
+    #: Its channels keep history (``PUBSUB_HISTORY_CHANNELS``, see ``HISTORY_CHANNELS``).
+    history: bool = False
     protocol: Protocol = Protocol.PLAIN
     publish_via: PublishVia = PublishVia.CONTROL_SOCKET
     #: Workarounds applied so the system works at all under the workload (printed).
     workarounds: tuple[str, ...] = field(default=())
+    #: uvicorn ``--ws`` protocol (import string), or None for uvicorn's default.
+    ws_protocol: str | None = None
 
     def client_url(self, port: int, channel: str) -> str:
         """Where a client of ``channel`` connects."""
@@ -79,6 +86,17 @@ OURS_REDIS = tuple(
         publish_via=PublishVia.OURS_REDIS,
     )
     for workers in (1, 2, 4)
+)
+OURS_DIRECT = Target(
+    "ours-redis-2w-direct",
+    Role.OURS,
+    "fastapi-pubsub-cluster, Redis, 2 uvicorn workers, --ws PubSubWebSocketProtocol "
+    "(broadcast framed once, written straight to each socket)",
+    "ours",
+    workers=2,
+    uses_redis=True,
+    publish_via=PublishVia.OURS_REDIS,
+    ws_protocol="fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol",
 )
 WEBSOCKETS = Target(
     "websockets",
@@ -120,19 +138,47 @@ PERMIT = Target(
 ALL_TARGETS: tuple[Target, ...] = (
     OURS_MEMORY,
     *OURS_REDIS,
+    OURS_DIRECT,
     WEBSOCKETS,
     FASTAPI_LOOP,
     SOCKETIO,
     BROADCASTER,
     PERMIT,
 )
+#: Channels that keep history on targets with ``history``: the fan-out channel and the one
+#: the memory figure is measured on (a full-match regular expression).
+HISTORY_CHANNELS = r"fanout(-stored)?"
+
+OURS_CLUSTER = Target(
+    "ours-cluster-2w",
+    Role.OURS,
+    "fastapi-pubsub-cluster, 3-master Redis Cluster (SPUBLISH), 2 uvicorn workers",
+    "ours",
+    workers=2,
+    uses_redis=True,
+    uses_cluster=True,
+    publish_via=PublishVia.OURS_REDIS,
+)
+OURS_HISTORY = Target(
+    "ours-redis-history-1w",
+    Role.OURS,
+    "fastapi-pubsub-cluster, Redis, 1 uvicorn worker, history on (stream XADD + PUBLISH)",
+    "ours",
+    uses_redis=True,
+    history=True,
+    publish_via=PublishVia.OURS_REDIS,
+)
+#: Targets only the cluster and history scenarios run (never part of the peer comparison).
+SCENARIO_TARGETS: tuple[Target, ...] = (OURS_CLUSTER, OURS_HISTORY)
+KNOWN_TARGETS: tuple[Target, ...] = (*ALL_TARGETS, *SCENARIO_TARGETS)
+
 #: The configuration every ratio is taken against.
 REFERENCE = "ours-redis-1w"
 CEILINGS = ("websockets", "fastapi-loop")
 
 
 def by_name(name: str) -> Target:
-    for target in ALL_TARGETS:
+    for target in KNOWN_TARGETS:
         if target.name == name:
             return target
     raise KeyError(name)

@@ -130,3 +130,76 @@ def test_bench_runs_the_benchmarks_package(services: dict[str, dict[str, Any]]) 
     assert words[1:3] == ["-m", "benchmarks"]
     assert (ROOT / "benchmarks" / "__main__.py").is_file()
     assert importlib.util.find_spec("benchmarks") is not None
+
+
+CLUSTER_NODES = ("redis-node-1", "redis-node-2", "redis-node-3")
+
+
+def profile_services(services: dict[str, dict[str, Any]], profile: str) -> set[str]:
+    return {name for name, service in services.items() if profile in service.get("profiles", [])}
+
+
+def option(words: list[str], name: str) -> str:
+    assert name in words, name
+    return words[words.index(name) + 1]
+
+
+def test_the_cluster_profile_has_three_nodes_an_init_and_an_app(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert profile_services(services, "cluster") == {*CLUSTER_NODES, "cluster-init", "app-cluster"}
+    # the default services stay outside the profile
+    for name in ("redis", "app"):
+        assert "profiles" not in services[name], name
+
+
+def test_every_cluster_node_is_a_cluster_enabled_redis_that_announces_its_name(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in CLUSTER_NODES:
+        node = services[name]
+        assert str(node["image"]).startswith("redis:7"), name
+        words = command_words(node)
+        assert words[0] == "redis-server", name
+        assert option(words, "--cluster-enabled") == "yes", name
+        assert option(words, "--cluster-announce-hostname") == name, name
+        assert option(words, "--cluster-preferred-endpoint-type") == "hostname", name
+        assert "--port" not in words or option(words, "--port") == "6379", name
+        assert "redis-cli" in node["healthcheck"]["test"], name
+
+
+def test_cluster_init_creates_the_cluster_from_every_node_once_they_are_healthy(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    init = services["cluster-init"]
+    assert str(init["image"]).startswith("redis:7")
+    assert str(init.get("restart", "no")) == "no"
+    command = init["command"]
+    script = command[2] if command[:2] == ["sh", "-c"] else " ".join(command)
+    assert "redis-cli --cluster create " in script
+    words = shlex.split(script.replace(";", " ; "))
+    assert option(words, "--cluster-replicas") == "0"
+    assert "--cluster-yes" in words
+    for name in CLUSTER_NODES:
+        assert name in script, name  # resolved to its address (CLUSTER MEET takes IPs)
+        assert init["depends_on"][name]["condition"] == "service_healthy", name
+
+
+def test_the_cluster_app_runs_the_example_app_on_a_cluster_url_of_the_three_nodes(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from fastapi_pubsub_cluster.redis_clients import RedisEndpoint, is_cluster_url
+
+    app, plain = services["app-cluster"], services["app"]
+    assert command_words(app) == command_words(plain)
+    env = environment(app)
+    url = env["PUBSUB_REDIS_URL"]
+    assert is_cluster_url(url)
+    hosts = urlparse(url).netloc.split(",")
+    assert sorted(hosts) == [f"{name}:6379" for name in CLUSTER_NODES]
+    pubsub_vars = {k: v for k, v in env.items() if k.startswith("PUBSUB_")}
+    settings = PubSubSettings.from_env(pubsub_vars)
+    RedisEndpoint(url, settings, client_name=None)  # the library accepts the URL
+    assert app["depends_on"]["cluster-init"]["condition"] == "service_completed_successfully"
+    published = {str(port).split(":")[0] for port in plain.get("ports", [])}
+    assert not published & {str(port).split(":")[0] for port in app.get("ports", [])}
