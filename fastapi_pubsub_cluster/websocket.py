@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from .codec import decode_client_binary, decode_client_text
+from .codec import OutgoingFrame, decode_client_binary, decode_client_text
 from .connection import ClientConnection
 from .credentials import RedisCredentialsLike, redis_url_from
 from .errors import CloseCode, InvalidChannelError, MalformedMessageError, PubSubError
@@ -103,13 +102,19 @@ class BasePubSubWebSocket:
     # -- sending (compatible with the original package) --------------------------------
 
     async def send_json(self, data: Any) -> None:
-        """Send ``data`` to this client only, in its wire format."""
-        if self.wire_format == "msgpack":
-            from .codec import OutgoingFrame
+        """Send ``data`` to this client only, in its wire format.
 
-            await self.websocket.send_bytes(OutgoingFrame(data).binary)
+        While the socket runs, it goes through the same bounded outbox as broadcasts, so it
+        keeps its place among them and a slow client cannot make the caller wait.
+        """
+        frame = OutgoingFrame(data)
+        connection = self._connection
+        if connection is not None and not connection.holding:
+            connection.offer(frame)
+        elif self.wire_format == "msgpack":
+            await self.websocket.send_bytes(frame.binary)
         else:
-            await self.send_message(json.dumps(data, separators=(",", ":")))
+            await self.websocket.send_text(frame.text)
 
     async def send_message(self, message: str) -> None:
         """Send a text frame to this client only."""
