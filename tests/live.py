@@ -70,6 +70,17 @@ async def wait_for_async_condition(check: Callable[[], Awaitable[bool]], timeout
         await asyncio.sleep(0.05)
 
 
+def reconnect_signal(hub: Any) -> asyncio.Event:
+    """An event set each time ``hub``'s Redis link comes back (through the public hook)."""
+    reconnected = asyncio.Event()
+
+    async def mark() -> None:
+        reconnected.set()
+
+    hub.add_reconnect_hook(mark)
+    return reconnected
+
+
 async def connect(url: str, **kwargs: Any) -> ClientConnection:
     """A real websocket client."""
     return await websockets.connect(url, open_timeout=10, **kwargs)

@@ -13,7 +13,7 @@ from fastapi_pubsub_cluster import PubSubHub, PubSubSettings, RedisConnectionMan
 from fastapi_pubsub_cluster.errors import CloseCode
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
-from tests.live import close_code_of, connect, recv_json, recv_until, serve
+from tests.live import close_code_of, connect, reconnect_signal, recv_json, recv_until, serve
 from tests.redis_servers import OwnedRedisServer
 
 
@@ -121,12 +121,7 @@ async def test_worker_replays_what_was_stored_while_its_link_was_down(
     async with PubSubHub(settings=settings) as hub, serve(build_app(hub)) as url:
         manager = hub.manager
         assert isinstance(manager, RedisConnectionManager)
-        reconnected = asyncio.Event()
-
-        async def mark() -> None:
-            reconnected.set()
-
-        hub.add_reconnect_hook(mark)
+        reconnected = reconnect_signal(hub)
         ws = await connect(f"{url}/ws/news")
         await hub.publish("news", {"n": -1})
         await receive_stored(ws, 1)

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fastapi_pubsub_cluster import PrometheusMetrics, PubSubHub, PubSubSettings
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
-from tests.live import connect, recv_until, serve
+from tests.live import connect, reconnect_signal, recv_until, serve
 from tests.redis_servers import OwnedRedisServer
 
 
@@ -77,12 +77,7 @@ async def test_metrics_count_redis_reconnects(
 ) -> None:
     metrics = PrometheusMetrics(registry=CollectorRegistry())
     hub = PubSubHub(settings=make_settings(key_prefix, owned_redis.url), metrics=metrics)
-    reconnected = asyncio.Event()
-
-    async def mark() -> None:
-        reconnected.set()
-
-    hub.add_reconnect_hook(mark)
+    reconnected = reconnect_signal(hub)
     async with hub, serve(app_with_metrics(hub, metrics)) as url:
         owned_redis.restart()
         await asyncio.wait_for(reconnected.wait(), 10)

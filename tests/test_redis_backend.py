@@ -24,7 +24,7 @@ from fastapi_pubsub_cluster.keys import RedisKeys
 from fastapi_pubsub_cluster.managers.redis import RedisConnectionManager
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
-from tests.live import close_code_of, connect, recv_json, recv_until, serve
+from tests.live import close_code_of, connect, reconnect_signal, recv_json, recv_until, serve
 from tests.redis_servers import OwnedRedisServer
 
 
@@ -123,12 +123,7 @@ async def test_presence_is_registered_again_after_a_redis_restart(
 ) -> None:
     manager = owned_hub.manager
     assert isinstance(manager, RedisConnectionManager)
-    reconnected = asyncio.Event()
-
-    async def on_reconnect() -> None:
-        reconnected.set()
-
-    owned_hub.add_reconnect_hook(on_reconnect)
+    reconnected = reconnect_signal(owned_hub)
     async with serve(build_app(owned_hub)) as url:
         clients = [await connect(f"{url}/ws/durable") for _ in range(3)]
         await asyncio.gather(*(recv_until(ws, lambda m: m == {"count": 3}) for ws in clients))
