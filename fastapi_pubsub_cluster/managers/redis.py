@@ -537,7 +537,14 @@ class RedisConnectionManager(ConnectionManager):
                     logger.warning("reaped %d connections of dead worker %s", removed, worker)
 
     async def _reap(self, worker_id: str, *, force: bool) -> int:
-        """Remove a worker's presence from every channel it held; -1 if it turned out alive."""
+        """Remove a worker's presence from every channel it held; -1 if it turned out alive.
+
+        The claim is atomic on the worker's own slot, the per-channel removals are not (they
+        live on other slots). A worker that was only stalled finds its channel record gone
+        at its next heartbeat and registers again; should that registration overlap this
+        loop, entries it re-adds can be removed until its next change (a narrow window,
+        accepted for now).
+        """
         channels = await self._claim_script(
             keys=[self.keys.heartbeat(worker_id), self.keys.worker_channels(worker_id)],
             args=["1" if force else "0"],
