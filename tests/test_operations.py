@@ -257,3 +257,31 @@ async def test_redis_connections_per_worker_stay_a_small_constant(
         assert all(count <= MAX_REDIS_CONNECTIONS + 1 for count in after.values())
         assert after == before
     await admin.aclose()
+
+
+async def test_presence_comes_back_after_a_stalled_worker_was_reaped(
+    owned_redis: OwnedRedisServer, key_prefix: str
+) -> None:
+    settings = make_settings(key_prefix, owned_redis.url, heartbeat_ttl=1.0)
+    admin = aioredis.Redis.from_url(owned_redis.url)
+    keys = RedisKeys(key_prefix)
+    async with (
+        PubSubHub(settings=settings) as stalled,
+        PubSubHub(settings=settings) as peer,
+        serve(build_app(stalled)) as url_stalled,
+        serve(build_app(peer)) as url_peer,
+    ):
+        assert isinstance(peer.manager, RedisConnectionManager)
+        on_stalled = [await connect(f"{url_stalled}/ws/lapse") for _ in range(2)]
+        watcher = await connect(f"{url_peer}/ws/lapse")
+        await recv_until(watcher, lambda m: m == {"count": 3})
+        # As if the worker's loop had stalled past its TTL and the peer had reaped it.
+        assert await peer.manager._reap(stalled.manager.worker_id, force=True) == 2
+        await recv_until(watcher, lambda m: m == {"count": 1})
+        # Its next heartbeat finds its record gone and registers its sockets again.
+        await recv_until(watcher, lambda m: m == {"count": 3}, timeout=5)
+        assert await admin.scard(keys.members("lapse")) == 3
+        assert await admin.exists(keys.heartbeat(stalled.manager.worker_id))
+        for ws in [*on_stalled, watcher]:
+            await ws.close()
+    await admin.aclose()
