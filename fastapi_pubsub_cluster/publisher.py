@@ -4,72 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
-import time
-import uuid
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import redis
 from redis.asyncio.cluster import RedisCluster
 
-from .codec import (
-    Envelope,
-    EventKind,
-    encode_envelope,
-    encode_payload,
-    packed_timestamp,
-    stored_envelope_head,
-)
 from .credentials import RedisCredentialsLike, redis_url_from
-from .errors import ConfigurationError, MessageTooLargeError, PublishError
-from .keys import RedisKeys
+from .errors import ConfigurationError, PublishError
 from .managers._scripts import STORE
+from .publication import prepare_publication
 from .redis_clients import RedisEndpoint, is_cluster_url, is_sentinel_url
 from .settings import PubSubSettings
 
 _ORIGIN = f"publisher-{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    """One publication, ready for a sync or an async client: a PUBLISH, or for a channel
-    with history the STORE script (append to the stream and announce)."""
-
-    topic: str
-    data: bytes
-    stream_key: str | None = None
-    script_args: tuple[str | bytes | int, ...] = ()
-
-
-def _prepare(
-    settings: PubSubSettings, channel: str, payload: Any, publish_command: str = "PUBLISH"
-) -> _Prepared:
-    settings.validate_channel_id(channel)
-    keys = RedisKeys(settings.key_prefix)
-    if settings.has_history(channel):
-        data = encode_payload(payload)
-    else:
-        envelope = Envelope(
-            EventKind.MESSAGE, channel, _ORIGIN, uuid.uuid4().hex, 0, payload, time.time()
-        )
-        data = encode_envelope(envelope)
-    if len(data) > settings.max_message_bytes:
-        raise MessageTooLargeError(
-            f"message is {len(data)} bytes; the limit is {settings.max_message_bytes}"
-        )
-    if not settings.has_history(channel):
-        return _Prepared(keys.topic(channel), data)
-    args = (
-        publish_command,
-        keys.topic(channel),
-        stored_envelope_head(channel, _ORIGIN),
-        data,
-        settings.history_size,
-        int(settings.history_ttl * 1000),
-        packed_timestamp(time.time()),
-    )
-    return _Prepared(keys.topic(channel), data, keys.history(channel), args)
 
 
 class RedisPublisher:
@@ -95,7 +43,13 @@ class RedisPublisher:
         """Publish ``payload``; returns how many workers received it."""
         client = self._redis
         sharded = isinstance(client, RedisCluster)
-        prepared = _prepare(self.settings, channel, payload, "SPUBLISH" if sharded else "PUBLISH")
+        prepared = prepare_publication(
+            self.settings,
+            channel,
+            payload,
+            origin=_ORIGIN,
+            publish_command="SPUBLISH" if sharded else "PUBLISH",
+        )
         try:
             if prepared.stream_key is None and isinstance(client, RedisCluster):
                 return int(await client.spublish(prepared.topic, prepared.data))
@@ -131,7 +85,7 @@ def publish_sync(
 ) -> int:
     """Publish from synchronous code (a script, Celery, Django); returns workers reached."""
     settings = settings if settings is not None else PubSubSettings.from_env()
-    prepared = _prepare(settings, channel, payload)
+    prepared = prepare_publication(settings, channel, payload, origin=_ORIGIN)
     url = redis_url_from(redis_url)
     if is_sentinel_url(url) or is_cluster_url(url):
         raise ConfigurationError("publish_sync takes a plain Redis URL; use RedisPublisher")

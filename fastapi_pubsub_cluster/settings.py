@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
-from .errors import ConfigurationError, InvalidChannelError
+from .errors import ConfigurationError, InvalidChannelError, MessageTooLargeError
 
 SlowClientPolicy = Literal["disconnect", "drop_oldest"]
 WireFormat = Literal["json", "msgpack"]
@@ -106,6 +106,13 @@ class PubSubSettings:
     def has_history(self, channel_id: str) -> bool:
         """True if ``channel_id`` keeps history (see ``history_channels``)."""
         return self._history_regex is not None and bool(self._history_regex.fullmatch(channel_id))
+
+    def check_message_size(self, size: int) -> None:
+        """Raise :class:`MessageTooLargeError` if ``size`` bytes exceed ``max_message_bytes``."""
+        if size > self.max_message_bytes:
+            raise MessageTooLargeError(
+                f"message is {size} bytes; the limit is {self.max_message_bytes}"
+            )
 
     @staticmethod
     def validate_stream_id(stream_id: str) -> str:

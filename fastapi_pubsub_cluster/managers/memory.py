@@ -7,7 +7,6 @@ from typing import Any
 
 from ..codec import OutgoingFrame, encode_payload, stored_message_frame
 from ..connection import ClientConnection
-from ..errors import MessageTooLargeError
 from ..history import LocalHistory
 from ..metrics import Metrics
 from ..settings import PubSubSettings
@@ -37,18 +36,14 @@ class InMemoryConnectionManager(ConnectionManager):
 
     async def _announce_leave(self, connection: ClientConnection, notify: bool) -> None:
         self._apply_leave(connection.channel, connection.id, notify)
-        if not self._members.get(connection.channel, True):
-            del self._members[connection.channel]
+        if self._members.get(connection.channel) == set():
+            del self._members[connection.channel]  # the last one left: forget the channel
 
     async def publish(self, channel: str, payload: Any) -> None:
         """Deliver ``payload`` to the channel's clients in this process."""
         self.settings.validate_channel_id(channel)
         # Check encodability and size once, as the Redis manager does before PUBLISH.
-        size = len(encode_payload(payload))
-        if size > self.settings.max_message_bytes:
-            raise MessageTooLargeError(
-                f"message is {size} bytes; the limit is {self.settings.max_message_bytes}"
-            )
+        self.settings.check_message_size(len(encode_payload(payload)))
         self.metrics.published()
         sent_at = time.time()
         if self.settings.has_history(channel):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,17 +15,14 @@ from ..codec import (
     OutgoingFrame,
     decode_envelope,
     decode_stored,
-    encode_envelope,
-    encode_payload,
-    packed_timestamp,
-    stored_envelope_head,
     stored_message_frame,
     stream_id_order,
 )
 from ..connection import ClientConnection
-from ..errors import ConfigurationError, MalformedMessageError, MessageTooLargeError, PublishError
+from ..errors import ConfigurationError, MalformedMessageError, PublishError
 from ..keys import RedisKeys
 from ..metrics import Metrics
+from ..publication import prepare_publication
 from ..redis_clients import CommandClient, RedisEndpoint
 from ..settings import PubSubSettings
 from . import _scripts
@@ -247,48 +242,24 @@ class RedisConnectionManager(ConnectionManager):
         On a channel with history the message is also appended to its stream, in the same
         atomic step, and announced with its stream id.
         """
-        self.settings.validate_channel_id(channel)
-        stored = self.settings.has_history(channel)
-        if stored:
-            data = encode_payload(payload)
-        else:
-            envelope = Envelope(
-                EventKind.MESSAGE,
-                channel,
-                self.worker_id,
-                uuid.uuid4().hex,
-                0,
-                payload,
-                time.time(),
-            )
-            data = encode_envelope(envelope)
-        if len(data) > self.settings.max_message_bytes:
-            raise MessageTooLargeError(
-                f"message is {len(data)} bytes; the limit is {self.settings.max_message_bytes}"
-            )
+        publication = prepare_publication(
+            self.settings,
+            channel,
+            payload,
+            origin=self.worker_id,
+            publish_command=self._publish_command,
+        )
         try:
             async with asyncio.timeout(self.settings.redis_timeout * 2):
-                if stored:
-                    await self._store(channel, data)
+                if publication.stream_key is None:
+                    await self._publish_raw(publication.topic, publication.data)
                 else:
-                    await self._publish_raw(self.keys.topic(channel), data)
+                    await self._store_script(
+                        keys=[publication.stream_key], args=publication.script_args
+                    )
         except REDIS_DOWN as exc:
             raise PublishError(f"cannot publish to {channel!r}, Redis unavailable: {exc}") from exc
         self.metrics.published()
-
-    async def _store(self, channel: str, payload: bytes) -> None:
-        await self._store_script(
-            keys=[self.keys.history(channel)],
-            args=[
-                self._publish_command,
-                self.keys.topic(channel),
-                stored_envelope_head(channel, self.worker_id),
-                payload,
-                self.settings.history_size,
-                int(self.settings.history_ttl * 1000),
-                packed_timestamp(time.time()),
-            ],
-        )
 
     async def _history_after(
         self, channel: str, since: str
