@@ -168,14 +168,8 @@ class ConnectionManager(ABC):
 
     # -- helpers for backends ----------------------------------------------------------
 
-    def _add_local(self, connection: ClientConnection) -> bool:
-        """Add to the local dict; True when the channel had no local connection before."""
-        conns = self._local.get(connection.channel)
-        if conns is None:
-            self._local[connection.channel] = {connection.id: connection}
-            return True
-        conns[connection.id] = connection
-        return False
+    def _add_local(self, connection: ClientConnection) -> None:
+        self._local.setdefault(connection.channel, {})[connection.id] = connection
 
     def _remove_local(self, connection: ClientConnection) -> bool:
         """Remove from the local dict; True if it was there."""
@@ -265,24 +259,21 @@ class ConnectionManager(ABC):
         conns = [c for channel in channels for c in self.local_connections(channel)]
         if self.settings.close_clients_on_reconnect:
             reason = "pub/sub link was lost; reconnect to resync"
-            await asyncio.gather(
-                *(c.close(CloseCode.SERVICE_RESTART, reason) for c in conns),
-                return_exceptions=True,
-            )
+            await self._close_connections(conns, CloseCode.SERVICE_RESTART, reason)
             return
         hooks = [c.on_reconnect() for c in conns if c.on_reconnect is not None]
         for outcome in await asyncio.gather(*hooks, return_exceptions=True):
             if isinstance(outcome, Exception):
                 logger.error("on_reconnect hook of a socket failed", exc_info=outcome)
 
-    async def _close_local_connections(self, code: int, reason: str) -> None:
-        """Close every local socket concurrently (graceful shutdown)."""
-        conns = [c for channel in list(self._local) for c in self.local_connections(channel)]
-        if conns:
-            await asyncio.gather(*(c.close(code, reason) for c in conns), return_exceptions=True)
+    @staticmethod
+    async def _close_connections(conns: list[ClientConnection], code: int, reason: str) -> None:
+        """Close sockets concurrently, each within its close timeout."""
+        await asyncio.gather(*(c.close(code, reason) for c in conns), return_exceptions=True)
 
     async def _stop_local(self) -> None:
-        await self._close_local_connections(CloseCode.GOING_AWAY, "server shutting down")
+        everyone = [c for channel in list(self._local) for c in self.local_connections(channel)]
+        await self._close_connections(everyone, CloseCode.GOING_AWAY, "server shutting down")
         await self._tasks.close()
         self._local.clear()
         self._members.clear()
