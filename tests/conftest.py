@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
-from tests.redis_servers import OwnedRedisServer, session_redis_url
+from tools.redis_servers import OwnedRedisServer, session_redis_url
 
 
 @pytest.fixture(scope="session")

@@ -1,26 +1,19 @@
-"""Live servers and real websocket clients for the tests (no test client, no mocks)."""
+"""Live servers in this process and real websocket clients for the tests (no test client, no
+mocks). Server processes (uvicorn workers, commands) are in ``tools.processes``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
-
-from tests.redis_servers import free_port
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @asynccontextmanager
@@ -127,54 +120,3 @@ async def close_code_of(ws: ClientConnection, timeout: float = 10.0) -> int | No
         except websockets.ConnectionClosed:
             pass
     return ws.close_code
-
-
-@contextmanager
-def running(command: list[str], base: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run ``command`` from the repository root until ``base``/healthz answers; yields
-    ``base``; terminates the process after (kills it if it does not stop)."""
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})})
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[:4]} exited with {process.returncode}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command[:4]} did not answer within 30s")
-            time.sleep(0.05)
-        yield base
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@contextmanager
-def uvicorn_process(app_path: str, env: dict[str, str], workers: int = 1) -> Iterator[str]:
-    """Run ``uvicorn app_path`` as a real separate process; yields its base ``http://`` URL."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app_path,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--log-level",
-        "warning",
-    ]
-    with running(command, f"http://127.0.0.1:{port}", env) as base:
-        yield base

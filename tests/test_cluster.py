@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.live import connect, last_message_when_quiet, recv_until, uvicorn_process
+from tests.live import connect, last_message_when_quiet, recv_until
+from tools.processes import uvicorn_process
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,9 @@ import pytest
 import redis
 
 from fastapi_pubsub_cluster.keys import RedisKeys
-from tests.live import close_code_of, connect, recv_until, uvicorn_process, wait_for_condition
-from tests.redis_servers import OwnedRedisServer
+from tests.live import close_code_of, connect, recv_until, wait_for_condition
+from tools.processes import uvicorn_process
+from tools.redis_servers import OwnedRedisServer
 
 pytestmark = pytest.mark.slow
 

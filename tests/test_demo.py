@@ -15,8 +15,9 @@ import pytest
 from fastapi_pubsub_cluster.demo import create_app
 from fastapi_pubsub_cluster.demo.app import chat_line_from
 from tests.conftest import make_settings
-from tests.live import ROOT, connect, recv_until, running, serve, uvicorn_process
-from tests.redis_servers import free_port
+from tests.live import connect, recv_until, serve
+from tools.ports import free_port
+from tools.processes import ROOT, running, uvicorn_process
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from fastapi_pubsub_cluster.errors import CloseCode
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import close_code_of, connect, reconnect_signal, recv_json, recv_until, serve
-from tests.redis_servers import OwnedRedisServer
+from tools.redis_servers import OwnedRedisServer
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ async def test_resume_works_across_workers_and_across_a_worker_restart(
 ) -> None:
     import httpx
 
-    from tests.live import uvicorn_process
+    from tools.processes import uvicorn_process
 
     env = {
         "PUBSUB_REDIS_URL": owned_redis.url,

@@ -13,7 +13,7 @@ from fastapi_pubsub_cluster import PrometheusMetrics, PubSubHub, PubSubSettings
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import connect, reconnect_signal, recv_until, serve
-from tests.redis_servers import OwnedRedisServer
+from tools.redis_servers import OwnedRedisServer
 
 
 def samples(text: str) -> dict[str, float]:

@@ -29,11 +29,11 @@ from tests.live import (
     connect,
     recv_until,
     serve,
-    uvicorn_process,
     wait_for_async_condition,
 )
-from tests.redis_servers import OwnedRedisServer, OwnedSentinel
 from tests.tcp_proxy import DeafeningProxy
+from tools.processes import uvicorn_process
+from tools.redis_servers import OwnedRedisServer, OwnedSentinel
 
 
 async def publish_until_received(

@@ -25,7 +25,7 @@ from fastapi_pubsub_cluster.managers.redis import RedisConnectionManager
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import close_code_of, connect, reconnect_signal, recv_json, recv_until, serve
-from tests.redis_servers import OwnedRedisServer
+from tools.redis_servers import OwnedRedisServer
 
 
 @pytest.fixture

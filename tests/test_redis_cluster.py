@@ -16,8 +16,9 @@ from fastapi_pubsub_cluster import PubSubHub, RedisConnectionManager, RedisPubli
 from fastapi_pubsub_cluster.keys import RedisKeys
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
-from tests.live import connect, recv_until, serve, uvicorn_process
-from tests.redis_servers import OwnedRedisCluster
+from tests.live import connect, recv_until, serve
+from tools.processes import uvicorn_process
+from tools.redis_servers import OwnedRedisCluster
 
 pytestmark = pytest.mark.slow
 
