@@ -14,6 +14,7 @@ RUN pip install ".[demo,bench]"
 
 COPY examples ./examples
 COPY benchmarks ./benchmarks
+COPY tools ./tools
 
 EXPOSE 8000
 CMD ["uvicorn", "examples.connected_clients:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from benchmarks.environment import library_revision, machine, package_versions
-from benchmarks.limits import raise_open_files_limit
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.progress import ProgressDisplay
 from benchmarks.redis_server import BenchRedis, bench_cluster, bench_redis
@@ -28,6 +27,7 @@ from benchmarks.scenarios import (
     measure_idle,
 )
 from benchmarks.targets import by_name
+from tools.processes import raise_open_files_limit
 
 NOTES = (
     "Server CPU = user+system seconds of the server process tree (psutil) from the first "

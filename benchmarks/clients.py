@@ -21,8 +21,8 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from benchmarks.limits import raise_open_files_limit
 from benchmarks.targets import Protocol
+from tools.processes import raise_open_files_limit
 
 MARKER = '"sent_us":'
 CONNECT_CONCURRENCY = 64

@@ -17,11 +17,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from benchmarks.limits import raise_open_files_limit
 from benchmarks.publishers import make_payload
 from benchmarks.redis_server import bench_redis
 from benchmarks.scenarios import session, wait_for_deliveries
 from benchmarks.targets import by_name
+from tools.processes import raise_open_files_limit
 
 
 def top_functions(

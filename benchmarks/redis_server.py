@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,34 +15,17 @@ import psutil
 import redis
 from redis.cluster import ClusterNode
 
+from tools.redis_servers import (
+    MissingBinaryError,
+    OwnedRedisCluster,
+    OwnedRedisServer,
+    wait_until_pingable,
+)
+
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-#: Cluster nodes also listen on their port + this (the cluster bus).
-CLUSTER_BUS_OFFSET = 10000
 CLUSTER_SIZE = 3
-CLUSTER_READY_TIMEOUT = 30.0
-
-
-def free_port(also_free_at: int | None = None) -> int:
-    """A loopback TCP port nothing listens on right now (with ``also_free_at``, one whose
-    port + that offset is free too: a cluster node's bus port)."""
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if also_free_at is None or time.monotonic() > deadline:
-            return port
-        if port + also_free_at < 65536 and _is_free(port + also_free_at):
-            return port
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+#: cluster-node-timeout of an owned cluster (nothing fails over during a benchmark).
+CLUSTER_NODE_TIMEOUT_MS = 5000
 
 
 def is_cluster_url(url: str) -> bool:
@@ -180,53 +159,6 @@ class BenchRedis:
             client.close()
 
 
-def wait_until_pingable(url: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.05)
-    finally:
-        client.close()
-
-
-def _redis_server_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found: install it or set REDIS_URL")
-    return binary
-
-
-def _start_server(port: int, workdir: str, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            _redis_server_binary(),
-            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-            *("--dir", workdir, "--maxclients", "10000", "--protected-mode", "yes"),
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def _stop_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @contextmanager
 def bench_redis() -> Iterator[BenchRedis]:
     """``REDIS_URL`` if set (never flushed or stopped), else an owned ``redis-server``."""
@@ -239,20 +171,19 @@ def bench_redis() -> Iterator[BenchRedis]:
         finally:
             shared.close()
         return
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="bench-redis-")
-    process = _start_server(port, workdir)
+    server = OwnedRedisServer(workdir=tempfile.mkdtemp(prefix="bench-redis-"))
     try:
-        server_url = f"redis://127.0.0.1:{port}/0"
-        wait_until_pingable(server_url)
-        owned = BenchRedis(server_url, processes=(psutil.Process(process.pid),))
+        try:
+            server.start()
+        except MissingBinaryError as error:
+            raise SystemExit(f"{error}, or set REDIS_URL") from None
+        owned = BenchRedis(server.url, processes=(psutil.Process(server.pid),))
         try:
             yield owned
         finally:
             owned.close()
     finally:
-        _stop_server(process)
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.close(graceful=True)
 
 
 def cluster_masters(url: str) -> tuple[str, ...]:
@@ -282,19 +213,6 @@ def cluster_masters(url: str) -> tuple[str, ...]:
         client.close()
 
 
-def _wait_for_cluster_ok(node_urls: tuple[str, ...], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for url in node_urls:
-        client = redis.Redis.from_url(url, socket_timeout=2)
-        try:
-            while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
-                time.sleep(0.1)
-        finally:
-            client.close()
-
-
 @contextmanager
 def bench_cluster(size: int = CLUSTER_SIZE) -> Iterator[BenchRedis]:
     """``REDIS_CLUSTER_URL`` if set (never flushed or stopped), else an owned cluster of
@@ -308,57 +226,18 @@ def bench_cluster(size: int = CLUSTER_SIZE) -> Iterator[BenchRedis]:
         finally:
             shared.close()
         return
-    cli = shutil.which("redis-cli")
-    if cli is None:
-        raise SystemExit("redis-cli not found: install redis-tools or set REDIS_CLUSTER_URL")
-    workdir = tempfile.mkdtemp(prefix="bench-redis-cluster-")
-    processes: list[subprocess.Popen[bytes]] = []
-    owned: BenchRedis | None = None
+    cluster = OwnedRedisCluster(size=size, node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS)
     try:
-        ports: list[int] = []
-        for index in range(size):
-            port = free_port(also_free_at=CLUSTER_BUS_OFFSET)
-            while port in ports:
-                port = free_port(also_free_at=CLUSTER_BUS_OFFSET)
-            node_dir = os.path.join(workdir, f"node-{index}")
-            os.makedirs(node_dir)
-            processes.append(
-                _start_server(
-                    port,
-                    node_dir,
-                    *("--cluster-enabled", "yes", "--cluster-node-timeout", "5000"),
-                    *("--cluster-config-file", os.path.join(node_dir, "nodes.conf")),
-                )
-            )
-            ports.append(port)
-        node_urls = tuple(f"redis://127.0.0.1:{port}/0" for port in ports)
-        for node_url, process in zip(node_urls, processes, strict=True):
-            if process.poll() is not None:
-                raise RuntimeError(f"cluster node {node_url} exited with {process.returncode}")
-            wait_until_pingable(node_url)
-        subprocess.run(
-            [
-                cli,
-                *("--cluster", "create", *(f"127.0.0.1:{port}" for port in ports)),
-                *("--cluster-replicas", "0", "--cluster-yes"),
-            ],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-        _wait_for_cluster_ok(node_urls, CLUSTER_READY_TIMEOUT)
-        hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
-        owned = BenchRedis(
-            f"redis+cluster://{hosts}",
-            node_urls,
-            tuple(psutil.Process(process.pid) for process in processes),
-        )
+        cluster.start()
+    except MissingBinaryError as error:
+        raise SystemExit(f"{error}, or set REDIS_CLUSTER_URL") from None
+    owned = BenchRedis(
+        cluster.url,
+        cluster.node_urls,
+        tuple(psutil.Process(node.pid) for node in cluster.nodes),
+    )
+    try:
         yield owned
     finally:
-        if owned is not None:
-            owned.close()
-        for process in processes:
-            _stop_server(process)
-        shutil.rmtree(workdir, ignore_errors=True)
+        owned.close()
+        cluster.close(graceful=True)

@@ -14,7 +14,7 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
 from benchmarks.apps import CONTROL_PATH, split_control_frame
-from benchmarks.limits import raise_open_files_limit
+from tools.processes import raise_open_files_limit
 
 channels: dict[str, set[ServerConnection]] = {}
 
