@@ -331,7 +331,7 @@ async def measure_history(
 async def store(live: Session, messages: int, prefix: str) -> Values:
     """Publish ``messages`` to ``fanout-stored`` (no subscribers): Redis memory growth (INFO
     used_memory; and MEMORY USAGE of the stream) per 1,000 stored messages, Redis CPU each."""
-    from fastapi_pubsub_cluster.keys import RedisKeys
+    from fastapi_pubsub_cluster.backends.redis import RedisKeys
 
     channel = "fanout-stored"
     stream = RedisKeys(live.prefix).history(channel)

@@ -1,42 +1,47 @@
 """Redis-first, horizontally scalable WebSocket pub/sub fan-out for FastAPI."""
 
-from .credentials import RedisCredentials
+from .backends.memory import MemoryBackend
+from .backends.redis import RedisBackend, RedisCredentials, RedisPublisher, publish_sync
+from .core import Backend, FanOut
 from .errors import (
+    BackendUnavailableError,
     CloseCode,
     ConfigurationError,
+    HistoryError,
     HubClosedError,
     InvalidChannelError,
     MalformedMessageError,
     MessageTooLargeError,
+    PresenceError,
     PublishError,
     PubSubError,
 )
 from .hub import PubSubHub, close_implicit_hubs
-from .managers.base import ConnectionManager
-from .managers.memory import InMemoryConnectionManager
-from .managers.redis import RedisConnectionManager
 from .metrics import Metrics, PrometheusMetrics
-from .publisher import RedisPublisher, publish_sync
 from .settings import PubSubSettings
 from .websocket import BasePubSubWebSocket
 
 __all__ = [
+    "Backend",
+    "BackendUnavailableError",
     "BasePubSubWebSocket",
     "CloseCode",
     "ConfigurationError",
-    "ConnectionManager",
+    "FanOut",
+    "HistoryError",
     "HubClosedError",
-    "InMemoryConnectionManager",
     "InvalidChannelError",
     "MalformedMessageError",
+    "MemoryBackend",
     "MessageTooLargeError",
     "Metrics",
+    "PresenceError",
     "PrometheusMetrics",
     "PubSubError",
     "PubSubHub",
     "PubSubSettings",
     "PublishError",
-    "RedisConnectionManager",
+    "RedisBackend",
     "RedisCredentials",
     "RedisPublisher",
     "close_implicit_hubs",

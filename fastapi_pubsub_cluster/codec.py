@@ -8,7 +8,6 @@ from enum import StrEnum
 from typing import Any
 
 import msgpack
-from websockets.frames import Frame, Opcode
 
 from .errors import MalformedMessageError
 
@@ -140,13 +139,15 @@ class OutgoingFrame:
     back to resume after it, and what replay uses to avoid duplicates.
     """
 
-    __slots__ = ("_binary", "_binary_frame", "_text", "_text_frame", "payload", "stream_id")
+    __slots__ = ("_binary", "_text", "payload", "stream_id", "wire_binary", "wire_text")
 
     def __init__(self, payload: Any, stream_id: str | None = None) -> None:
         self.payload = payload
         self.stream_id = stream_id
-        self._text_frame: bytes | None = None
-        self._binary_frame: bytes | None = None
+        #: The payload as whole WebSocket frames, cached by a server integration that
+        #: writes frames itself (``uvicorn_ws``), so that each is framed once.
+        self.wire_text: bytes | None = None
+        self.wire_binary: bytes | None = None
         self._text: str | None = None
         self._binary: bytes | None = None
 
@@ -192,17 +193,6 @@ def decode_client_binary(data: bytes) -> Any:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise MalformedMessageError(f"binary frame is not valid msgpack: {exc}") from exc
-
-
-def websocket_frame(frame: OutgoingFrame, *, text: bool) -> bytes:
-    """The payload as one unmasked server-to-client WebSocket frame, built once."""
-    if text:
-        if frame._text_frame is None:
-            frame._text_frame = Frame(Opcode.TEXT, frame.text.encode()).serialize(mask=False)
-        return frame._text_frame
-    if frame._binary_frame is None:
-        frame._binary_frame = Frame(Opcode.BINARY, frame.binary).serialize(mask=False)
-    return frame._binary_frame
 
 
 def stored_message_frame(stream_id: str, payload: Any) -> OutgoingFrame:

@@ -39,8 +39,20 @@ class MalformedMessageError(PubSubError, ValueError):
     """Bytes that do not decode as the expected JSON or msgpack structure."""
 
 
-class PublishError(PubSubError):
-    """A message could not be handed to Redis (Redis unreachable or too slow)."""
+class BackendUnavailableError(PubSubError):
+    """The backend (Redis) could not be reached, or did not answer in time."""
+
+
+class PublishError(BackendUnavailableError):
+    """A message could not be handed to the backend."""
+
+
+class PresenceError(BackendUnavailableError):
+    """A connection could not be registered, or presence could not be read."""
+
+
+class HistoryError(BackendUnavailableError):
+    """A channel's history could not be read."""
 
 
 class HubClosedError(PubSubError):

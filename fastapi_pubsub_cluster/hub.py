@@ -1,4 +1,4 @@
-"""The per-app object that owns the connection manager and its background work."""
+"""The per-app object that owns the fan-out core, its backend and their background work."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
-from .credentials import RedisCredentialsLike, redis_url_from
+from .backends.memory import MemoryBackend
+from .backends.redis import RedisBackend, RedisCredentialsLike, redis_url_from
+from .core.backend import Backend
+from .core.fanout import FanOut
 from .errors import HubClosedError
-from .managers.base import ConnectionManager
-from .managers.memory import InMemoryConnectionManager
-from .managers.redis import RedisConnectionManager
 from .metrics import Metrics
 from .settings import PubSubSettings
 
@@ -24,7 +24,8 @@ APP_STATE_ATTRIBUTE = "pubsub_hub"
 
 
 class PubSubHub:
-    """Owns one connection manager: create it once per app, start it in the lifespan.
+    """Owns the fan-out core and its backend: create it once per app, start it in the
+    lifespan.
 
     ::
 
@@ -36,7 +37,8 @@ class PubSubHub:
             await hub.publish("news", {"text": text})
 
     Without a Redis URL (argument, ``settings.redis_url`` or ``PUBSUB_REDIS_URL``) the hub
-    runs in memory, for a single process.
+    runs in memory, for a single process. ``backend`` replaces the built-in choice with any
+    object that keeps the :class:`~fastapi_pubsub_cluster.core.backend.Backend` contract.
     """
 
     def __init__(
@@ -45,18 +47,27 @@ class PubSubHub:
         *,
         settings: PubSubSettings | None = None,
         metrics: Metrics | None = None,
+        backend: Backend | None = None,
     ) -> None:
         settings = settings if settings is not None else PubSubSettings.from_env()
         if redis_url is not None:
             settings = settings.with_changes(redis_url=redis_url_from(redis_url))
         self.settings = settings
-        self.manager: ConnectionManager = (
-            RedisConnectionManager(settings, metrics=metrics)
-            if settings.redis_url
-            else InMemoryConnectionManager(settings, metrics)
-        )
+        if backend is None:
+            backend = (
+                RedisBackend(settings, metrics=metrics)
+                if settings.redis_url
+                else MemoryBackend(settings)
+            )
+        #: The fan-out core: local sockets, the membership mirror, delivery.
+        self.fanout = FanOut(backend, settings, metrics)
         self._state = "new"
         self._start_lock = asyncio.Lock()
+
+    @property
+    def backend(self) -> Backend:
+        """The backend that carries publications and presence between workers."""
+        return self.fanout.backend
 
     @property
     def started(self) -> bool:
@@ -70,7 +81,7 @@ class PubSubHub:
                 return
             if self._state == "stopped":
                 raise HubClosedError("this hub was stopped; create a new one")
-            await self.manager.start()
+            await self.fanout.start()
             self._state = "started"
 
     async def stop(self) -> None:
@@ -79,7 +90,7 @@ class PubSubHub:
             if self._state == "stopped":
                 return
             self._state = "stopped"
-            await self.manager.stop()
+            await self.fanout.stop()
 
     async def __aenter__(self) -> PubSubHub:
         await self.start()
@@ -108,24 +119,23 @@ class PubSubHub:
         """Send ``payload`` to every client of ``channel`` on every worker."""
         if self._state != "started":
             await self.start()
-        await self.manager.publish(channel, payload)
+        await self.fanout.publish(channel, payload)
 
     def get(self, channel: str) -> frozenset[str]:
         """Cluster-wide connection ids of ``channel`` from this worker's mirror (no I/O)."""
-        return self.manager.get(channel)
+        return self.fanout.get(channel)
 
     async def members(self, channel: str) -> frozenset[str]:
         """Cluster-wide connection ids of ``channel`` read from the source of truth."""
-        return await self.manager.members(channel)
+        return await self.fanout.members(channel)
 
     async def count(self, channel: str) -> int:
         """Cluster-wide number of connections in ``channel`` read from the source of truth."""
-        return await self.manager.count(channel)
+        return await self.fanout.count(channel)
 
     def add_reconnect_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Call ``hook`` after the Redis link comes back (messages in the gap were lost)."""
-        if isinstance(self.manager, RedisConnectionManager):
-            self.manager.on_reconnect.append(hook)
+        self.fanout.add_reconnect_hook(hook)
 
 
 # Hubs made implicitly for sockets built the seed's way (no hub passed, no lifespan),

@@ -41,6 +41,9 @@ class Metrics:
     def deaf_link_detected(self) -> None:
         """A probe found the pub/sub link connected but not receiving."""
 
+    def loop_restarted(self, loop: str) -> None:
+        """A background loop (``loop`` names it) failed unexpectedly and was restarted."""
+
 
 class PrometheusMetrics(Metrics):
     """Prometheus metrics (needs ``pip install fastapi-pubsub-cluster[metrics]``).
@@ -77,6 +80,12 @@ class PrometheusMetrics(Metrics):
         )
         self._reconnects = Counter("redis_reconnects", "Redis link re-established", **options)
         self._deaf = Counter("redis_deaf_links", "Pub/sub links found deaf by a probe", **options)
+        self._restarts = Counter(
+            "loop_restarts",
+            "Background loops restarted after an unexpected failure",
+            ["loop"],
+            **options,
+        )
         self._latency = Histogram(
             "publish_to_deliver_seconds",
             "From publish (publisher's clock) to hand-off to this worker's sockets",
@@ -108,6 +117,9 @@ class PrometheusMetrics(Metrics):
 
     def deaf_link_detected(self) -> None:
         self._deaf.inc()
+
+    def loop_restarted(self, loop: str) -> None:
+        self._restarts.labels(loop=loop).inc()
 
     def asgi_app(self) -> Any:
         """An ASGI app serving these metrics in the Prometheus text format."""

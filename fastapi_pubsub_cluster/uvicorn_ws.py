@@ -10,6 +10,8 @@ as ``websockets.broadcast()`` does, whenever the socket is open, uncompressed an
 applying backpressure. Everything else (handshake, receiving, closing, pings, sockets that
 negotiated permessage-deflate, sockets whose buffer is full) goes through uvicorn's own
 ``websockets-sansio`` protocol, unchanged. Plain ASGI stays the default that always works.
+
+This module is the edge: it depends on the core, never the other way round.
 """
 
 from __future__ import annotations
@@ -17,11 +19,24 @@ from __future__ import annotations
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from .connection import DIRECT_WRITE_EXTENSION
+from .codec import OutgoingFrame
+from .core.client import DIRECT_WRITE_EXTENSION
 
 __all__ = ["DIRECT_WRITE_EXTENSION", "DirectWriter", "PubSubWebSocketProtocol"]
+
+
+def wire_frame(frame: OutgoingFrame, *, text: bool) -> bytes:
+    """The payload as one unmasked server-to-client WebSocket frame, built once."""
+    if text:
+        if frame.wire_text is None:
+            frame.wire_text = Frame(Opcode.TEXT, frame.text.encode()).serialize(mask=False)
+        return frame.wire_text
+    if frame.wire_binary is None:
+        frame.wire_binary = Frame(Opcode.BINARY, frame.binary).serialize(mask=False)
+    return frame.wire_binary
 
 
 class DirectWriter:
@@ -34,7 +49,7 @@ class DirectWriter:
         #: Frames this writer wrote (so that tests and metrics can see the path is used).
         self.frames_written = 0
 
-    def try_write(self, frame: bytes) -> bool:
+    def try_write(self, frame: OutgoingFrame, *, text: bool) -> bool:
         """Write ``frame`` if the socket can take it now as is; False: use ASGI instead."""
         protocol = self.protocol
         if (
@@ -45,7 +60,7 @@ class DirectWriter:
             or not protocol.writable.is_set()  # backpressure: the ASGI path waits
         ):
             return False
-        protocol.transport.write(frame)
+        protocol.transport.write(wire_frame(frame, text=text))
         self.frames_written += 1
         return True
 

@@ -8,12 +8,12 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
+from .backends.redis import RedisCredentialsLike, redis_url_from
 from .codec import OutgoingFrame, decode_client_binary, decode_client_text
-from .connection import ClientConnection
-from .credentials import RedisCredentialsLike, redis_url_from
+from .core.client import ClientConnection, ConnectionState
+from .core.fanout import FanOut
 from .errors import CloseCode, InvalidChannelError, MalformedMessageError, PubSubError
 from .hub import APP_STATE_ATTRIBUTE, PubSubHub, implicit_hub
-from .managers.base import ConnectionManager
 from .settings import WireFormat
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -49,7 +49,7 @@ class BasePubSubWebSocket:
         self.websocket = websocket
         self.channel_id = channel_id
         self.hub = hub if hub is not None else _find_hub(websocket, redis_credentials)
-        self.connection_id = f"{self.hub.manager.worker_id}:{uuid.uuid4().hex}"
+        self.connection_id = f"{self.hub.fanout.worker_id}:{uuid.uuid4().hex}"
         self.wire_format: WireFormat = wire_format or _requested_format(
             websocket, self.hub.settings.wire_format
         )
@@ -67,9 +67,10 @@ class BasePubSubWebSocket:
         self.channel_id = value
 
     @property
-    def connection_manager(self) -> ConnectionManager:
-        """The manager: ``len(self.connection_manager.get(self.channel_id))`` counts the cluster."""
-        return self.hub.manager
+    def connection_manager(self) -> FanOut:
+        """The hub's fan-out core, under the original package's name:
+        ``len(self.connection_manager.get(self.channel_id))`` counts the whole cluster."""
+        return self.hub.fanout
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class BasePubSubWebSocket:
         """
         frame = OutgoingFrame(data)
         connection = self._connection
-        if connection is not None and not connection.holding:
+        if connection is not None and connection.state is ConnectionState.OPEN:
             connection.offer(frame)
         elif self.wire_format == "msgpack":
             await self.websocket.send_bytes(frame.binary)
@@ -161,28 +162,23 @@ class BasePubSubWebSocket:
             logger.info("socket not authorized for channel %r", self.channel_id)
             await self._refuse("not authorized")
             return
-        connection = ClientConnection(
+        fanout = self.hub.fanout
+        # Joined before the handshake completes, with messages held until then: a client
+        # that sees itself accepted misses nothing published afterwards.
+        connection = fanout.connection(
             self.websocket,
             self.channel_id,
             self.connection_id,
+            hooks=self,
             wire_format=self.wire_format,
-            queue_size=settings.send_queue_size,
-            slow_client_policy=settings.slow_client_policy,
-            close_timeout=settings.close_timeout,
-            generate=self.generate_object_to_send,
+            resume_from=self.resume_from,
         )
-        connection.on_reconnect = self.on_reconnect
-        connection.resume_from = self.resume_from
-        # Join before the handshake completes, with messages held until then: a client
-        # that sees itself accepted misses nothing published afterwards.
-        connection.hold_live_messages()
         self._connection = connection
         close_code: int = CloseCode.NORMAL
-        manager = self.connection_manager
         try:
             try:
                 await self.hub.start()
-                await manager.connect(connection, notify=True)
+                await fanout.connect(connection, notify=True)
             except PubSubError as exc:
                 logger.warning("socket for %r could not join: %s", self.channel_id, exc)
                 close_code = CloseCode.TRY_AGAIN_LATER
@@ -194,7 +190,7 @@ class BasePubSubWebSocket:
             await self.on_connect()
             close_code = await self._read_until_disconnect(connection)
         finally:
-            await manager.disconnect(connection, notify=send_message_on_exception)
+            await fanout.disconnect(connection, notify=send_message_on_exception)
             await connection.stop_writer()
             await self.on_disconnect(close_code)
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from fastapi_pubsub_cluster.keys import RedisKeys
+from fastapi_pubsub_cluster.backends.redis import RedisKeys
 from tests.live import close_code_of, connect, recv_until, wait_for_condition
 from tools.processes import uvicorn_process
 from tools.redis_servers import OwnedRedisServer

@@ -188,7 +188,7 @@ def test_cluster_init_creates_the_cluster_from_every_node_once_they_are_healthy(
 def test_the_cluster_app_runs_the_example_app_on_a_cluster_url_of_the_three_nodes(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    from fastapi_pubsub_cluster.redis_clients import RedisEndpoint, is_cluster_url
+    from fastapi_pubsub_cluster.backends.redis.clients import RedisEndpoint, is_cluster_url
 
     app, plain = services["app-cluster"], services["app"]
     assert command_words(app) == command_words(plain)

@@ -12,6 +12,7 @@ from fastapi_pubsub_cluster import (
     PubSubSettings,
     RedisCredentials,
 )
+from fastapi_pubsub_cluster.backends.redis import redis_url_from
 from fastapi_pubsub_cluster.codec import (
     Envelope,
     EventKind,
@@ -21,7 +22,6 @@ from fastapi_pubsub_cluster.codec import (
     decode_envelope,
     encode_envelope,
 )
-from fastapi_pubsub_cluster.credentials import redis_url_from
 
 
 def test_settings_read_from_environment_variables() -> None:

@@ -23,10 +23,7 @@ async def direct_server(hub: PubSubHub) -> AsyncIterator[str]:
 
 
 def direct_frames(hub: PubSubHub, channel: str) -> list[int]:
-    return [
-        c._direct.frames_written if c._direct is not None else -1
-        for c in hub.manager.local_connections(channel)
-    ]
+    return [c.frames_written_directly for c in hub.fanout.local_connections(channel)]
 
 
 async def test_broadcast_is_written_directly_to_uncompressed_sockets(

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
+import redis.asyncio as aioredis
 
 from fastapi_pubsub_cluster import (
     InvalidChannelError,
     MessageTooLargeError,
     PubSubHub,
     PubSubSettings,
-    RedisConnectionManager,
+    RedisBackend,
 )
 from fastapi_pubsub_cluster.errors import CloseCode
 from tests.apps.local_app import CountingSocket, build_app
@@ -49,7 +50,7 @@ async def test_get_returns_every_connection_id_of_the_channel(server: str, hub: 
     clients = [await connect(f"{server}/ws/ids") for _ in range(2)]
     for ws in clients:
         await recv_until(ws, lambda m: m == {"count": 2})
-    local_ids = {c.id for c in hub.manager.local_connections("ids")}
+    local_ids = {c.id for c in hub.fanout.local_connections("ids")}
     assert hub.get("ids") == local_ids
     assert await hub.members("ids") == local_ids
     assert await hub.count("ids") == 2
@@ -94,14 +95,15 @@ async def test_burst_of_200_clients_leaves_no_entry_behind(server: str, hub: Pub
         await ws.close()
 
     await asyncio.gather(*(visit() for _ in range(200)))
-    await wait_for_condition(lambda: hub.manager.local_connection_count == 0, 15)
+    await wait_for_condition(lambda: hub.fanout.local_connection_count == 0, 15)
     await wait_for_condition(lambda: not hub.get("burst"), 15)
     assert await hub.count("burst") == 0
-    manager = hub.manager
-    if isinstance(manager, RedisConnectionManager):
-        assert manager._redis is not None
-        assert await manager._redis.hlen(manager.keys.owners("burst")) == 0
-        assert await manager._redis.scard(manager.keys.members("burst")) == 0
+    backend = hub.backend
+    if isinstance(backend, RedisBackend):
+        redis = aioredis.Redis.from_url(backend.redis_url)
+        assert await redis.hlen(backend.keys.owners("burst")) == 0
+        assert await redis.scard(backend.keys.members("burst")) == 0
+        await redis.aclose()
 
 
 async def test_a_client_that_vanishes_does_not_stop_delivery_to_others(
@@ -170,7 +172,7 @@ async def test_oversized_frame_closes_1009(hub: PubSubHub) -> None:
         await recv_until(ws, lambda m: m == {"count": 1})
         await ws.send('"' + "x" * 2000 + '"')
         assert await close_code_of(ws) == CloseCode.MESSAGE_TOO_BIG
-        await wait_for_condition(lambda: small.manager.local_connection_count == 0, 5)
+        await wait_for_condition(lambda: small.fanout.local_connection_count == 0, 5)
 
 
 async def test_invalid_channel_id_closes_1008_and_registers_nothing(
@@ -180,7 +182,7 @@ async def test_invalid_channel_id_closes_1008_and_registers_nothing(
     assert await close_code_of(ws) == CloseCode.POLICY_VIOLATION
     ws = await connect(f"{server}/ws/bad%20channel%21")
     assert await close_code_of(ws) == CloseCode.POLICY_VIOLATION
-    assert hub.manager.local_connection_count == 0
+    assert hub.fanout.local_connection_count == 0
 
 
 async def test_authorization_denied_closes_1008_and_registers_nothing(
@@ -198,7 +200,7 @@ async def test_cancelled_run_still_unregisters(server: str, hub: PubSubHub) -> N
     ws = await connect(f"{server}/cancelled/deadline")
     await recv_until(ws, lambda m: m == {"count": 1})
     # The route cancels run() after 0.5 s while the client is still connected.
-    await wait_for_condition(lambda: hub.manager.local_connection_count == 0, 5)
+    await wait_for_condition(lambda: hub.fanout.local_connection_count == 0, 5)
     await wait_for_condition(lambda: not hub.get("deadline"), 5)
     assert await hub.count("deadline") == 0
     await ws.close()
@@ -231,7 +233,7 @@ async def test_shutdown_closes_sockets_with_1001(settings: PubSubSettings) -> No
         await recv_until(ws, lambda m: m == {"count": 1})
         await hub.stop()
         assert await close_code_of(ws) == CloseCode.GOING_AWAY
-        assert hub.manager.local_connection_count == 0
+        assert hub.fanout.local_connection_count == 0
 
 
 async def test_a_message_published_right_after_the_handshake_is_delivered(

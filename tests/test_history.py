@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from fastapi_pubsub_cluster import PubSubHub, PubSubSettings, RedisConnectionManager
+from fastapi_pubsub_cluster import PubSubHub, PubSubSettings, RedisBackend
 from fastapi_pubsub_cluster.errors import CloseCode
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
@@ -110,7 +110,7 @@ async def test_malformed_resume_position_closes_1008(history_hub: PubSubHub) -> 
     async with serve(build_app(history_hub)) as url:
         ws = await connect(f"{url}/ws/news?since=yesterday")
         assert await close_code_of(ws) == CloseCode.POLICY_VIOLATION
-        assert history_hub.manager.local_connection_count == 0
+        assert history_hub.fanout.local_connection_count == 0
 
 
 async def test_worker_replays_what_was_stored_while_its_link_was_down(
@@ -119,8 +119,7 @@ async def test_worker_replays_what_was_stored_while_its_link_was_down(
     settings = make_settings(key_prefix, owned_redis.url, history_channels="news")
     admin = aioredis.Redis.from_url(owned_redis.url)
     async with PubSubHub(settings=settings) as hub, serve(build_app(hub)) as url:
-        manager = hub.manager
-        assert isinstance(manager, RedisConnectionManager)
+        assert isinstance(hub.backend, RedisBackend)
         reconnected = reconnect_signal(hub)
         ws = await connect(f"{url}/ws/news")
         await hub.publish("news", {"n": -1})

@@ -16,12 +16,11 @@ from fastapi_pubsub_cluster import (
     BasePubSubWebSocket,
     PublishError,
     PubSubHub,
-    RedisConnectionManager,
+    RedisBackend,
     RedisPublisher,
 )
+from fastapi_pubsub_cluster.backends.redis import MAX_REDIS_CONNECTIONS, RedisKeys
 from fastapi_pubsub_cluster.errors import CloseCode
-from fastapi_pubsub_cluster.keys import RedisKeys
-from fastapi_pubsub_cluster.managers.redis import MAX_REDIS_CONNECTIONS
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import (
@@ -65,8 +64,8 @@ async def test_deaf_subscriber_link_is_detected_and_renewed(
         hub = PubSubHub(settings=settings)
         direct = aioredis.Redis.from_url(owned_redis.url)
         async with hub, serve(build_app(hub)) as url:
-            manager = hub.manager
-            assert isinstance(manager, RedisConnectionManager)
+            backend = hub.backend
+            assert isinstance(backend, RedisBackend)
             ws = await connect(f"{url}/ws/quiet")
             await recv_until(ws, lambda m: m == {"count": 1})
             assert proxy.deafen_subscribers() == 1
@@ -74,8 +73,8 @@ async def test_deaf_subscriber_link_is_detected_and_renewed(
             assert (await direct.pubsub_numsub(RedisKeys(key_prefix).topic("quiet")))[0][1] == 1
             seconds = await publish_until_received(owned_redis.url, hub, ws, "quiet", timeout=10)
             print(f"deaf link detected and deliveries resumed in {seconds:.2f}s")
-            assert manager.deaf_link_count >= 1
-            assert manager.reconnect_count >= 1
+            assert backend.deaf_link_count >= 1
+            assert backend.reconnect_count >= 1
             await ws.close()
         await direct.aclose()
 
@@ -271,17 +270,17 @@ async def test_presence_comes_back_after_a_stalled_worker_was_reaped(
         serve(build_app(stalled)) as url_stalled,
         serve(build_app(peer)) as url_peer,
     ):
-        assert isinstance(peer.manager, RedisConnectionManager)
+        assert isinstance(peer.backend, RedisBackend)
         on_stalled = [await connect(f"{url_stalled}/ws/lapse") for _ in range(2)]
         watcher = await connect(f"{url_peer}/ws/lapse")
         await recv_until(watcher, lambda m: m == {"count": 3})
         # As if the worker's loop had stalled past its TTL and the peer had reaped it.
-        assert await peer.manager._reap(stalled.manager.worker_id, force=True) == 2
+        assert await peer.backend.reap(stalled.backend.worker_id) == 2
         await recv_until(watcher, lambda m: m == {"count": 1})
         # Its next heartbeat finds its record gone and registers its sockets again.
         await recv_until(watcher, lambda m: m == {"count": 3}, timeout=5)
         assert await admin.scard(keys.members("lapse")) == 3
-        assert await admin.exists(keys.heartbeat(stalled.manager.worker_id))
+        assert await admin.exists(keys.heartbeat(stalled.backend.worker_id))
         for ws in [*on_stalled, watcher]:
             await ws.close()
     await admin.aclose()

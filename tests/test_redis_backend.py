@@ -15,13 +15,13 @@ from fastapi_pubsub_cluster import (
     BasePubSubWebSocket,
     PublishError,
     PubSubHub,
+    RedisBackend,
     RedisCredentials,
     RedisPublisher,
     publish_sync,
 )
+from fastapi_pubsub_cluster.backends.redis import RedisKeys
 from fastapi_pubsub_cluster.errors import CloseCode
-from fastapi_pubsub_cluster.keys import RedisKeys
-from fastapi_pubsub_cluster.managers.redis import RedisConnectionManager
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import close_code_of, connect, reconnect_signal, recv_json, recv_until, serve
@@ -115,14 +115,14 @@ async def test_socket_joining_while_redis_is_down_is_closed_with_1013(
         owned_redis.stop()
         ws = await connect(f"{url}/ws/later")
         assert await close_code_of(ws) == CloseCode.TRY_AGAIN_LATER
-        assert owned_hub.manager.local_connection_count == 0
+        assert owned_hub.fanout.local_connection_count == 0
 
 
 async def test_presence_is_registered_again_after_a_redis_restart(
     owned_hub: PubSubHub, owned_redis: OwnedRedisServer
 ) -> None:
-    manager = owned_hub.manager
-    assert isinstance(manager, RedisConnectionManager)
+    backend = owned_hub.backend
+    assert isinstance(backend, RedisBackend)
     reconnected = reconnect_signal(owned_hub)
     async with serve(build_app(owned_hub)) as url:
         clients = [await connect(f"{url}/ws/durable") for _ in range(3)]
@@ -130,7 +130,7 @@ async def test_presence_is_registered_again_after_a_redis_restart(
         owned_redis.restart()  # every key is gone
         await asyncio.wait_for(reconnected.wait(), 10)
         assert await owned_hub.count("durable") == 3
-        assert manager.reconnect_count == 1
+        assert backend.reconnect_count == 1
         await owned_hub.publish("durable", {"back": True})
         for ws in clients:
             await recv_until(ws, lambda m: m == {"back": True})
@@ -163,7 +163,7 @@ async def test_seed_style_redis_credentials_select_the_redis_manager(
     async with serve(app) as url:
         ws = await connect(f"{url}/ws")
         assert await recv_json(ws) == {"num_connected_clients": 1}
-        assert isinstance(sockets[0].connection_manager, RedisConnectionManager)
+        assert isinstance(sockets[0].hub.backend, RedisBackend)
         stats = aioredis.Redis.from_url(owned_redis.url)
         assert await stats.scard(RedisKeys("pubsub").members("seed")) == 1
         await stats.aclose()

@@ -12,8 +12,8 @@ import pytest
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.crc import key_slot
 
-from fastapi_pubsub_cluster import PubSubHub, RedisConnectionManager, RedisPublisher
-from fastapi_pubsub_cluster.keys import RedisKeys
+from fastapi_pubsub_cluster import PubSubHub, RedisBackend, RedisPublisher
+from fastapi_pubsub_cluster.backends.redis import RedisKeys
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import connect, recv_until, serve
@@ -78,9 +78,9 @@ async def test_channels_on_every_shard_fan_out_with_one_link_per_shard(
         for channel, group in clients.items():
             for ws in group:
                 assert await recv_until(ws, lambda m: "to" in m) == {"to": channel}
-        manager = cluster_hub.manager
-        assert isinstance(manager, RedisConnectionManager) and manager.is_cluster
-        assert len(manager._links) == 3  # one sharded pub/sub link per master, not per socket
+        backend = cluster_hub.backend
+        assert isinstance(backend, RedisBackend) and backend.is_cluster
+        assert backend.link_count == 3  # one sharded pub/sub link per master, not per socket
         for channel in CHANNELS:
             assert await cluster_hub.count(channel) == 2
         for group in clients.values():

@@ -7,9 +7,9 @@ import random
 
 import redis.asyncio as aioredis
 
-from fastapi_pubsub_cluster import PubSubHub, PubSubSettings, RedisConnectionManager
-from fastapi_pubsub_cluster.keys import RedisKeys
-from fastapi_pubsub_cluster.managers._scripts import SEQ_IDLE_TTL_MS
+from fastapi_pubsub_cluster import PubSubHub, PubSubSettings, RedisBackend
+from fastapi_pubsub_cluster.backends.redis import RedisKeys
+from fastapi_pubsub_cluster.backends.redis.scripts import SEQ_IDLE_TTL_MS
 from tests.apps.local_app import build_app
 from tests.live import connect, recv_until, serve, wait_for_condition
 
@@ -22,8 +22,7 @@ async def test_churn_leaves_no_tasks_sockets_or_keys_behind(settings: PubSubSett
     rng = random.Random(1234)
     hub = PubSubHub(settings=settings)
     async with hub, serve(build_app(hub)) as url:
-        manager = hub.manager
-        background_tasks = len(manager._tasks)  # the Redis listener and heartbeat, or none
+        fanout = hub.fanout
 
         async def visit(channel: str) -> None:
             ws = await connect(f"{url}/ws/{channel}")
@@ -42,19 +41,20 @@ async def test_churn_leaves_no_tasks_sockets_or_keys_behind(settings: PubSubSett
             publishes = [hub.publish(channel, {"tick": 1}) for channel in CHANNELS]
             await asyncio.gather(*visits, *publishes)
 
-        await wait_for_condition(lambda: manager.local_connection_count == 0, 15)
-        await wait_for_condition(lambda: len(manager._tasks) == background_tasks, 15)
+        await wait_for_condition(lambda: fanout.local_connection_count == 0, 15)
+        # Leaves and regenerations all ended; no channel is mirrored any more.
+        await wait_for_condition(lambda: fanout.pending_tasks == 0, 15)
         assert all(not hub.get(channel) for channel in CHANNELS)
-        assert not manager._members
-        assert not manager._regenerating
+        assert fanout.mirrored_channels == []
 
-        if isinstance(manager, RedisConnectionManager):
-            client = aioredis.Redis.from_url(manager.redis_url)
-            await wait_for_condition(lambda: not manager._channel_links, 10)
+        backend = hub.backend
+        if isinstance(backend, RedisBackend):
+            client = aioredis.Redis.from_url(backend.redis_url)
+            await wait_for_condition(lambda: not backend.subscribed_channels, 10)
             prefix = settings.key_prefix
             keys = [k.decode() async for k in client.scan_iter(match=f"{prefix}:*")]
             layout = RedisKeys(prefix)
-            lasting = {layout.workers, layout.heartbeat(manager.worker_id)}
+            lasting = {layout.workers, layout.heartbeat(backend.worker_id)}
             for key in keys:
                 if key in lasting:
                     continue

@@ -32,4 +32,4 @@ async def control(websocket: WebSocket) -> None:
 
 @app.get("/healthz")
 async def healthz() -> dict[str, int]:
-    return {"local_connections": hub.manager.local_connection_count}
+    return {"local_connections": hub.fanout.local_connection_count}

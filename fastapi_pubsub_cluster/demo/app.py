@@ -88,7 +88,7 @@ def create_app(
         return {
             "pid": os.getpid(),
             "backend": backend,
-            "local_connections": hub.manager.local_connection_count,
+            "local_connections": hub.fanout.local_connection_count,
         }
 
     @app.websocket("/ws/{channel}")

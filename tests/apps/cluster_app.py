@@ -39,4 +39,4 @@ async def publish(channel: str, body: dict[str, Any]) -> dict[str, int]:
 
 @app.get("/healthz")
 async def healthz() -> dict[str, Any]:
-    return {"pid": os.getpid(), "local_connections": hub.manager.local_connection_count}
+    return {"pid": os.getpid(), "local_connections": hub.fanout.local_connection_count}

@@ -44,13 +44,6 @@ class RedisKeys:
     def history(self, channel: str) -> str:
         return self._channel_key(channel, "history")
 
-    def channel_of_topic(self, topic: str) -> str | None:
-        """The channel id of a topic name, or None if it is not one of ours."""
-        head = f"{self.prefix}:{{"
-        if topic.startswith(head) and topic.endswith("}:topic"):
-            return topic[len(head) : -len("}:topic")]
-        return None
-
     @property
     def workers(self) -> str:
         return f"{self.prefix}:workers"

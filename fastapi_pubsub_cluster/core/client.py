@@ -6,28 +6,65 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from enum import Enum
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from .codec import OutgoingFrame, stream_id_order, websocket_frame
-from .errors import CloseCode
-from .settings import SlowClientPolicy, WireFormat
+from ..codec import OutgoingFrame, stream_id_order
+from ..errors import CloseCode
+from ..settings import PubSubSettings, WireFormat
 
-if TYPE_CHECKING:
-    from .uvicorn_ws import DirectWriter
-
-#: Key of the direct writer in the ASGI scope's ``extensions`` (see ``uvicorn_ws``).
+#: Key, in the ASGI scope's ``extensions``, of a :class:`DirectWriter` offered by the server
+#: integration (``fastapi_pubsub_cluster.uvicorn_ws``).
 DIRECT_WRITE_EXTENSION = "fastapi_pubsub_cluster.direct_write"
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
-Generator = Callable[[], Awaitable[Any]]
+
+class SocketHooks(Protocol):
+    """What the core calls on the application's socket object
+    (:class:`~fastapi_pubsub_cluster.websocket.BasePubSubWebSocket`)."""
+
+    async def generate_object_to_send(self) -> Any:
+        """What every client of the channel receives after a join or leave (None: nothing)."""
+
+    async def on_reconnect(self) -> None:
+        """Called after the worker's link to the backend came back."""
+
+
+class ConnectionOwner(Protocol):
+    """What a connection tells the core that registered it."""
+
+    def connection_evicted(self, connection: ClientConnection) -> None:
+        """``connection`` fell behind and is being closed: unregister it at once."""
+
+    def message_dropped(self, connection: ClientConnection) -> None:
+        """``connection`` lost its oldest queued message (``drop_oldest`` policy)."""
+
+
+class DirectWriter(Protocol):
+    """A server integration's way to write a ready-made frame straight to one socket."""
+
+    #: Frames written this way.
+    frames_written: int
+
+    def try_write(self, frame: OutgoingFrame, *, text: bool) -> bool:
+        """Write ``frame`` if the socket can take it now as is; False: use ASGI instead."""
+
+
+class ConnectionState(Enum):
+    """Where a connection is in its life, as the core sees it."""
+
+    HOLDING = "holding"  # registered; messages kept aside until the handshake completes
+    OPEN = "open"  # messages flow
+    EVICTED = "evicted"  # fell behind; being closed with 1008
+    CLOSED = "closed"  # closing, closed or lost: takes nothing more
 
 
 class ClientConnection:
-    """A websocket held by this worker, as the connection manager sees it.
+    """A websocket held by this worker, as the core sees it.
 
     Fan-out calls :meth:`offer`, which never awaits. The frame is written at once when the
     socket takes it without waiting; otherwise it goes into a bounded outbox that a writer
@@ -36,27 +73,22 @@ class ClientConnection:
     """
 
     __slots__ = (
-        "_close_timeout",
-        "_closing",
         "_direct",
         "_held",
         "_outbox",
-        "_overflowed",
-        "_policy",
-        "_queue_size",
+        "_owner",
         "_ready",
         "_replay",
+        "_settings",
         "_suspended",
         "_writer",
         "_writing",
         "channel",
         "dropped_messages",
-        "generate",
+        "hooks",
         "id",
-        "on_dropped",
-        "on_evicted",
-        "on_reconnect",
         "resume_from",
+        "state",
         "websocket",
         "wire_format",
     )
@@ -67,36 +99,29 @@ class ClientConnection:
         channel: str,
         connection_id: str,
         *,
-        wire_format: WireFormat = "json",
-        queue_size: int = 512,
-        slow_client_policy: SlowClientPolicy = "disconnect",
-        close_timeout: float = 5.0,
-        generate: Generator | None = None,
+        owner: ConnectionOwner,
+        hooks: SocketHooks,
+        settings: PubSubSettings,
+        wire_format: WireFormat,
+        resume_from: str | None = None,
     ) -> None:
         self.websocket = websocket
         self.channel = channel
         self.id = connection_id
+        self.hooks = hooks
         self.wire_format = wire_format
-        #: The owning socket's ``generate_object_to_send``, run once per membership event.
-        self.generate = generate
-        self.dropped_messages = 0
         #: Stream id the client asked to resume after (``?since=``), on channels with history.
-        self.resume_from: str | None = None
-        self._held: list[OutgoingFrame] | None = None
-        # Set when served by PubSubWebSocketProtocol: frames built once per broadcast.
+        self.resume_from = resume_from
+        self.dropped_messages = 0
+        # Registered before the handshake completes: live messages wait until release().
+        self.state = ConnectionState.HOLDING
+        self._owner = owner
+        self._settings = settings
+        self._held: list[OutgoingFrame] = []
+        self._replay: tuple[list[OutgoingFrame], str | None] | None = None
         self._direct: DirectWriter | None = (websocket.scope.get("extensions") or {}).get(
             DIRECT_WRITE_EXTENSION
         )
-        self._replay: tuple[list[OutgoingFrame], str | None] | None = None
-        #: The owning socket's ``on_reconnect``, called after the Redis link came back.
-        self.on_reconnect: Callable[[], Awaitable[None]] | None = None
-        #: Set by the manager: called each time the drop_oldest policy discards a message.
-        self.on_dropped: Callable[[], None] | None = None
-        #: Set by the manager: called once when the client is dropped for falling behind.
-        self.on_evicted: Callable[[ClientConnection], None] | None = None
-        self._queue_size = queue_size
-        self._policy = slow_client_policy
-        self._close_timeout = close_timeout
         # Created on first need, as is the writer: most clients never fall behind, and
         # idle connections are what a worker holds by the thousand.
         self._outbox: deque[str | bytes] | None = None
@@ -105,18 +130,16 @@ class ClientConnection:
         # A send started in the caller's task that had to wait, and what it waits on.
         self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None
         self._writing = False
-        self._closing = False
-        self._overflowed = False
 
     @property
-    def overflowed(self) -> bool:
+    def evicted(self) -> bool:
         """True once the client was disconnected for falling behind."""
-        return self._overflowed
+        return self.state is ConnectionState.EVICTED
 
     @property
-    def pending(self) -> int:
-        """Frames waiting in the outbox."""
-        return len(self._outbox or ())
+    def frames_written_directly(self) -> int:
+        """Frames written by the server integration's direct path (0 without one)."""
+        return self._direct.frames_written if self._direct is not None else 0
 
     def offer(self, frame: OutgoingFrame) -> bool:
         """Queue ``frame`` for this client without waiting; False if it was not queued.
@@ -124,26 +147,17 @@ class ClientConnection:
         Raises :class:`~fastapi_pubsub_cluster.errors.MalformedMessageError` when the payload
         cannot be encoded in this client's wire format.
         """
-        if self._closing:
-            return False
-        if self._held is not None:
-            # Replaying history: live messages wait, so that none overtakes the replay.
-            if len(self._held) >= self._queue_size:
-                self._on_overflow()
+        state = self.state
+        if state is ConnectionState.OPEN:
+            return self._push(frame, bounded=True)
+        if state is ConnectionState.HOLDING:
+            # Before the handshake or a replay: live messages wait, none may overtake.
+            if len(self._held) >= self._settings.send_queue_size:
+                self._evict()
                 return False
             self._held.append(frame)
             return True
-        return self._push(frame, bounded=True)
-
-    @property
-    def holding(self) -> bool:
-        """True between :meth:`hold_live_messages` and :meth:`release`."""
-        return self._held is not None
-
-    def hold_live_messages(self) -> None:
-        """Keep messages aside until :meth:`release`: call it before joining, so that a
-        client accepted after joining misses nothing, and a replay goes first."""
-        self._held = []
+        return False
 
     def set_replay(self, replayed: list[OutgoingFrame], last_id: str | None) -> None:
         """What :meth:`release` sends before the held live messages, and the stream id up to
@@ -151,45 +165,44 @@ class ClientConnection:
         self._replay = (replayed, last_id)
 
     def release(self) -> None:
-        """Queue the replay in order, then the held live messages that are newer."""
-        held, self._held = self._held or [], None
+        """Open the flow: the replay in order, then the held live messages that are newer."""
+        if self.state is ConnectionState.EVICTED:
+            self._wake_writer()  # fell behind before the handshake: the writer closes it
+            return
+        if self.state is not ConnectionState.HOLDING:
+            return
+        held, self._held = self._held, []
         replayed, last_id = self._replay or ([], None)
         self._replay = None
-        if self._closing:
-            return
+        self.state = ConnectionState.OPEN
         for frame in replayed:
             self._push(frame, bounded=False)  # history is bounded by history_size itself
         cutoff = stream_id_order(last_id) if last_id is not None else None
         for frame in held:
-            if (
-                cutoff is not None
-                and frame.stream_id is not None
-                and stream_id_order(frame.stream_id) <= cutoff
-            ):
+            stream_id = frame.stream_id
+            if cutoff is not None and stream_id and stream_id_order(stream_id) <= cutoff:
                 continue  # already part of the replay
             if not self.offer(frame):
                 return
 
     def _push(self, frame: OutgoingFrame, *, bounded: bool) -> bool:
-        data: str | bytes = frame.text if self.wire_format == "json" else frame.binary
+        text = self.wire_format == "json"
+        data: str | bytes = frame.text if text else frame.binary
         if not self._outbox and self._suspended is None and not self._writing:
             direct = self._direct
-            if direct is not None and direct.try_write(
-                websocket_frame(frame, text=self.wire_format == "json")
-            ):
+            if direct is not None and direct.try_write(frame, text=text):
                 return True
             return self._send_now(data)
         outbox = self._outbox
         if outbox is None:
             outbox = self._outbox = deque()
-        if bounded and len(outbox) >= self._queue_size:
-            if self._policy == "drop_oldest":
+        if bounded and len(outbox) >= self._settings.send_queue_size:
+            if self._settings.slow_client_policy == "drop_oldest":
                 outbox.popleft()
                 self.dropped_messages += 1
-                if self.on_dropped is not None:
-                    self.on_dropped()
+                self._owner.message_dropped(self)
             else:
-                self._on_overflow()
+                self._evict()
                 return False
         outbox.append(data)
         self._wake_writer()
@@ -231,12 +244,31 @@ class ClientConnection:
 
     def _lost(self, exc: BaseException) -> None:
         logger.debug("send to %s failed: %r", self.id, exc)
-        self._closing = True
+        self.state = ConnectionState.CLOSED
         self._outbox = None
 
+    def _evict(self) -> None:
+        logger.warning(
+            "client %s on channel %r fell %d messages behind; disconnecting it (%d)",
+            self.id,
+            self.channel,
+            self._settings.send_queue_size,
+            CloseCode.POLICY_VIOLATION,
+        )
+        holding = self.state is ConnectionState.HOLDING
+        self.state = ConnectionState.EVICTED
+        self._outbox = None
+        self._owner.connection_evicted(self)
+        if self._writer is not None and not self._writer.done():
+            # Blocked in a send that the client does not read: interrupt it, then close.
+            self._writer.cancel()
+        elif not holding:
+            self._wake_writer()  # the writer task closes the socket (after release if held)
+
     async def stop_writer(self) -> None:
-        """Stop queuing, cancel the writer and wait for it."""
-        self._closing = True
+        """Take nothing more, cancel the writer and wait for it."""
+        if self.state is not ConnectionState.EVICTED:
+            self.state = ConnectionState.CLOSED
         writer = self._writer
         if writer is not None and not writer.done():
             writer.cancel()
@@ -248,38 +280,22 @@ class ClientConnection:
 
     async def close(self, code: int, reason: str = "") -> None:
         """Close the socket with ``code``, waiting at most ``close_timeout`` for the client."""
-        self._closing = True
+        if self.state is not ConnectionState.EVICTED:
+            self.state = ConnectionState.CLOSED
         self._outbox = None
         if self.websocket.application_state != WebSocketState.CONNECTED:
             return
         try:
-            await asyncio.wait_for(self.websocket.close(code, reason), self._close_timeout)
+            await asyncio.wait_for(self.websocket.close(code, reason), self._settings.close_timeout)
         except (TimeoutError, RuntimeError, OSError) as exc:
             # Already closed by the peer, or it stopped reading even the close frame.
             logger.debug("close(%s) of %s did not complete: %r", code, self.id, exc)
-
-    def _on_overflow(self) -> None:
-        logger.warning(
-            "client %s on channel %r fell %d messages behind; disconnecting it (%d)",
-            self.id,
-            self.channel,
-            self._queue_size,
-            CloseCode.POLICY_VIOLATION,
-        )
-        self._overflowed = True
-        self._closing = True
-        self._outbox = None
-        if self.on_evicted is not None:
-            self.on_evicted(self)
-        # The writer is blocked in a send that the client does not read: interrupt it.
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
 
     async def _write_until_closed(self) -> None:
         try:
             await self._drain_forever()
         except asyncio.CancelledError:
-            if not self._overflowed:
+            if self.state is not ConnectionState.EVICTED:
                 raise
             task = asyncio.current_task()
             if task is not None:
@@ -292,7 +308,7 @@ class ClientConnection:
     async def _drain_forever(self) -> None:
         ready = self._ready
         assert ready is not None  # created before the writer
-        while True:
+        while self.state is not ConnectionState.EVICTED:
             await ready.wait()
             ready.clear()
             self._writing = True

@@ -1,8 +1,11 @@
 """redis-py clients built from one URL: ``redis://``, ``rediss://``, ``unix://``, Sentinel
-(``redis+sentinel://``) or Redis Cluster (``redis+cluster://host:port[,host:port...]``)."""
+(``redis+sentinel://``) or Redis Cluster (``redis+cluster://host:port[,host:port...]``).
+
+This is the one place that knows the URL schemes and decides "cluster or single Redis"."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from typing import Any
@@ -15,17 +18,23 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
 
-from .errors import ConfigurationError
-from .settings import PubSubSettings
+from ...errors import ConfigurationError
+from ...settings import PubSubSettings
 
+PLAIN_SCHEMES = ("redis", "rediss", "unix")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: Every URL scheme the library takes.
+URL_SCHEMES = (*PLAIN_SCHEMES, *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_REDIS_PORT = 6379
 COMMAND_RETRIES = 3
 
 #: A client for ordinary commands: one Redis, or a Redis Cluster.
 CommandClient = Redis | RedisCluster
+
+#: Errors that mean "Redis is not answering", as opposed to bugs.
+REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +125,11 @@ class RedisEndpoint:
         self._clients: list[CommandClient] = []
         self._sentinel: Sentinel | None = None
         self._target: SentinelTarget | None = None
-        #: True for a Redis Cluster URL: channels are spread over shards.
+        #: True for a Redis Cluster URL: channels are spread over shards, and their topics
+        #: are shard channels (SPUBLISH/SSUBSCRIBE).
         self.is_cluster = is_cluster_url(url)
+        #: The command that publishes to a channel's topic.
+        self.publish_command = "SPUBLISH" if self.is_cluster else "PUBLISH"
         if self.is_cluster:
             parts = urlsplit(url)
             username, password, nodes = _hosts(parts.netloc, DEFAULT_REDIS_PORT, url)
@@ -139,6 +151,11 @@ class RedisEndpoint:
                     "socket_connect_timeout": settings.redis_timeout,
                 },
             )
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its secrets masked, for messages and logs."""
+        return redact_url(self.url)
 
     def command_client(self, max_connections: int) -> CommandClient:
         """A client for ordinary commands: redis-py's bounded retries, a bounded pool
@@ -201,6 +218,13 @@ class RedisEndpoint:
             **extra,
         )
 
+    @staticmethod
+    async def publish_raw(client: CommandClient, topic: str, data: bytes) -> int:
+        """PUBLISH (or SPUBLISH on a cluster) ``data``; how many subscribers got it."""
+        if isinstance(client, RedisCluster):
+            return int(await client.spublish(topic, data))
+        return int(await client.publish(topic, data))
+
     async def aclose(self) -> None:
         """Close every client built here, and the Sentinel connections."""
         clients, self._clients = self._clients, []
@@ -214,3 +238,9 @@ class RedisEndpoint:
             for sentinel_client in self._sentinel.sentinels:
                 with contextlib.suppress(RedisError, OSError):
                     await sentinel_client.aclose()
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked."""
+    head, sep, tail = url.rpartition("@")
+    return f"{head.split('://')[0]}://***@{tail}" if sep else url

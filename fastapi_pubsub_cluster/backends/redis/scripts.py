@@ -81,3 +81,14 @@ local receivers = redis.call(ARGV[1], ARGV[2],
   ARGV[3] .. cmsgpack.pack(id) .. cmsgpack.pack(0) .. ARGV[4] .. ARGV[7])
 return {id, receivers}
 """
+
+# Atomically claims a worker's presence for reaping: nothing if its heartbeat lives (unless
+# forced), else the channels it had, which are then forgotten.
+# KEYS: heartbeat, channels set
+# ARGV: "1" to claim even a live worker (its own shutdown)
+CLAIM = """
+if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local channels = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+return channels
+"""

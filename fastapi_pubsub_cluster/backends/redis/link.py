@@ -12,16 +12,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 
-from ..errors import PublishError
-from ..settings import PubSubSettings
-from ..tasks import TaskSupervisor
+from ...errors import BackendUnavailableError
+from ...metrics import Metrics
+from ...settings import PubSubSettings
+from ...tasks import TaskSupervisor
+from .clients import REDIS_DOWN
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
-
-# Errors that mean "Redis is not answering", as opposed to bugs.
-REDIS_DOWN = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class TopicLink:
@@ -46,6 +44,7 @@ class TopicLink:
         on_restored: Callable[[TopicLink], Awaitable[None]],
         settings: PubSubSettings,
         tasks: TaskSupervisor,
+        metrics: Metrics,
     ) -> None:
         self.name = name
         self.topics: set[str] = set()
@@ -60,6 +59,7 @@ class TopicLink:
         self._on_restored = on_restored
         self._settings = settings
         self._tasks = tasks
+        self._metrics = metrics
         self._client: Redis | None = None
         self._pubsub: PubSub | None = None
         self._lock = asyncio.Lock()
@@ -132,7 +132,7 @@ class TopicLink:
 
     def _require(self) -> PubSub:
         if self._pubsub is None:
-            raise PublishError(f"the Redis link {self.name} is down")
+            raise BackendUnavailableError(f"the Redis link {self.name} is down")
         return self._pubsub
 
     async def _connect_and_subscribe(self) -> None:
@@ -187,6 +187,13 @@ class TopicLink:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.reconnect_delay_max)
+            except Exception:
+                # A bug, or a reply nobody expected: never let the listener end quietly.
+                logger.exception("Redis link %s failed; renewing it", self.name)
+                self._metrics.loop_restarted("link")
+                await self._drop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.reconnect_delay_max)
 
     async def _pump(self) -> None:
         """Read messages until the connection fails (or the task is cancelled).
@@ -200,7 +207,7 @@ class TopicLink:
         pubsub = self._require()
         connection: Any = pubsub.connection  # set by the subscribe in _connect_and_subscribe
         if connection is None:
-            raise PublishError(f"the Redis link {self.name} has no connection")
+            raise BackendUnavailableError(f"the Redis link {self.name} has no connection")
         kind = b"smessage" if self._sharded else b"message"
         while True:
             response = await connection.read_response(
@@ -223,16 +230,22 @@ class TopicLink:
     async def _probe_forever(self) -> None:
         while True:
             await asyncio.sleep(self._settings.probe_interval)
-            if not self._up.is_set():
-                continue  # reconnecting already
-            if not await self._hears_itself():
-                self.deaf_count += 1
-                logger.warning(
-                    "Redis link %s is deaf (probe not back within %.1fs); renewing it",
-                    self.name,
-                    self._settings.probe_timeout,
-                )
-                await self._renew()
+            try:
+                await self._probe_once()
+            except Exception:  # never let the prober end quietly
+                logger.exception("probe of Redis link %s failed", self.name)
+                self._metrics.loop_restarted("probe")
+
+    async def _probe_once(self) -> None:
+        if self._up.is_set() and not await self._hears_itself():
+            self.deaf_count += 1
+            self._metrics.deaf_link_detected()
+            logger.warning(
+                "Redis link %s is deaf (probe not back within %.1fs); renewing it",
+                self.name,
+                self._settings.probe_timeout,
+            )
+            await self._renew()
 
     async def _hears_itself(self) -> bool:
         token = uuid.uuid4().hex.encode()

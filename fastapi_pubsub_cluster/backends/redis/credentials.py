@@ -6,17 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .errors import ConfigurationError
+from ...errors import ConfigurationError
+from .clients import URL_SCHEMES, redact_url
 
-_URL_SCHEMES = (
-    "redis://",
-    "rediss://",
-    "unix://",
-    "redis+sentinel://",
-    "rediss+sentinel://",
-    "redis+cluster://",
-    "rediss+cluster://",
-)
+_URL_PREFIXES = tuple(f"{scheme}://" for scheme in URL_SCHEMES)
 
 
 @dataclass(slots=True)
@@ -50,9 +43,10 @@ def redis_url_from(credentials: RedisCredentialsLike | object) -> str:
     Any object with the original class's attributes (host, port, ...) is read too.
     """
     if isinstance(credentials, str):
-        if not credentials.startswith(_URL_SCHEMES):
+        if not credentials.startswith(_URL_PREFIXES):
             raise ConfigurationError(
-                f"Redis URL must start with one of {', '.join(_URL_SCHEMES)}: {credentials!r}"
+                f"Redis URL must start with one of {', '.join(_URL_PREFIXES)}: "
+                f"{redact_url(credentials)!r}"
             )
         return credentials
     if isinstance(credentials, RedisCredentials):

@@ -1,0 +1,150 @@
+"""Single-process backend: presence, publishing and history without any network."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from ..codec import Envelope, EventKind, encode_payload, stream_id_order
+from ..core.backend import ChannelDropped, ChannelLoaded, FanOutSink, HistorySlice, new_worker_id
+from ..errors import HubClosedError
+from ..settings import PubSubSettings
+
+
+class MemoryBackend:
+    """The default backend: everything stays in this process.
+
+    Envelopes go straight back to the core through the same door a Redis backend uses,
+    so both share one receive path. With several workers each would have its own view:
+    use :class:`~fastapi_pubsub_cluster.backends.redis.RedisBackend` there.
+    """
+
+    def __init__(self, settings: PubSubSettings) -> None:
+        self.settings = settings
+        self.worker_id = new_worker_id()
+        self._sink: FanOutSink | None = None
+        self._members: dict[str, set[str]] = {}
+        # Never restarts: a channel's events keep their order across emptying.
+        self._seq: dict[str, int] = {}
+        self._histories: dict[str, LocalHistory] = {}
+
+    async def start(self, sink: FanOutSink) -> None:
+        """Take the core's door; nothing to open."""
+        self._sink = sink
+
+    async def stop(self) -> None:
+        """Forget presence (no other worker can see it anyway)."""
+        self._sink = None
+        self._members.clear()
+
+    def _door(self) -> FanOutSink:
+        if self._sink is None:
+            raise HubClosedError("the in-memory backend is not started")
+        return self._sink
+
+    async def join(self, channel: str, connection_id: str, *, notify: bool) -> None:
+        """Add a connection and announce it."""
+        sink = self._door()
+        members = self._members.get(channel)
+        if members is None:
+            members = self._members[channel] = set()
+            sink.receive(ChannelLoaded(channel, frozenset(), self._seq.get(channel, 0)))
+        if connection_id not in members:
+            members.add(connection_id)
+            self._announce(sink, EventKind.JOIN, channel, connection_id, notify)
+
+    async def leave(self, channel: str, connection_id: str, *, notify: bool) -> None:
+        """Remove a connection and announce it; does nothing after :meth:`stop`."""
+        sink = self._sink
+        members = self._members.get(channel)
+        if sink is None or members is None or connection_id not in members:
+            return
+        members.discard(connection_id)
+        self._announce(sink, EventKind.LEAVE, channel, connection_id, notify)
+        if not members:
+            del self._members[channel]
+            sink.receive(ChannelDropped(channel))
+
+    def _announce(
+        self, sink: FanOutSink, kind: EventKind, channel: str, connection_id: str, notify: bool
+    ) -> None:
+        seq = self._seq[channel] = self._seq.get(channel, 0) + 1
+        sink.receive(Envelope(kind, channel, self.worker_id, connection_id, seq, notify))
+
+    async def publish(self, channel: str, payload: Any) -> None:
+        """Deliver ``payload`` to the channel's clients in this process."""
+        sink = self._door()
+        # Check encodability and size once, as the Redis backend does before PUBLISH.
+        self.settings.check_message_size(len(encode_payload(payload)))
+        sent_at = time.time()
+        if self.settings.has_history(channel):
+            history = self._histories.get(channel)
+            if history is None:
+                history = LocalHistory(self.settings.history_size, self.settings.history_ttl)
+                self._histories[channel] = history
+            stream_id = history.append(payload)
+            sink.receive(
+                Envelope(EventKind.STORED, channel, self.worker_id, stream_id, 0, payload, sent_at)
+            )
+            return
+        publication_id = uuid.uuid4().hex
+        sink.receive(
+            Envelope(
+                EventKind.MESSAGE, channel, self.worker_id, publication_id, 0, payload, sent_at
+            )
+        )
+
+    async def members(self, channel: str) -> frozenset[str]:
+        """Connection ids in ``channel``."""
+        return frozenset(self._members.get(channel, ()))
+
+    async def history(self, channel: str, since: str) -> HistorySlice:
+        """What ``channel`` stored after ``since``."""
+        history = self._histories.get(channel)
+        if history is None:
+            return HistorySlice([], None, True)
+        return history.after(since)
+
+
+class LocalHistory:
+    """The last ``size`` messages of one channel, with stream-style ids ``<ms>-<seq>`` and
+    the same trimming rules as a Redis stream."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self._entries: deque[tuple[str, Any]] = deque()
+        self._size = size
+        self._ttl = ttl
+        self._last = (0, 0)
+        self._max_deleted: tuple[int, int] | None = None
+        self._touched = time.monotonic()
+
+    def append(self, payload: Any) -> str:
+        """Store ``payload`` and return its id."""
+        self._expire_if_idle()
+        now_ms = int(time.time() * 1000)
+        ms, seq = self._last
+        self._last = (now_ms, 0) if now_ms > ms else (ms, seq + 1)
+        stream_id = f"{self._last[0]}-{self._last[1]}"
+        self._entries.append((stream_id, payload))
+        if len(self._entries) > self._size:
+            trimmed_id, _ = self._entries.popleft()
+            self._max_deleted = stream_id_order(trimmed_id)
+        self._touched = time.monotonic()
+        return stream_id
+
+    def after(self, since: str) -> HistorySlice:
+        """Entries after ``since``, the oldest id kept, and whether nothing after ``since``
+        was trimmed away."""
+        self._expire_if_idle()
+        cutoff = stream_id_order(since)
+        entries = [entry for entry in self._entries if stream_id_order(entry[0]) > cutoff]
+        oldest = self._entries[0][0] if self._entries else None
+        complete = self._max_deleted is None or self._max_deleted <= cutoff
+        return HistorySlice(entries, oldest, complete)
+
+    def _expire_if_idle(self) -> None:
+        if self._entries and time.monotonic() - self._touched > self._ttl:
+            self._max_deleted = stream_id_order(self._entries[-1][0])
+            self._entries.clear()

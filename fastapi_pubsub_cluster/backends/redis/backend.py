@@ -1,0 +1,293 @@
+"""The Redis backend: presence in Redis sets, envelopes over one pub/sub link per server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+
+from ...codec import decode_envelope
+from ...core.backend import (
+    ChannelDropped,
+    ChannelLoaded,
+    FanOutSink,
+    HistorySlice,
+    LinkRestored,
+    new_worker_id,
+)
+from ...errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    HistoryError,
+    HubClosedError,
+    MalformedMessageError,
+    PresenceError,
+)
+from ...metrics import Metrics
+from ...settings import PubSubSettings
+from ...tasks import TaskSupervisor
+from .clients import REDIS_DOWN, CommandClient, RedisEndpoint
+from .history import read_history
+from .keys import RedisKeys
+from .link import TopicLink
+from .links import Links
+from .presence import Presence
+from .publishing import PublishPath
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+# Redis connections one worker may hold for commands (per shard on a cluster), besides its
+# pub/sub link (one per Redis server that holds any of its channels).
+MAX_REDIS_CONNECTIONS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """What exists while the backend runs."""
+
+    endpoint: RedisEndpoint
+    client: CommandClient
+    presence: Presence
+    publisher: PublishPath
+    links: Links
+    sink: FanOutSink
+
+
+class RedisBackend:
+    """Presence and fan-out across every worker that shares one Redis (or Redis Cluster).
+
+    * Each local connection is a member of its channel's set (see :class:`Presence`).
+    * Joins, leaves and published messages are envelopes on the channel's topic. A worker
+      holds one pub/sub link per Redis server (one in all, unless on a cluster), subscribed
+      to the topics of the channels it has sockets in; it decodes each envelope once and
+      hands it to the core. On a cluster, topics are shard channels (SPUBLISH/SSUBSCRIBE)
+      and a channel's keys and topic share one hash slot.
+    * When a link is lost it reconnects with backoff, resubscribes, registers presence
+      again, reloads membership and reports :class:`LinkRestored`. Messages published
+      during the gap are lost, except on history channels, which the core replays.
+    """
+
+    def __init__(
+        self,
+        settings: PubSubSettings,
+        redis_url: str | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        url = redis_url or settings.redis_url
+        if not url:
+            raise ConfigurationError("the Redis backend needs a Redis URL")
+        self.settings = settings
+        self.redis_url = url
+        self.keys = RedisKeys(settings.key_prefix)
+        self.worker_id = new_worker_id()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._tasks = TaskSupervisor("redis backend")
+        self._subscription_lock = asyncio.Lock()
+        self._started: _Started | None = None
+        self._endpoint: RedisEndpoint | None = None
+
+    # -- introspection -----------------------------------------------------------------
+
+    @property
+    def is_cluster(self) -> bool:
+        """True when connected to a Redis Cluster."""
+        return self._endpoint is not None and self._endpoint.is_cluster
+
+    @property
+    def link_count(self) -> int:
+        """Pub/sub connections open now."""
+        return self._started.links.count if self._started is not None else 0
+
+    @property
+    def reconnect_count(self) -> int:
+        """Times a pub/sub link was re-established after a loss."""
+        return self._started.links.reconnect_count if self._started is not None else 0
+
+    @property
+    def deaf_link_count(self) -> int:
+        """Times a probe found a pub/sub link connected but not receiving."""
+        return self._started.links.deaf_count if self._started is not None else 0
+
+    @property
+    def subscribed_channels(self) -> list[str]:
+        """Channels this worker hears now."""
+        return self._started.links.subscribed_channels() if self._started is not None else []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, sink: FanOutSink) -> None:
+        """Connect, write the heartbeat and open the pub/sub link; fails if Redis is down."""
+        if self._started is not None:
+            return
+        endpoint = self._endpoint = RedisEndpoint(
+            self.redis_url, self.settings, client_name=f"{self.keys.prefix}:{self.worker_id}"
+        )
+        client = endpoint.command_client(MAX_REDIS_CONNECTIONS)
+        presence = Presence(
+            client,
+            self.keys,
+            self.settings,
+            worker_id=self.worker_id,
+            publish_command=endpoint.publish_command,
+            metrics=self.metrics,
+        )
+        links = Links(
+            endpoint,
+            client,
+            self.keys,
+            self.settings,
+            worker_id=self.worker_id,
+            tasks=self._tasks,
+            metrics=self.metrics,
+            on_message=self._on_topic_message,
+            on_restored=self._on_link_restored,
+        )
+        publisher = PublishPath(endpoint, client, self.settings, origin=self.worker_id)
+        started = _Started(endpoint, client, presence, publisher, links, sink)
+        try:
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+            await presence.beat()
+            if not endpoint.is_cluster:
+                await links.open_main()
+        except REDIS_DOWN as exc:
+            await self._close(started)
+            raise BackendUnavailableError(
+                f"cannot connect to Redis at {endpoint.safe_url}: {exc!r}"
+            ) from exc
+        self._started = started
+        self._tasks.spawn(presence.maintain_forever(self._repair), name="pubsub-redis-presence")
+        logger.info("worker %s joined the cluster at %s", self.worker_id, endpoint.safe_url)
+
+    async def stop(self) -> None:
+        """Remove this worker's presence at once, stop background work, close connections."""
+        started, self._started = self._started, None
+        if started is None:
+            return
+        try:
+            await started.presence.reap(self.worker_id, force=True)
+        except REDIS_DOWN as exc:
+            logger.warning("could not remove presence on shutdown (%r); peers will reap it", exc)
+        await self._tasks.close()
+        await self._close(started)
+        logger.info("worker %s left the cluster", self.worker_id)
+
+    async def _close(self, started: _Started) -> None:
+        await started.links.close()
+        await started.endpoint.aclose()
+
+    def _running(self) -> _Started:
+        if self._started is None:
+            raise HubClosedError("the Redis backend is not started")
+        return self._started
+
+    # -- the backend contract ----------------------------------------------------------
+
+    async def publish(self, channel: str, payload: Any) -> None:
+        """Encode once and publish once (stored first on a history channel)."""
+        await self._running().publisher.publish(channel, payload)
+
+    async def join(self, channel: str, connection_id: str, *, notify: bool) -> None:
+        """Hear ``channel`` (first local connection), then register the connection."""
+        started = self._running()
+        try:
+            await self._sync_subscription(started, channel)
+            await started.presence.register(channel, connection_id, notify=notify)
+        except REDIS_DOWN as exc:
+            raise PresenceError(
+                f"cannot register the connection, Redis unavailable: {exc!r}"
+            ) from exc
+
+    async def leave(self, channel: str, connection_id: str, *, notify: bool) -> None:
+        """Unregister the connection (retried later if Redis does not answer)."""
+        started = self._started
+        if started is None:
+            return  # stopped: the whole presence of this worker is gone already
+        await started.presence.unregister(channel, connection_id, notify=notify)
+        try:
+            await self._sync_subscription(started, channel)
+        except REDIS_DOWN as exc:
+            logger.debug("unsubscribe from %r failed: %r", channel, exc)
+
+    async def members(self, channel: str) -> frozenset[str]:
+        """Connection ids in ``channel``, read from Redis."""
+        try:
+            return await self._running().presence.members(channel)
+        except REDIS_DOWN as exc:
+            raise PresenceError(f"cannot read presence, Redis unavailable: {exc!r}") from exc
+
+    async def history(self, channel: str, since: str) -> HistorySlice:
+        """What ``channel``'s stream holds after ``since``."""
+        try:
+            return await read_history(self._running().client, self.keys.history(channel), since)
+        except REDIS_DOWN as exc:
+            raise HistoryError(f"cannot read history, Redis unavailable: {exc!r}") from exc
+
+    async def reap(self, worker_id: str) -> int:
+        """Remove the presence of ``worker_id`` now, even if its heartbeat lives (an
+        operator's tool for a worker known to be gone); how many entries went."""
+        return await self._running().presence.reap(worker_id, force=True)
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    async def _sync_subscription(self, started: _Started, channel: str) -> None:
+        """Hear a channel while it has local sockets, stop after.
+
+        Under one lock, so that concurrent first joins and last leaves cannot interleave
+        their subscribe and unsubscribe.
+        """
+        async with self._subscription_lock:
+            wanted = channel in started.sink.local_channels()
+            links = started.links
+            if wanted and not links.is_subscribed(channel):
+                try:
+                    await started.presence.record_channel(channel)
+                    await links.subscribe(channel)
+                    await self._load(started, channel)
+                except BaseException:
+                    with contextlib.suppress(*REDIS_DOWN):
+                        await links.unsubscribe(channel)
+                    raise
+            elif not wanted and links.is_subscribed(channel):
+                started.sink.receive(ChannelDropped(channel))
+                await links.unsubscribe(channel)
+                await started.presence.forget_channel(channel)
+
+    async def _load(self, started: _Started, channel: str) -> None:
+        members, seq = await started.presence.snapshot(channel)
+        started.sink.receive(ChannelLoaded(channel, members, seq))
+
+    def _on_topic_message(self, topic: str, data: bytes) -> None:
+        started = self._started
+        if started is None:
+            return
+        try:
+            envelope = decode_envelope(data)
+        except MalformedMessageError as exc:
+            logger.warning("ignored a payload on %s that is not an envelope: %s", topic, exc)
+            return
+        if topic != self.keys.topic(envelope.channel):
+            logger.warning("ignored an envelope for %r on topic %s", envelope.channel, topic)
+            return
+        started.sink.receive(envelope)
+
+    async def _on_link_restored(self, link: TopicLink) -> None:
+        """Runs in the link's task before it reads again: presence and mirrors first."""
+        started = self._running()
+        channels = started.links.channels_on(link)
+        await started.presence.beat()  # first: presence without a heartbeat is reaped
+        await started.presence.register_again(started.sink, channels)
+        for channel in channels:
+            await self._load(started, channel)
+        started.sink.receive(LinkRestored(tuple(channels)))
+
+    async def _repair(self) -> None:
+        """The heartbeat found this worker's presence lost: register it again."""
+        started = self._started
+        if started is not None and started.links.all_up and started.sink.local_channels():
+            logger.warning("presence of %s was lost; registering it again", self.worker_id)
+            await started.presence.register_again(started.sink, started.links.subscribed_channels())

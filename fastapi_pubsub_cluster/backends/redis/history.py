@@ -1,0 +1,40 @@
+"""Reading a channel's history: the Redis stream the store script appends to."""
+
+from __future__ import annotations
+
+import logging
+
+from ...codec import decode_stored, stream_id_order
+from ...core.backend import HistorySlice
+from ...errors import MalformedMessageError
+from .clients import CommandClient
+from .presence import text
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+
+async def read_history(client: CommandClient, key: str, since: str) -> HistorySlice:
+    """What the stream at ``key`` holds after ``since``, and whether it reaches back there."""
+    entries = await client.xrange(key, min=f"({since}", max="+")
+    info = await client.xinfo_stream(key) if entries or await client.exists(key) else None
+    replay = []
+    for stream_id, fields in entries or []:
+        try:
+            replay.append((text(stream_id or b""), decode_stored(fields or {})))
+        except MalformedMessageError as exc:
+            logger.warning("skipped history entry %r of %s: %s", stream_id, key, exc)
+    if info is None:
+        return HistorySlice(replay, None, False)  # expired or never written: no vouching
+    first = info.get("first-entry")
+    oldest = text(first[0]) if first else None
+    # Trimming removes the oldest entries, and the stream does not record their ids: the
+    # history reaches back to ``since`` if nothing was ever removed, or if ``since`` is
+    # still kept. (A ``since`` that was itself trimmed counts as a gap: safe, as the
+    # client then resyncs.)
+    trimmed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
+    max_deleted = text(info.get("max-deleted-entry-id") or b"0-0")
+    reaches_back = not trimmed or (
+        oldest is not None and stream_id_order(oldest) <= stream_id_order(since)
+    )
+    complete = reaches_back and stream_id_order(max_deleted) <= stream_id_order(since)
+    return HistorySlice(replay, oldest, complete)

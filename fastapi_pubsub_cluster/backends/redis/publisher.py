@@ -1,0 +1,76 @@
+"""Publishing from outside the web app: a script, a worker queue, a cron job. Needs only Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from types import TracebackType
+from typing import Any
+
+from ...settings import PubSubSettings
+from .clients import RedisEndpoint
+from .credentials import RedisCredentialsLike, redis_url_from
+from .publishing import PublishPath
+
+_ORIGIN = f"publisher-{socket.gethostname()}-{os.getpid()}"
+
+
+class RedisPublisher:
+    """Publishes to the clients of a running cluster with nothing but a Redis connection.
+
+    ::
+
+        async with RedisPublisher("redis://localhost:6379/0") as publisher:
+            await publisher.publish("news", {"headline": "..."})
+
+    Use the same ``key_prefix`` (settings) as the web app. It publishes exactly as a
+    worker does (same encoding, same store script, same time limit).
+    """
+
+    def __init__(
+        self, redis_url: RedisCredentialsLike, *, settings: PubSubSettings | None = None
+    ) -> None:
+        self.settings = settings if settings is not None else PubSubSettings.from_env()
+        self._endpoint = RedisEndpoint(redis_url_from(redis_url), self.settings, client_name=None)
+        client = self._endpoint.command_client(max_connections=4)
+        self._path = PublishPath(self._endpoint, client, self.settings, origin=_ORIGIN)
+
+    async def publish(self, channel: str, payload: Any) -> int:
+        """Publish ``payload``; returns how many workers received it."""
+        return await self._path.publish(channel, payload)
+
+    async def aclose(self) -> None:
+        """Close the Redis connections."""
+        await self._endpoint.aclose()
+
+    async def __aenter__(self) -> RedisPublisher:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def publish_sync(
+    redis_url: RedisCredentialsLike,
+    channel: str,
+    payload: Any,
+    *,
+    settings: PubSubSettings | None = None,
+) -> int:
+    """Publish from synchronous code (a script, Celery, Django); returns workers reached.
+
+    Runs :class:`RedisPublisher` in an event loop of its own: call it from a thread that
+    is not running one.
+    """
+
+    async def publish_once() -> int:
+        async with RedisPublisher(redis_url, settings=settings) as publisher:
+            return await publisher.publish(channel, payload)
+
+    return asyncio.run(publish_once())

@@ -1,0 +1,78 @@
+"""This worker's view of every channel's cluster-wide membership."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..codec import Envelope, EventKind
+from .backend import ChannelLoaded
+
+
+class MembershipMirror:
+    """Members per channel, changed in the order the backend recorded the changes.
+
+    A channel is loaded from a snapshot (members as of sequence number ``seq``); later
+    join and leave events apply only if their sequence number is newer, so an event that
+    is part of the snapshot, or heard twice, changes nothing. Events heard before the
+    snapshot are kept aside and applied after it.
+    """
+
+    __slots__ = ("_early", "_members", "_seq")
+
+    def __init__(self) -> None:
+        self._members: dict[str, set[str]] = {}
+        self._seq: dict[str, int] = {}
+        self._early: dict[str, list[Envelope]] = {}
+
+    def get(self, channel: str) -> frozenset[str]:
+        """Connection ids in ``channel`` on every worker (empty if not mirrored)."""
+        return frozenset(self._members.get(channel, ()))
+
+    def channels(self) -> list[str]:
+        """Channels mirrored now."""
+        return list(self._members)
+
+    def is_loaded(self, channel: str) -> bool:
+        """True once a snapshot of ``channel`` was loaded (and until it is dropped)."""
+        return channel in self._members
+
+    def load(self, snapshot: ChannelLoaded, intern: Callable[[str, str], str]) -> None:
+        """Replace ``snapshot.channel``'s members, then apply newer events heard early.
+
+        ``intern(channel, id)`` maps an id to an equal string already held elsewhere (one
+        string per local connection, not two).
+        """
+        channel = snapshot.channel
+        self._members[channel] = {intern(channel, member) for member in snapshot.members}
+        self._seq[channel] = snapshot.seq
+        for envelope in self._early.pop(channel, []):
+            self.apply(envelope, intern)
+
+    def hold_early(self, envelope: Envelope) -> None:
+        """Keep an event of a channel whose snapshot is on its way."""
+        self._early.setdefault(envelope.channel, []).append(envelope)
+
+    def apply(self, envelope: Envelope, intern: Callable[[str, str], str]) -> bool:
+        """Apply a join or leave of a loaded channel; False if it was not newer."""
+        channel = envelope.channel
+        members = self._members.get(channel)
+        if members is None or envelope.seq <= self._seq.get(channel, 0):
+            return False
+        self._seq[channel] = envelope.seq
+        if envelope.kind is EventKind.JOIN:
+            members.add(intern(channel, envelope.ref))
+        else:
+            members.discard(envelope.ref)
+        return True
+
+    def drop(self, channel: str) -> None:
+        """Forget ``channel`` (no longer heard)."""
+        self._members.pop(channel, None)
+        self._seq.pop(channel, None)
+        self._early.pop(channel, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._members.clear()
+        self._seq.clear()
+        self._early.clear()

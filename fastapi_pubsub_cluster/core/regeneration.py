@@ -1,0 +1,66 @@
+"""Running ``generate_object_to_send`` after membership events, once per burst."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..codec import OutgoingFrame
+from ..tasks import TaskSupervisor
+from .registry import LocalRegistry
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+#: Seconds an application hook (generate_object_to_send, on_reconnect) may run.
+HOOK_TIMEOUT = 30.0
+
+
+class Regenerator:
+    """Runs a channel's ``generate_object_to_send`` for this worker's sockets.
+
+    One run at a time per channel, so that an older result can never overtake a newer
+    one; events during a run coalesce into one more run, which starts after the last of
+    them. The newest local socket of the channel speaks for it.
+    """
+
+    def __init__(
+        self,
+        registry: LocalRegistry,
+        deliver: Callable[[str, OutgoingFrame], object],
+        tasks: TaskSupervisor,
+    ) -> None:
+        self._registry = registry
+        self._deliver = deliver
+        self._tasks = tasks
+        self._dirty: set[str] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    def schedule(self, channel: str) -> None:
+        """Regenerate ``channel`` (if it has local sockets) after what happened so far."""
+        if channel not in self._registry:
+            return
+        self._dirty.add(channel)
+        if channel not in self._running:
+            self._running[channel] = self._tasks.spawn(
+                self._run(channel), name=f"pubsub-regenerate-{channel}"
+            )
+
+    async def _run(self, channel: str) -> None:
+        try:
+            while channel in self._dirty:
+                self._dirty.discard(channel)
+                speaker = self._registry.newest(channel)
+                if speaker is None:
+                    break
+                try:
+                    async with asyncio.timeout(HOOK_TIMEOUT):
+                        payload = await speaker.hooks.generate_object_to_send()
+                except Exception:
+                    logger.exception("generate_object_to_send failed for channel %r", channel)
+                    continue
+                if payload is not None:
+                    self._deliver(channel, OutgoingFrame(payload))
+        finally:
+            self._dirty.discard(channel)
+            self._running.pop(channel, None)

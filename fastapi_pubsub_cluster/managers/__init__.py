@@ -1,1 +1,0 @@
-"""Connection managers: one abstract base, one module per backend."""
