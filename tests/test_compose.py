@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import re
 import shlex
@@ -14,7 +13,6 @@ import pytest
 import yaml
 
 from fastapi_pubsub_cluster import PubSubSettings
-from fastapi_pubsub_cluster.settings import ENV_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -104,11 +102,7 @@ def test_the_app_runs_an_existing_asgi_app_under_uvicorn_with_several_workers(
 def test_the_app_is_configured_only_through_settings_the_library_reads(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    known = {
-        ENV_PREFIX + field.name.upper()
-        for field in dataclasses.fields(PubSubSettings)
-        if field.init
-    }
+    known = {PubSubSettings.environment_variable(name) for name in PubSubSettings.model_fields}
     pubsub_vars = {k: v for k, v in environment(services["app"]).items() if k.startswith("PUBSUB_")}
     assert set(pubsub_vars) <= known
     PubSubSettings.from_env(pubsub_vars)  # valid values, not only valid names
