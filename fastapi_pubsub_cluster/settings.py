@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     DotEnvSettingsSource,
@@ -70,7 +70,8 @@ class PubSubSettings(BaseSettings):
     )
 
     #: Redis URL (``redis://``, ``rediss://``, ``unix://``); ``None`` selects the in-memory manager.
-    redis_url: str | None = None
+    #: Left out of ``repr()``: it may hold a password.
+    redis_url: str | None = Field(default=None, repr=False)
     #: Prefix of every Redis key and pub/sub channel the library uses.
     key_prefix: str = "pubsub"
     #: Seconds a worker's heartbeat key lives; a dead worker's presence is reaped within 2x this.

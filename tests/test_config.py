@@ -283,6 +283,12 @@ def test_the_inbound_rate_settings_are_read_from_the_environment() -> None:
     assert settings.inbound_rate_policy == "drop"
 
 
+def test_the_repr_does_not_show_the_redis_password() -> None:
+    settings = PubSubSettings(redis_url="redis://app:s3cret@cache:6379/0")
+    assert "s3cret" not in repr(settings)
+    assert settings.redis_url == "redis://app:s3cret@cache:6379/0"
+
+
 def test_settings_are_immutable() -> None:
     settings = PubSubSettings()
     with pytest.raises((AttributeError, ValueError)):
