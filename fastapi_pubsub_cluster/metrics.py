@@ -26,6 +26,9 @@ class Metrics:
     def bind(self, local_connections: Callable[[], int], local_channels: Callable[[], int]) -> None:
         """Give the metrics live views of this worker's connections and channels."""
 
+    def refresh(self) -> None:
+        """Bring figures that are written rather than read up to date (call periodically)."""
+
     def published(self) -> None:
         """One message was published from this worker."""
 
