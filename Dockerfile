@@ -1,5 +1,8 @@
-# One image for the demo app and the benchmarks (compose.yaml runs both).
-FROM python:3.11-slim
+# Two targets: "app" (the demo under gunicorn, slim, non-root) and "bench" (the benchmarks).
+#
+#   docker build --target app -t fastapi-pubsub-cluster:app .
+#   docker build --target bench -t fastapi-pubsub-cluster:bench .
+FROM python:3.11-slim AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -8,13 +11,34 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
-COPY fastapi_pubsub_cluster ./fastapi_pubsub_cluster
-RUN pip install ".[demo,bench]"
+# The dependencies alone, in their own layer: it is rebuilt when pyproject.toml changes,
+# not when the source does. (requirements.py prints them from pyproject.toml.)
+COPY pyproject.toml ./
+COPY docker/requirements.py ./docker/requirements.py
 
+FROM base AS app
+RUN python docker/requirements.py demo > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+COPY README.md LICENSE ./
+COPY fastapi_pubsub_cluster ./fastapi_pubsub_cluster
+RUN pip install --no-deps . && rm -rf build
+COPY examples/gunicorn.conf.py examples/publish_from_script.py ./examples/
+RUN useradd --system --uid 10001 --no-create-home app
+USER app
+EXPOSE 8000
+CMD ["gunicorn", "-c", "examples/gunicorn.conf.py", "fastapi_pubsub_cluster.demo.asgi:app"]
+
+# The benchmarks: the [bench] extra and the peers they measure. Root, so that results can be
+# written to a bind-mounted benchmarks/results owned by anyone.
+FROM base AS bench
+RUN python docker/requirements.py bench > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+COPY README.md LICENSE ./
+COPY fastapi_pubsub_cluster ./fastapi_pubsub_cluster
+RUN pip install --no-deps . && rm -rf build
 COPY examples ./examples
 COPY benchmarks ./benchmarks
 COPY tools ./tools
-
-EXPOSE 8000
-CMD ["uvicorn", "examples.connected_clients:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "benchmarks"]

@@ -3,6 +3,27 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
+# The [bench] extra, checked before anything imports it: one line, not a traceback.
+BENCH_MODULES = (
+    "uvicorn",
+    "websockets",
+    "psutil",
+    "rich",
+    "socketio",
+    "broadcaster",
+    "fastapi_websocket_pubsub",
+    "fastapi_pubsub_cluster",
+)
+_missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+if _missing:
+    sys.exit(
+        f"python -m benchmarks: missing {', '.join(_missing)}; "
+        "install the [bench] extra: pip install -e '.[bench]'"
+    )
+
 import argparse
 import asyncio
 import contextlib

@@ -9,7 +9,6 @@ on one worker see the clients and messages of the others. Without it the workers
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 # Where to listen; behind nginx, a loopback or unix socket address.
@@ -18,12 +17,12 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 # One worker per core is a fair start: fan-out is CPU work in each worker.
 workers = int(os.environ.get("WEB_CONCURRENCY", str(os.cpu_count() or 1)))
 
-# The uvicorn worker class: from the `uvicorn-worker` package where it is installed
-# (uvicorn deprecates its own copy), else the one that ships with uvicorn.
-worker_class = (
-    "uvicorn_worker.UvicornWorker"
-    if importlib.util.find_spec("uvicorn_worker") is not None
-    else "uvicorn.workers.UvicornWorker"
+# uvicorn workers (from the `uvicorn-worker` package) serving websockets with the library's
+# protocol, which frames each broadcast once for every socket, with permessage-deflate off so
+# that browsers (which offer it by default) stay on that path. The library's log lines go to
+# gunicorn's error log. WORKER_CLASS=uvicorn_worker.UvicornWorker for plain ASGI.
+worker_class = os.environ.get(
+    "WORKER_CLASS", "fastapi_pubsub_cluster.gunicorn_worker.PubSubUvicornWorker"
 )
 
 # On SIGTERM (a deploy) a worker gets this long to close its sockets with 1001 and remove
@@ -42,3 +41,11 @@ max_requests_jitter = max_requests // 10
 
 accesslog = os.environ.get("ACCESS_LOG")  # None: no access log; "-": stdout
 loglevel = os.environ.get("LOG_LEVEL", "info")
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Drop a dead worker's gauges from Prometheus' multiprocess files (if that mode is on)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

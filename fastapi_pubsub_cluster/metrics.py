@@ -1,17 +1,21 @@
-"""Metrics the managers report; Prometheus through the optional ``[metrics]`` extra.
+"""Metrics the core and backends report; Prometheus through the optional ``[metrics]`` extra.
 
-The managers call a :class:`Metrics` at most once per broadcast per worker (never per
+The core calls a :class:`Metrics` at most once per broadcast per worker (never per
 client), so recording costs nothing that grows with the number of sockets.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+#: prometheus_client's multiprocess mode is on when this directory is set (before import).
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -21,6 +25,9 @@ class Metrics:
 
     def bind(self, local_connections: Callable[[], int], local_channels: Callable[[], int]) -> None:
         """Give the metrics live views of this worker's connections and channels."""
+
+    def refresh(self) -> None:
+        """Bring figures that are written rather than read up to date (call periodically)."""
 
     def published(self) -> None:
         """One message was published from this worker."""
@@ -55,8 +62,13 @@ class PrometheusMetrics(Metrics):
         app = FastAPI(lifespan=hub.lifespan)
         app.mount("/metrics", metrics.asgi_app())
 
-    With several worker processes, each serves its own figures (or use prometheus_client's
-    multiprocess mode, which needs ``PROMETHEUS_MULTIPROC_DIR``).
+    With several worker processes (uvicorn ``--workers``, gunicorn), ``/metrics`` answers
+    from whichever worker the scrape reaches, with that worker's figures only. Set
+    ``PROMETHEUS_MULTIPROC_DIR`` to an empty, writable directory before the workers start
+    and every worker writes its figures there; ``asgi_app()`` then serves the sum over the
+    live workers from any of them (connections and channels summed over live workers;
+    under gunicorn, call ``prometheus_client.multiprocess.mark_process_dead(worker.pid)``
+    in ``child_exit``, as ``examples/gunicorn.conf.py`` does).
     """
 
     def __init__(
@@ -65,9 +77,14 @@ class PrometheusMetrics(Metrics):
         from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
         self.registry = registry if registry is not None else REGISTRY
+        #: True under prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``).
+        self.multiprocess = multiprocess_mode()
+        self._views: tuple[Callable[[], int], Callable[[], int]] | None = None
         options: dict[str, Any] = {"namespace": namespace, "registry": self.registry}
-        self._connections = Gauge("connections", "WebSockets held by this worker", **options)
-        self._channels = Gauge("channels", "Channels with sockets on this worker", **options)
+        # "livesum": the cluster-wide figure is the sum over the workers still running.
+        gauge_options: dict[str, Any] = {**options, "multiprocess_mode": "livesum"}
+        self._connections = Gauge("connections", "WebSockets held by this worker", **gauge_options)
+        self._channels = Gauge("channels", "Channels with sockets on this worker", **gauge_options)
         self._published = Counter("messages_published", "Messages published here", **options)
         self._delivered = Counter(
             "messages_delivered", "Messages handed to local sockets (one per socket)", **options
@@ -94,13 +111,32 @@ class PrometheusMetrics(Metrics):
         )
 
     def bind(self, local_connections: Callable[[], int], local_channels: Callable[[], int]) -> None:
-        self._connections.set_function(local_connections)
-        self._channels.set_function(local_channels)
+        if not self.multiprocess:
+            self._connections.set_function(local_connections)
+            self._channels.set_function(local_channels)
+            return
+        # A function gauge is read in the process that serves the scrape, which is not the
+        # one holding the sockets: write the figures to this worker's file instead, now and
+        # at every event recorded here.
+        self._views = (local_connections, local_channels)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Write the bound connection and channel counts (multiprocess mode; else no-op).
+
+        Called on every recorded event; a periodic caller (a heartbeat) keeps the figures of
+        a quiet worker current too.
+        """
+        if self._views is not None:
+            self._connections.set(self._views[0]())
+            self._channels.set(self._views[1]())
 
     def published(self) -> None:
         self._published.inc()
+        self.refresh()
 
     def delivered(self, clients: int, sent_at: float) -> None:
+        self.refresh()
         if clients:
             self._delivered.inc(clients)
         if sent_at > 0:
@@ -122,7 +158,19 @@ class PrometheusMetrics(Metrics):
         self._restarts.labels(loop=loop).inc()
 
     def asgi_app(self) -> Any:
-        """An ASGI app serving these metrics in the Prometheus text format."""
-        from prometheus_client import make_asgi_app
+        """An ASGI app serving these metrics in the Prometheus text format; in multiprocess
+        mode, the figures of every live worker (summed) from whichever worker answers."""
+        from prometheus_client import CollectorRegistry, make_asgi_app
 
-        return make_asgi_app(registry=self.registry)
+        if not self.multiprocess:
+            return make_asgi_app(registry=self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return make_asgi_app(registry=registry)
+
+
+def multiprocess_mode() -> bool:
+    """True if prometheus_client runs in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``)."""
+    return bool(os.environ.get(MULTIPROC_DIR_ENV) or os.environ.get(MULTIPROC_DIR_ENV.lower()))

@@ -1,36 +1,77 @@
-"""All tunables in one object, with documented defaults and environment overrides."""
+"""All tunables in one object, with documented defaults and environment overrides.
+
+``PubSubSettings(**values)`` builds from the defaults and ``values`` only; the environment
+(``PUBSUB_*`` variables and a ``.env`` file) is read by :meth:`PubSubSettings.from_env` alone.
+Every invalid value raises :class:`ConfigurationError` with a one-line message that names the
+environment variable (or the field) and what it accepts, fit to stop a worker at startup.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from .errors import ConfigurationError, InvalidChannelError, MessageTooLargeError
 
 SlowClientPolicy = Literal["disconnect", "drop_oldest"]
 WireFormat = Literal["json", "msgpack"]
+InboundRatePolicy = Literal["disconnect", "drop"]
 
 ENV_PREFIX = "PUBSUB_"
+#: Variables under this prefix belong to the demo app, not to the library.
+DEMO_ENV_PREFIX = ENV_PREFIX + "DEMO_"
+#: The file :meth:`PubSubSettings.from_env` reads from the working directory, if present.
+ENV_FILE = ".env"
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")
+# How alike an unknown PUBSUB_ name must be to a known one to count as its typo.
+_TYPO_CUTOFF = 0.8
+_warned_unknown: set[str] = set()
+# Field -> environment variable, for the values from_env() is validating (error messages).
+_environment_names: ContextVar[Mapping[str, str] | None] = ContextVar(
+    "_environment_names", default=None
+)
 
 
-@dataclass(frozen=True, slots=True)
-class PubSubSettings:
+class PubSubSettings(BaseSettings):
     """Configuration of a hub and its connection manager.
 
     Every field can be set from the environment as ``PUBSUB_<FIELD NAME IN CAPITALS>``
-    (see :meth:`from_env`).
+    (see :meth:`from_env`). Instances are immutable: use :meth:`with_changes`.
     """
 
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+        env_file=None,
+    )
+
     #: Redis URL (``redis://``, ``rediss://``, ``unix://``); ``None`` selects the in-memory manager.
-    redis_url: str | None = None
+    #: Left out of ``repr()``: it may hold a password.
+    redis_url: str | None = Field(default=None, repr=False)
     #: Prefix of every Redis key and pub/sub channel the library uses.
     key_prefix: str = "pubsub"
     #: Seconds a worker's heartbeat key lives; a dead worker's presence is reaped within 2x this.
@@ -68,44 +109,114 @@ class PubSubSettings:
     history_size: int = 1000
     #: Seconds a channel's history lives after its last message.
     history_ttl: float = 86400.0
-    _channel_regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
-    _history_regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    #: Origins (``https://example.com``) whose pages may open a websocket, besides the
+    #: app's own; comma-separated in the environment. Empty: same origin only.
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    #: Messages per second one client may send (averaged over a short burst); 0: unlimited.
+    inbound_messages_per_second: float = 50.0
+    #: Bytes per second one client may send (averaged over a short burst); 0: unlimited.
+    inbound_bytes_per_second: int = 1024 * 1024
+    #: ``"disconnect"`` closes a client over an inbound rate with 1008; ``"drop"`` ignores
+    #: its messages until it is back under the rate.
+    inbound_rate_policy: InboundRatePolicy = "disconnect"
 
-    def __post_init__(self) -> None:
-        positive = (
-            "heartbeat_ttl",
-            "max_message_bytes",
-            "max_channel_id_length",
-            "send_queue_size",
-        )
-        timers = ("redis_timeout", "reconnect_delay_initial", "close_timeout")
-        for name in (*positive, *timers, "history_size", "history_ttl"):
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.probe_interval < 0 or self.probe_timeout <= 0:
-            raise ConfigurationError("probe_interval must be >= 0 and probe_timeout positive")
-        if self.reconnect_delay_max < self.reconnect_delay_initial:
-            raise ConfigurationError("reconnect_delay_max must be >= reconnect_delay_initial")
-        if self.slow_client_policy not in ("disconnect", "drop_oldest"):
-            raise ConfigurationError(f"unknown slow_client_policy {self.slow_client_policy!r}")
-        if self.wire_format not in ("json", "msgpack"):
-            raise ConfigurationError(f"unknown wire_format {self.wire_format!r}")
-        if not self.key_prefix:
-            raise ConfigurationError("key_prefix must not be empty")
+    def __init__(self, **values: Any) -> None:
         try:
-            regex = re.compile(self.channel_id_pattern)
-        except re.error as exc:
-            raise ConfigurationError(f"channel_id_pattern is not a valid regex: {exc}") from exc
-        object.__setattr__(self, "_channel_regex", regex)
+            super().__init__(**values)
+        except ValidationError as exc:
+            names = _environment_names.get()
+            raise ConfigurationError(describe_errors(exc, names)) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The constructor never reads the environment: from_env() does, explicitly.
+        return (init_settings,)
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, value: object) -> object:
+        return value or None
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator(
+        "heartbeat_ttl",
+        "max_message_bytes",
+        "max_channel_id_length",
+        "send_queue_size",
+        "redis_timeout",
+        "reconnect_delay_initial",
+        "close_timeout",
+        "probe_timeout",
+        "history_size",
+        "history_ttl",
+    )
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("probe_interval", "inbound_messages_per_second", "inbound_bytes_per_second")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be 0 (off) or positive")
+        return value
+
+    @field_validator("reconnect_delay_max")
+    @classmethod
+    def _not_below_initial_delay(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("reconnect_delay_initial")
+        if initial is not None and value < initial:
+            raise ValueError(f"must be at least the initial delay ({initial})")
+        return value
+
+    @field_validator("channel_id_pattern", "history_channels")
+    @classmethod
+    def _valid_regex(cls, value: str) -> str:
         try:
-            history = re.compile(self.history_channels) if self.history_channels else None
+            _compiled(value)
         except re.error as exc:
-            raise ConfigurationError(f"history_channels is not a valid regex: {exc}") from exc
-        object.__setattr__(self, "_history_regex", history)
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+        return value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            return tuple(
+                str(item).strip().rstrip("/").lower() for item in value if str(item).strip()
+            )
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if _ORIGIN.fullmatch(origin) is None:
+                raise ValueError(f"{origin!r} is not an origin like https://example.com")
+        return value
 
     def has_history(self, channel_id: str) -> bool:
         """True if ``channel_id`` keeps history (see ``history_channels``)."""
-        return self._history_regex is not None and bool(self._history_regex.fullmatch(channel_id))
+        return bool(self.history_channels) and bool(
+            _compiled(self.history_channels).fullmatch(channel_id)
+        )
 
     def check_message_size(self, size: int) -> None:
         """Raise :class:`MessageTooLargeError` if ``size`` bytes exceed ``max_message_bytes``."""
@@ -132,50 +243,133 @@ class PubSubSettings:
             )
         if "{" in channel_id or "}" in channel_id:
             raise InvalidChannelError("channel id may not contain braces (Redis hash tags)")
-        if self._channel_regex.fullmatch(channel_id) is None:
+        if _compiled(self.channel_id_pattern).fullmatch(channel_id) is None:
             raise InvalidChannelError(
                 f"channel id {channel_id[:50]!r} has characters outside {self.channel_id_pattern}"
             )
         return channel_id
 
     def with_changes(self, **changes: object) -> PubSubSettings:
-        """A copy with some fields replaced."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with some fields replaced (validated like the original)."""
+        return type(self)(**{**self.model_dump(), **changes})
+
+    @classmethod
+    def environment_variable(cls, field_name: str) -> str:
+        """The environment variable that sets ``field_name``."""
+        return ENV_PREFIX + field_name.upper()
 
     @classmethod
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: object
     ) -> PubSubSettings:
-        """Build settings from ``PUBSUB_*`` variables; keyword ``overrides`` win over both."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for spec in fields(cls):
-            if not spec.init:
-                continue
-            raw = env.get(ENV_PREFIX + spec.name.upper())
-            if raw is None:
-                continue
-            values[spec.name] = _parse(spec.name, raw, spec.default)
-        known = {ENV_PREFIX + spec.name.upper() for spec in fields(cls)}
-        for name in env:
-            if (
-                name.startswith(ENV_PREFIX)
-                and name not in known
-                and not name.startswith(ENV_PREFIX + "DEMO_")
-            ):
-                logger.warning("ignoring unknown setting %s (a typo?)", name)
+        """Build settings from ``PUBSUB_*`` variables; keyword ``overrides`` win over both.
+
+        With ``environ=None`` this reads ``os.environ`` and, under it, a ``.env`` file in the
+        working directory. ``PUBSUB_DEMO_*`` variables belong to the demo and are skipped.
+        A ``PUBSUB_*`` variable that looks like a typo of a setting is an error; any other
+        unknown one is logged once per process.
+        """
+        env = _MappingEnvSource(cls, os.environ if environ is None else environ)
+        layers: list[_MappingEnvSource | DotEnvSettingsSource] = [env]
+        if environ is None and os.path.isfile(ENV_FILE):
+            layers.insert(0, DotEnvSettingsSource(cls, env_file=ENV_FILE))
+        values: dict[str, Any] = {}
+        names: set[str] = set()
+        for layer in layers:  # later layers win: the process environment over .env
+            try:
+                found = layer()
+            except ValueError as exc:  # a value the source could not even decode
+                raise ConfigurationError(str(exc).splitlines()[0]) from None
+            values.update((k, v) for k, v in found.items() if k in cls.model_fields)
+            names.update(name.upper() for name in layer.env_vars)
+        _check_unknown_names(names)
+        from_environment = {
+            name: cls.environment_variable(name) for name in values if name not in overrides
+        }
         values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        token = _environment_names.set(from_environment)
+        try:
+            return cls(**values)
+        finally:
+            _environment_names.reset(token)
 
 
-def _parse(name: str, raw: str, default: object) -> object:
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): value for name, value in self._environ.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _check_unknown_names(names: set[str]) -> None:
+    known = {PubSubSettings.environment_variable(name) for name in PubSubSettings.model_fields}
+    for name in sorted(names):
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(DEMO_ENV_PREFIX):
+            continue
+        suffixes = {variable[len(ENV_PREFIX) :]: variable for variable in known}
+        close = difflib.get_close_matches(
+            name[len(ENV_PREFIX) :], list(suffixes), n=1, cutoff=_TYPO_CUTOFF
+        )
+        if close:
+            raise ConfigurationError(f"{name} is not a setting: did you mean {suffixes[close[0]]}?")
+        if name not in _warned_unknown:
+            _warned_unknown.add(name)
+            logger.warning("ignoring %s: fastapi-pubsub-cluster has no such setting", name)
+
+
+def describe_errors(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
+    """One line for every problem in ``exc``, naming the environment variable where a value
+    came from the environment (``names`` maps field to variable), else the field."""
+    names = names or {}
+    problems: list[str] = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = names.get(field, field)
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{name!r} is not a setting")
+            continue
+        problems.append(f"{name}={error['input']!r} is invalid: {_reason(field, error)}")
+    return "; ".join(problems)
+
+
+def _reason(field: str, error: Any) -> str:
+    kind = error["type"]
+    if kind == "literal_error":
+        choices = get_args(PubSubSettings.model_fields[field].annotation)
+        return "allowed values are " + ", ".join(repr(choice) for choice in choices)
+    if kind in ("bool_parsing", "bool_type"):
+        return "allowed values are true, false (or 1, 0, yes, no, on, off)"
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return "must be a whole number"
+    if kind in ("float_parsing", "float_type"):
+        return "must be a number"
+    if kind == "value_error":
+        return str(error["ctx"]["error"])
+    return str(error["msg"]).splitlines()[0].lower()
+
+
+@contextmanager
+def exit_on_configuration_error() -> Iterator[None]:
+    """Turn a :class:`ConfigurationError` into one line on stderr and exit status 2.
+
+    ::
+
+        with exit_on_configuration_error():
+            hub = PubSubHub()
+
+    instead of a traceback through the server's import machinery.
+    """
     try:
-        if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError as exc:
-        raise ConfigurationError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
-    return raw or None if name == "redis_url" else raw
+        yield
+    except ConfigurationError as exc:
+        print(f"fastapi-pubsub-cluster: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import importlib.util
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -14,7 +17,6 @@ import pytest
 import yaml
 
 from fastapi_pubsub_cluster import PubSubSettings
-from fastapi_pubsub_cluster.settings import ENV_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -45,15 +47,16 @@ def command_words(service: dict[str, Any]) -> list[str]:
     return [str(word) for word in words]
 
 
+def interpolate(value: str) -> str:
+    """``value`` as compose reads it with no variable set: ``${NAME:-default}`` is the default."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda match: match[1] or "", value)
+
+
 def environment(service: dict[str, Any]) -> dict[str, str]:
     env = service.get("environment") or {}
     if isinstance(env, list):
-        return dict(item.split("=", 1) for item in env)
-    return {str(key): str(value) for key, value in env.items()}
-
-
-def module_path(dotted: str) -> Path:
-    return ROOT.joinpath(*dotted.split(".")).with_suffix(".py")
+        env = dict(item.split("=", 1) for item in env)
+    return {str(key): interpolate(str(value)) for key, value in env.items()}
 
 
 def test_it_defines_redis_app_and_bench_services(services: dict[str, dict[str, Any]]) -> None:
@@ -88,27 +91,177 @@ def test_redis_is_a_redis_image_with_a_healthcheck(services: dict[str, dict[str,
     assert "redis-cli" in redis["healthcheck"]["test"]
 
 
-def test_the_app_runs_an_existing_asgi_app_under_uvicorn_with_several_workers(
+APP_TARGETS = ("app", "app-cluster")
+
+
+def dockerfile_stages() -> dict[str, list[str]]:
+    """Each stage's instructions, its parent stages' first (``FROM <stage> AS <name>``)."""
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"FROM\s+(\S+)\s+AS\s+(\S+)", line, flags=re.IGNORECASE)
+        if match:
+            parent, name = match.groups()
+            current = [*stages.get(parent, []), line]
+            stages[name] = current
+        elif current:
+            if current[-1].endswith("\\"):
+                current[-1] = current[-1][:-1] + " " + line
+            else:
+                current.append(line)
+    return stages
+
+
+def build_target(service: dict[str, Any]) -> str | None:
+    build = service.get("build")
+    return build.get("target") if isinstance(build, dict) else None
+
+
+def run_with_env(code: str, env: dict[str, str]) -> str:
+    """Run ``code`` in a fresh interpreter from the repository root, with only ``env`` as
+    the PUBSUB_ settings (as the container would)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PUBSUB_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_app_runs_the_demo_under_gunicorn_with_its_config_file(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    words = command_words(services["app"])
-    assert words[0] == "uvicorn"
-    module, _, attribute = words[1].partition(":")
-    path = module_path(module)
-    assert path.is_file(), path
-    assert re.search(rf"^{attribute}\s*=", path.read_text(encoding="utf-8"), re.MULTILINE)
-    assert "--workers" in words
-    assert words[words.index("--host") + 1] == "0.0.0.0"
+    for name in APP_TARGETS:
+        words = command_words(services[name])
+        assert words[0] == "gunicorn", name
+        config = option(words, "-c")
+        assert (ROOT / config).is_file(), config
+        assert words[-1] == "fastapi_pubsub_cluster.demo.asgi:app", name
+
+
+def test_the_asgi_app_the_compose_command_names_imports_and_has_a_healthz_route(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    module, _, attribute = command_words(services["app"])[-1].partition(":")
+    code = (
+        "import importlib\n"
+        f"app = getattr(importlib.import_module({module!r}), {attribute!r})\n"
+        "print(*sorted(getattr(route, 'path', '') for route in app.routes))\n"
+    )
+    env = {k: v for k, v in environment(services["app"]).items() if k.startswith("PUBSUB_")}
+    assert "/healthz" in run_with_env(code, env).split()
+
+
+def test_the_gunicorn_config_uses_the_fast_path_worker_class(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from uvicorn_worker import UvicornWorker
+
+    config = option(command_words(services["app"]), "-c")
+    env = environment(services["app"])
+    code = f"import runpy\nprint(runpy.run_path({config!r})['worker_class'])\n"
+    dotted = run_with_env(code, env).strip()
+    module, _, name = dotted.rpartition(".")
+    worker = getattr(importlib.import_module(module), name)
+    assert issubclass(worker, UvicornWorker)
+    protocol_module, _, protocol = worker.CONFIG_KWARGS["ws"].partition(":")
+    assert hasattr(importlib.import_module(protocol_module), protocol)
+    assert worker.CONFIG_KWARGS["ws_per_message_deflate"] is False
+
+
+def test_the_app_listens_on_the_published_port_with_several_workers(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    app = services["app"]
+    env = environment(app)
+    assert int(env["WEB_CONCURRENCY"]) > 1
+    assert env["BIND"] == "0.0.0.0:8000"
+    assert "8000:8000" in [str(port) for port in app["ports"]]
+
+
+def test_the_app_healthcheck_asks_the_healthz_route_that_pings_redis(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in APP_TARGETS:
+        test = " ".join(services[name]["healthcheck"]["test"])
+        assert "http://127.0.0.1:8000/healthz" in test, name
+        assert "urlopen" in test, name  # raises on 503, so the check fails while Redis is down
+
+
+def test_every_build_target_named_by_compose_is_a_dockerfile_stage(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    stages = dockerfile_stages()
+    targets = {build_target(service) for service in services.values() if "build" in service}
+    assert None not in targets  # a multi-stage Dockerfile: every service names its stage
+    assert targets <= set(stages)
+    for name in APP_TARGETS:
+        assert build_target(services[name]) == "app", name
+    assert build_target(services["bench"]) == "bench"
+
+
+def test_the_app_image_is_slim_non_root_and_installs_dependencies_before_the_source() -> None:
+    app = dockerfile_stages()["app"]
+    assert app[0].startswith("FROM python:") and "-slim" in app[0]
+    assert not any("bench" in line for line in app), "the app image installs no bench extra"
+    users = [line.split()[1] for line in app if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+
+    def first(predicate: Any) -> int:
+        return next(i for i, line in enumerate(app) if predicate(line))
+
+    pyproject = first(lambda line: line.startswith("COPY") and "pyproject.toml" in line)
+    dependencies = first(lambda line: line.startswith("RUN") and "pip install -r" in line)
+    source = first(lambda line: line.startswith("COPY fastapi_pubsub_cluster"))
+    assert pyproject < dependencies < source
+
+
+def test_the_bench_image_installs_the_bench_extra_and_the_benchmarks() -> None:
+    bench = dockerfile_stages()["bench"]
+    assert any("requirements.py bench" in line for line in bench)
+    assert any(line.startswith("COPY benchmarks") for line in bench)
+
+
+def test_the_images_copy_what_their_commands_run(services: dict[str, dict[str, Any]]) -> None:
+    stages = dockerfile_stages()
+    app_copies = " ".join(line for line in stages["app"] if line.startswith("COPY"))
+    assert option(command_words(services["app"]), "-c") in app_copies
+    assert services["publisher"]["entrypoint"][1] in app_copies
+
+
+def test_redis_is_published_for_publishers_outside_compose(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert "6379:6379" in [str(port) for port in services["redis"]["ports"]]
+
+
+def test_the_publisher_reaches_the_apps_clients(services: dict[str, dict[str, Any]]) -> None:
+    publisher, app = services["publisher"], services["app"]
+    assert publisher["profiles"] == ["publisher"]
+    script = ROOT / publisher["entrypoint"][1]
+    assert publisher["entrypoint"][0] == "python" and script.is_file()
+
+    def settings_of(service: dict[str, Any]) -> PubSubSettings:
+        env = environment(service)
+        return PubSubSettings.from_env({k: v for k, v in env.items() if k.startswith("PUBSUB_")})
+
+    # The same Redis and the same key prefix, or the message reaches no worker.
+    assert settings_of(publisher).redis_url == settings_of(app).redis_url
+    assert settings_of(publisher).key_prefix == settings_of(app).key_prefix
 
 
 def test_the_app_is_configured_only_through_settings_the_library_reads(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    known = {
-        ENV_PREFIX + field.name.upper()
-        for field in dataclasses.fields(PubSubSettings)
-        if field.init
-    }
+    known = {PubSubSettings.environment_variable(name) for name in PubSubSettings.model_fields}
     pubsub_vars = {k: v for k, v in environment(services["app"]).items() if k.startswith("PUBSUB_")}
     assert set(pubsub_vars) <= known
     PubSubSettings.from_env(pubsub_vars)  # valid values, not only valid names

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from redis.exceptions import RedisError
 
+from ..backends.redis.clients import RedisEndpoint
 from ..hub import PubSubHub
 from ..settings import PubSubSettings
 from ..websocket import BasePubSubWebSocket
@@ -77,19 +82,46 @@ def create_app(
     hub.settings.validate_channel_id(channel)
     backend = "redis" if hub.settings.redis_url else "in-memory"
     page = render_page(channel, backend)
-    app = FastAPI(title="fastapi-pubsub-cluster demo", lifespan=hub.lifespan)
+    # /healthz asks Redis itself (one small client of its own), so that a worker whose Redis
+    # is gone reports 503 and the orchestrator can tell.
+    endpoint = (
+        RedisEndpoint(hub.settings.redis_url, hub.settings, client_name="demo-healthz")
+        if hub.settings.redis_url
+        else None
+    )
+    probe = endpoint.command_client(max_connections=1) if endpoint is not None else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with hub.lifespan(app):
+            try:
+                yield
+            finally:
+                if endpoint is not None:
+                    await endpoint.aclose()
+
+    app = FastAPI(title="fastapi-pubsub-cluster demo", lifespan=lifespan)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
         return page
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {
+    async def healthz() -> JSONResponse:
+        body: dict[str, Any] = {
             "pid": os.getpid(),
             "backend": backend,
             "local_connections": hub.fanout.local_connection_count,
         }
+        if probe is not None:
+            try:
+                async with asyncio.timeout(hub.settings.redis_timeout):
+                    await probe.ping()
+            except (RedisError, OSError, TimeoutError) as exc:
+                body["redis"] = f"unreachable: {type(exc).__name__}"
+                return JSONResponse(body, status_code=503)
+            body["redis"] = "ok"
+        return JSONResponse(body)
 
     @app.websocket("/ws/{channel}")
     async def channel_socket(websocket: WebSocket, channel: str) -> None:

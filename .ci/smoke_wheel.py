@@ -1,0 +1,52 @@
+"""Run inside a fresh venv holding only the wheel (no extras): the default install works.
+
+Imports every module of the core (all but the server integrations that need an extra),
+then starts an in-memory hub, publishes and stops it; with REDIS_URL set, the same on Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import pkgutil
+import sys
+import uuid
+
+import fastapi_pubsub_cluster
+from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
+
+# Modules that need an extra by design: the uvicorn protocol ([uvicorn]) and the gunicorn
+# worker class ([gunicorn]).
+NEEDS_AN_EXTRA = {
+    "fastapi_pubsub_cluster.uvicorn_ws",
+    "fastapi_pubsub_cluster.gunicorn_worker",
+}
+
+
+def import_the_core() -> None:
+    prefix = fastapi_pubsub_cluster.__name__ + "."
+    for module in pkgutil.walk_packages(fastapi_pubsub_cluster.__path__, prefix):
+        if module.name not in NEEDS_AN_EXTRA:
+            importlib.import_module(module.name)
+
+
+async def publish_once(settings: PubSubSettings) -> None:
+    async with PubSubHub(settings=settings) as hub:
+        await hub.publish("smoke", {"hello": "world"})
+
+
+def main() -> int:
+    assert "site-packages" in fastapi_pubsub_cluster.__file__, fastapi_pubsub_cluster.__file__
+    import_the_core()
+    asyncio.run(publish_once(PubSubSettings()))
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        prefix = f"smoke-{uuid.uuid4().hex[:12]}"
+        asyncio.run(publish_once(PubSubSettings(redis_url=redis_url, key_prefix=prefix)))
+    print(f"wheel smoke test passed ({'memory and Redis' if redis_url else 'memory'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
