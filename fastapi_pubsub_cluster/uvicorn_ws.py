@@ -64,6 +64,10 @@ class DirectWriter:
         self.frames_written += 1
         return True
 
+    def abort(self) -> None:
+        """Drop the connection without flushing: uvicorn then reports a disconnect."""
+        self.protocol.transport.abort()
+
 
 class PubSubWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol, announcing a :class:`DirectWriter` in the

@@ -280,7 +280,8 @@ async def test_presence_comes_back_after_a_stalled_worker_was_reaped(
         # Its next heartbeat finds its record gone and registers its sockets again.
         await recv_until(watcher, lambda m: m == {"count": 3}, timeout=5)
         assert await admin.scard(keys.members("lapse")) == 3
-        assert await admin.exists(keys.heartbeat(stalled.backend.worker_id))
+        assert isinstance(stalled.backend, RedisBackend) and stalled.backend.instance
+        assert await admin.exists(keys.heartbeat(stalled.backend.instance))
         for ws in [*on_stalled, watcher]:
             await ws.close()
     await admin.aclose()

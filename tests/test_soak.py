@@ -54,7 +54,7 @@ async def test_churn_leaves_no_tasks_sockets_or_keys_behind(settings: PubSubSett
             prefix = settings.key_prefix
             keys = [k.decode() async for k in client.scan_iter(match=f"{prefix}:*")]
             layout = RedisKeys(prefix)
-            lasting = {layout.workers, layout.heartbeat(backend.worker_id)}
+            lasting = {layout.workers, layout.heartbeat(str(backend.instance)), layout.settings}
             for key in keys:
                 if key in lasting:
                     continue

@@ -22,6 +22,9 @@ DIRECT_WRITE_EXTENSION = "fastapi_pubsub_cluster.direct_write"
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
+# The warning that a stuck client cannot be cut off is given once per process.
+_ABORT_WARNED = False
+
 
 class SocketHooks(Protocol):
     """What the core calls on the application's socket object
@@ -52,6 +55,9 @@ class DirectWriter(Protocol):
 
     def try_write(self, frame: OutgoingFrame, *, text: bool) -> bool:
         """Write ``frame`` if the socket can take it now as is; False: use ASGI instead."""
+
+    def abort(self) -> None:
+        """Drop the connection at once, without waiting to flush what is buffered."""
 
 
 class ConnectionState(Enum):
@@ -279,7 +285,9 @@ class ClientConnection:
             self._suspended = None
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Close the socket with ``code``, waiting at most ``close_timeout`` for the client."""
+        """Close the socket with ``code`` within ``close_timeout``: with a close frame when
+        it can be written, else by aborting the connection (a client that stopped reading
+        leaves the server's buffers full, and a close frame would wait behind them)."""
         if self.state is not ConnectionState.EVICTED:
             self.state = ConnectionState.CLOSED
         self._outbox = None
@@ -287,9 +295,29 @@ class ClientConnection:
             return
         try:
             await asyncio.wait_for(self.websocket.close(code, reason), self._settings.close_timeout)
-        except (TimeoutError, RuntimeError, OSError) as exc:
-            # Already closed by the peer, or it stopped reading even the close frame.
+        except TimeoutError:  # before OSError, of which it is a subclass
+            self._abort(code)
+        except (RuntimeError, OSError) as exc:  # already closed by the peer
             logger.debug("close(%s) of %s did not complete: %r", code, self.id, exc)
+
+    def _abort(self, code: int) -> None:
+        if self._direct is not None:
+            logger.info(
+                "client %s did not take its close frame (%d); connection aborted", self.id, code
+            )
+            self._direct.abort()
+            return
+        global _ABORT_WARNED
+        if not _ABORT_WARNED:
+            _ABORT_WARNED = True
+            logger.warning(
+                "client %s did not take its close frame (%d) and this server offers no way to "
+                "abort its connection; serve with "
+                "--ws fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol "
+                "(or the gunicorn worker class PubSubUvicornWorker) to cut such clients off",
+                self.id,
+                code,
+            )
 
     async def _write_until_closed(self) -> None:
         try:

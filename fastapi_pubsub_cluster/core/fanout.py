@@ -316,8 +316,10 @@ class FanOut:
             except Exception as exc:
                 logger.warning("could not replay missed messages on %r: %r", channel, exc)
             self._regenerator.schedule(channel)
-        for hook in list(self._reconnect_hooks):
-            await self._run_hook(hook(), "reconnect hook")
+        # Concurrently: one slow hook must not hold up the others.
+        await asyncio.gather(
+            *(self._run_hook(h(), "reconnect hook") for h in self._reconnect_hooks)
+        )
         conns = [c for channel in channels for c in self.local_connections(channel)]
         if self.settings.close_clients_on_reconnect:
             reason = "pub/sub link was lost; reconnect to resync"

@@ -30,6 +30,7 @@ from ...errors import (
 from ...metrics import Metrics
 from ...settings import PubSubSettings
 from ...tasks import TaskSupervisor
+from . import announced
 from .clients import REDIS_DOWN, CommandClient, RedisEndpoint
 from .history import read_history
 from .keys import RedisKeys
@@ -134,6 +135,7 @@ class RedisBackend:
             worker_id=self.worker_id,
             publish_command=endpoint.publish_command,
             metrics=self.metrics,
+            local=sink,
         )
         links = Links(
             endpoint,
@@ -151,6 +153,7 @@ class RedisBackend:
         try:
             if isinstance(client, RedisCluster):
                 await client.initialize()
+            await announced.announce(client, self.keys, self.settings)
             await presence.beat()
             if not endpoint.is_cluster:
                 await links.open_main()
@@ -160,7 +163,7 @@ class RedisBackend:
                 f"cannot connect to Redis at {endpoint.safe_url}: {exc!r}"
             ) from exc
         self._started = started
-        self._tasks.spawn(presence.maintain_forever(self._repair), name="pubsub-redis-presence")
+        self._tasks.spawn(presence.keep_forever(), name="pubsub-redis-presence")
         logger.info("worker %s joined the cluster at %s", self.worker_id, endpoint.safe_url)
 
     async def stop(self) -> None:
@@ -169,7 +172,7 @@ class RedisBackend:
         if started is None:
             return
         try:
-            await started.presence.reap(self.worker_id, force=True)
+            await started.presence.leave_cluster()
         except REDIS_DOWN as exc:
             logger.warning("could not remove presence on shutdown (%r); peers will reap it", exc)
         await self._tasks.close()
@@ -227,10 +230,19 @@ class RedisBackend:
         except REDIS_DOWN as exc:
             raise HistoryError(f"cannot read history, Redis unavailable: {exc!r}") from exc
 
+    @property
+    def instance(self) -> str | None:
+        """Who owns this worker's presence entries now (its id and epoch); None if stopped."""
+        return self._started.presence.instance if self._started is not None else None
+
     async def reap(self, worker_id: str) -> int:
         """Remove the presence of ``worker_id`` now, even if its heartbeat lives (an
         operator's tool for a worker known to be gone); how many entries went."""
-        return await self._running().presence.reap(worker_id, force=True)
+        presence = self._running().presence
+        removed = 0
+        for instance in await presence.instances_of(worker_id):
+            removed += max(0, await presence.reap(instance, force=True))
+        return removed
 
     # -- subscriptions -----------------------------------------------------------------
 
@@ -280,14 +292,7 @@ class RedisBackend:
         started = self._running()
         channels = started.links.channels_on(link)
         await started.presence.beat()  # first: presence without a heartbeat is reaped
-        await started.presence.register_again(started.sink, channels)
+        await started.presence.settle(channels)
         for channel in channels:
             await self._load(started, channel)
         started.sink.receive(LinkRestored(tuple(channels)))
-
-    async def _repair(self) -> None:
-        """The heartbeat found this worker's presence lost: register it again."""
-        started = self._started
-        if started is not None and started.links.all_up and started.sink.local_channels():
-            logger.warning("presence of %s was lost; registering it again", self.worker_id)
-            await started.presence.register_again(started.sink, started.links.subscribed_channels())

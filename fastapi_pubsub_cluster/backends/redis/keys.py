@@ -19,9 +19,11 @@ class RedisKeys:
     ``<prefix>:{<id>}:seq``       counter of the channel's membership events
     ``<prefix>:{<id>}:topic``     (sharded) pub/sub topic carrying the channel's envelopes
     ``<prefix>:{<id>}:history``   stream of the channel's messages, if it keeps history
-    ``<prefix>:workers``          set of worker ids that hold presence
-    ``<prefix>:worker:{<w>}:alive``     heartbeat of worker ``w``, with a TTL
-    ``<prefix>:worker:{<w>}:channels``  channels worker ``w`` has held sockets in
+    ``<prefix>:{<id>}:stored``    ids of the publications stored lately (no double store)
+    ``<prefix>:settings``         what the workers announce (history) for outside publishers
+    ``<prefix>:workers``          set of worker instances that hold presence
+    ``<prefix>:worker:{<w>}:alive``     heartbeat of worker instance ``w``, with a TTL
+    ``<prefix>:worker:{<w>}:channels``  channels instance ``w`` has held sockets in
     """
 
     prefix: str
@@ -43,6 +45,13 @@ class RedisKeys:
 
     def history(self, channel: str) -> str:
         return self._channel_key(channel, "history")
+
+    def stored_ids(self, channel: str) -> str:
+        return self._channel_key(channel, "stored")
+
+    @property
+    def settings(self) -> str:
+        return f"{self.prefix}:settings"
 
     @property
     def workers(self) -> str:

@@ -1,10 +1,18 @@
-"""This worker's presence in Redis: its entries, its heartbeat, and reaping dead workers."""
+"""This worker's presence in Redis: its entries, its heartbeat, and reaping dead workers.
+
+Presence converges by design rather than by patching each failure path: every entry is
+owned by a worker *instance* (the worker's id and an epoch), and every heartbeat the worker
+reconciles its entries against its local truth. A channel whose state in Redis is in doubt
+(a command that failed or timed out, a lost link, a lost heartbeat) is reconciled at the
+next heartbeat; every channel is reconciled now and then regardless.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Iterable
 
 from redis.commands.core import AsyncScript
 
@@ -17,6 +25,11 @@ from .keys import RedisKeys
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
+#: Channels reconciled per heartbeat by the sweep that covers every channel in turn.
+SWEEP_CHANNELS_PER_BEAT = 64
+#: Heartbeats between the starts of two sweeps over every channel.
+BEATS_PER_SWEEP = 10
+
 
 def text(value: bytes | str) -> str:
     """A Redis reply as text."""
@@ -26,10 +39,13 @@ def text(value: bytes | str) -> str:
 class Presence:
     """Registers this worker's connections, keeps its heartbeat, reaps dead workers.
 
-    Each local connection is a member of its channel's set with this worker recorded as
-    its owner; the channels this worker holds sockets in are listed under its own key. A
-    heartbeat key with a TTL tells live workers apart from dead ones, whose entries a
+    Each local connection is a member of its channel's set, owned by this worker's current
+    instance; the channels the instance holds sockets in are listed under its own key. A
+    heartbeat key with a TTL tells live instances apart from dead ones, whose entries a
     live worker claims (atomically, so only one does) and removes, announcing each leave.
+    A worker that finds its own instance claimed (it stalled past its TTL) moves to a new
+    epoch, so that a reaper still busy with the old instance cannot remove what the new
+    one registers.
     """
 
     def __init__(
@@ -41,6 +57,7 @@ class Presence:
         worker_id: str,
         publish_command: str,
         metrics: Metrics,
+        local: FanOutSink,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -48,28 +65,56 @@ class Presence:
         self._worker_id = worker_id
         self._publish_command = publish_command
         self._metrics = metrics
+        self._local = local
         self._join = client.register_script(scripts.JOIN)
         self._leave = client.register_script(scripts.LEAVE)
+        self._reconcile = client.register_script(scripts.RECONCILE)
         self._reap_channel = client.register_script(scripts.REAP_CHANNEL)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
         self._claim = client.register_script(scripts.CLAIM)
+        self._epoch = 1
+        self._beating = False
         self._recorded_channels: set[str] = set()
-        # Leaves that failed (Redis unreachable), retried until they land.
-        self._unannounced_leaves: dict[str, str] = {}
+        # Channels whose entries in Redis are in doubt, reconciled at the next heartbeat.
+        self._in_doubt: set[str] = set()
+        # Earlier instances of this worker, reaped once nothing is in doubt.
+        self._retired: list[str] = []
+        self._sweep: deque[str] = deque()
+        self._beats_since_sweep = BEATS_PER_SWEEP
+
+    @property
+    def instance(self) -> str:
+        """Who owns this worker's entries now: its id and its epoch."""
+        return f"{self._worker_id}#{self._epoch}"
+
+    @property
+    def in_doubt(self) -> frozenset[str]:
+        """Channels to reconcile at the next heartbeat."""
+        return frozenset(self._in_doubt)
+
+    def doubt(self, channels: Iterable[str]) -> None:
+        """Reconcile ``channels`` at the next heartbeat."""
+        self._in_doubt.update(channels)
 
     # -- entries -----------------------------------------------------------------------
 
     async def register(self, channel: str, connection_id: str, *, notify: bool) -> None:
-        """Add a connection to its channel and announce it (once)."""
-        await self._membership_script(self._join, channel, connection_id, notify)
+        """Add a connection to its channel and announce it (once). Raises if Redis does not
+        answer; the channel is then reconciled at the next heartbeat (the join may have run)."""
+        try:
+            await self._membership_script(self._join, channel, connection_id, notify)
+        except REDIS_DOWN:
+            self._in_doubt.add(channel)
+            raise
 
     async def unregister(self, channel: str, connection_id: str, *, notify: bool) -> None:
-        """Remove a connection and announce it; if Redis does not answer, it is retried."""
+        """Remove a connection and announce it; if Redis does not answer, the next
+        heartbeat reconciles the channel (and so removes it)."""
         try:
             await self._membership_script(self._leave, channel, connection_id, notify)
         except REDIS_DOWN as exc:
-            self._unannounced_leaves[connection_id] = channel
-            logger.warning("leave of %s not recorded yet (%r); retrying later", connection_id, exc)
+            self._in_doubt.add(channel)
+            logger.warning("leave of %s not recorded yet (%r); retrying", connection_id, exc)
 
     async def _membership_script(
         self, script: AsyncScript, channel: str, connection_id: str, notify: bool
@@ -81,7 +126,7 @@ class Presence:
                 self._publish_command,
                 keys.topic(channel),
                 channel,
-                self._worker_id,
+                self.instance,
                 connection_id,
                 "1" if notify else "0",
                 scripts.SEQ_IDLE_TTL_MS,
@@ -100,44 +145,139 @@ class Presence:
         return frozenset(text(m) for m in await self._client.smembers(self._keys.members(channel)))
 
     async def record_channel(self, channel: str) -> None:
-        """Note, under this worker's own key, that it holds sockets in ``channel``, so that
-        a peer can find them if this worker dies."""
-        await self._client.sadd(self._keys.worker_channels(self._worker_id), channel)
+        """Note, under this instance's own key, that it holds sockets in ``channel``, so
+        that a peer can find them if this worker dies."""
+        await self._client.sadd(self._keys.worker_channels(self.instance), channel)
         self._recorded_channels.add(channel)
 
     async def forget_channel(self, channel: str) -> None:
         """This worker holds no socket in ``channel`` any more."""
         self._recorded_channels.discard(channel)
-        await self._client.srem(self._keys.worker_channels(self._worker_id), channel)
+        await self._client.srem(self._keys.worker_channels(self.instance), channel)
 
-    async def register_again(self, local: FanOutSink, channels: list[str]) -> None:
-        """(Re-)register the local connections of ``channels``; retry leaves that failed."""
-        for connection_id, channel in list(self._unannounced_leaves.items()):
-            await self._membership_script(self._leave, channel, connection_id, True)
-            self._unannounced_leaves.pop(connection_id, None)
-        for channel in channels:
+    # -- reconciliation ----------------------------------------------------------------
+
+    async def reconcile(self, channel: str) -> int:
+        """Make this worker's entries in ``channel`` match its live connections there;
+        how many entries changed (each announced)."""
+        live = list(self._local.local_members(channel))
+        if live and channel not in self._recorded_channels:
             await self.record_channel(channel)
-            for connection_id in list(local.local_members(channel)):
-                await self.register(channel, connection_id, notify=True)
+        keys = self._keys
+        changed = await self._reconcile(
+            keys=[keys.members(channel), keys.seq(channel), keys.owners(channel)],
+            args=[
+                self._publish_command,
+                keys.topic(channel),
+                channel,
+                self.instance,
+                f"{self._worker_id}#",
+                scripts.SEQ_IDLE_TTL_MS,
+                *live,
+            ],
+        )
+        if changed:
+            logger.info(
+                "reconciled %d presence entries of %s in %r", changed, self.instance, channel
+            )
+        return int(changed)
+
+    async def reconcile_in_doubt(self) -> None:
+        """Reconcile every channel in doubt; those Redis does not answer for stay in doubt."""
+        await self.settle(list(self._in_doubt))
+
+    async def settle(self, channels: Iterable[str]) -> None:
+        """Reconcile ``channels`` now; raises (leaving the rest in doubt) if Redis does not
+        answer."""
+        for channel in channels:
+            self._in_doubt.add(channel)
+            await self.reconcile(channel)
+            self._in_doubt.discard(channel)
+
+    async def _sweep_some(self) -> None:
+        """Reconcile a few more channels of the sweep that covers every channel in turn."""
+        if not self._sweep:
+            self._beats_since_sweep += 1
+            if self._beats_since_sweep < BEATS_PER_SWEEP:
+                return
+            self._beats_since_sweep = 0
+            self._sweep.extend(self._local.local_channels())
+        for _ in range(min(SWEEP_CHANNELS_PER_BEAT, len(self._sweep))):
+            await self.reconcile(self._sweep[0])
+            self._sweep.popleft()
 
     # -- heartbeat and reaping ---------------------------------------------------------
 
-    async def beat(self) -> bool:
-        """Renew the heartbeat; True if this worker's presence may have been lost meanwhile
-        (its heartbeat had expired, or a peer claimed its channel record)."""
+    async def beat(self) -> None:
+        """Renew the heartbeat. If this instance was claimed meanwhile (it stalled past its
+        TTL, or Redis lost its keys), move to a new epoch and doubt every channel."""
+        if await self._renew() and self._beating:
+            retired = self.instance
+            self._epoch += 1
+            self._retired.append(retired)
+            self._recorded_channels.clear()
+            self._in_doubt.update(self._local.local_channels())
+            logger.warning(
+                "presence of %s was lost (stalled past its TTL, or Redis lost it); "
+                "registering it again as %s",
+                retired,
+                self.instance,
+            )
+            await self._renew()
+        self._beating = True
+
+    async def _renew(self) -> bool:
+        """Write the heartbeat; True if it had expired or the channel record was claimed."""
         ttl_ms = int(self._settings.heartbeat_ttl * 1000)
+        instance = self.instance
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(self._keys.heartbeat(self._worker_id), "1", px=ttl_ms, get=True)
-            pipe.sadd(self._keys.workers, self._worker_id)
-            pipe.exists(self._keys.worker_channels(self._worker_id))
+            pipe.set(self._keys.heartbeat(instance), "1", px=ttl_ms, get=True)
+            pipe.sadd(self._keys.workers, instance)
+            pipe.exists(self._keys.worker_channels(instance))
             previous, _, recorded = await pipe.execute()
         return previous is None or bool(self._recorded_channels and not recorded)
 
+    async def keep(self) -> None:
+        """One heartbeat's work: beat, settle what is in doubt, sweep, reap."""
+        await self.beat()
+        await self.reconcile_in_doubt()
+        await self._sweep_some()
+        while self._retired and not self._in_doubt:
+            # What an earlier instance still owns is not live (or was given to this one).
+            await self.reap(self._retired[0], force=True)
+            self._retired.pop(0)
+        await self.reap_dead_workers()
+
+    async def keep_forever(self) -> None:
+        """:meth:`keep` every third of the TTL. Supervised: any failure is logged (and
+        counted unless it is Redis not answering), and the loop goes on."""
+        interval = self._settings.heartbeat_ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.keep()
+            except REDIS_DOWN as exc:
+                logger.warning("heartbeat failed (%r); retrying in %.1fs", exc, interval)
+            except Exception:
+                logger.exception("presence maintenance failed; going on")
+                self._metrics.loop_restarted("presence")
+
+    async def leave_cluster(self) -> None:
+        """Remove everything this worker registered, under every instance it had."""
+        for instance in [*self._retired, self.instance]:
+            await self.reap(instance, force=True)
+        self._retired.clear()
+
+    async def instances_of(self, worker_id: str) -> list[str]:
+        """The instances of ``worker_id`` that the cluster lists."""
+        workers = [text(w) for w in await self._client.smembers(self._keys.workers)]
+        return [w for w in workers if w.startswith(f"{worker_id}#")]
+
     async def reap_dead_workers(self) -> None:
-        """Remove the presence of every worker whose heartbeat expired."""
+        """Remove the presence of every worker instance whose heartbeat expired."""
         client = self._client
         workers = [text(w) for w in await client.smembers(self._keys.workers)]
-        others = [w for w in workers if w != self._worker_id]
+        others = [w for w in workers if w != self.instance and w not in self._retired]
         if not others:
             return
         async with client.pipeline(transaction=False) as pipe:
@@ -150,17 +290,16 @@ class Presence:
                 if removed >= 0:
                     logger.warning("reaped %d connections of dead worker %s", removed, worker)
 
-    async def reap(self, worker_id: str, *, force: bool = False) -> int:
-        """Remove a worker's presence from every channel it held; -1 if it turned out alive
-        (``force`` removes it all the same: a worker's own shutdown).
+    async def reap(self, instance: str, *, force: bool = False) -> int:
+        """Remove what a worker instance registered, in every channel it held; -1 if it
+        turned out alive (``force`` removes it all the same: a worker's own shutdown).
 
-        The claim is atomic on the worker's own slot, the per-channel removals are not (they
-        live on other slots). A worker that was only stalled finds its channel record gone
-        at its next heartbeat and registers again.
+        The claim is atomic on the instance's own slot; the per-channel removals are not
+        (they live on other slots), and remove only entries the claimed instance owns.
         """
         keys = self._keys
         channels = await self._claim(
-            keys=[keys.heartbeat(worker_id), keys.worker_channels(worker_id)],
+            keys=[keys.heartbeat(instance), keys.worker_channels(instance)],
             args=["1" if force else "0"],
         )
         if channels is None:
@@ -175,33 +314,11 @@ class Presence:
                         self._publish_command,
                         keys.topic(channel),
                         channel,
-                        self._worker_id,
-                        worker_id,
+                        self.instance,
+                        instance,
                         scripts.SEQ_IDLE_TTL_MS,
                     ],
                 )
             )
-        await self._client.srem(keys.workers, worker_id)
+        await self._client.srem(keys.workers, instance)
         return removed
-
-    async def forget_unannounced(self) -> None:
-        """Drop pending leave retries (this worker's whole presence was removed)."""
-        self._unannounced_leaves.clear()
-
-    async def maintain_forever(self, repair: Callable[[], Awaitable[None]]) -> None:
-        """Beat and reap every third of the TTL; ``repair()`` when presence was lost.
-
-        Supervised: any failure is logged and counted, and the loop goes on.
-        """
-        interval = self._settings.heartbeat_ttl / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if await self.beat():
-                    await repair()
-                await self.reap_dead_workers()
-            except REDIS_DOWN as exc:
-                logger.warning("heartbeat failed (%r); retrying in %.1fs", exc, interval)
-            except Exception:
-                logger.exception("presence maintenance failed; going on")
-                self._metrics.loop_restarted("presence")

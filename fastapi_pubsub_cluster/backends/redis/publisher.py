@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from types import TracebackType
 from typing import Any
 
+from ...errors import PublishError
 from ...settings import PubSubSettings
-from .clients import RedisEndpoint
+from . import announced
+from .clients import REDIS_DOWN, RedisEndpoint
 from .credentials import RedisCredentialsLike, redis_url_from
+from .keys import RedisKeys
 from .publishing import PublishPath
 
 _ORIGIN = f"publisher-{socket.gethostname()}-{os.getpid()}"
+#: Seconds a publisher trusts what it read of the workers' settings before reading again.
+FOLLOW_INTERVAL = 30.0
 
 
 class RedisPublisher:
@@ -25,7 +31,8 @@ class RedisPublisher:
             await publisher.publish("news", {"headline": "..."})
 
     Use the same ``key_prefix`` (settings) as the web app. It publishes exactly as a
-    worker does (same encoding, same store script, same time limit).
+    worker does (same encoding, same store script, same time limit), and decides which
+    channels keep history as the workers announced it in Redis.
     """
 
     def __init__(
@@ -33,12 +40,24 @@ class RedisPublisher:
     ) -> None:
         self.settings = settings if settings is not None else PubSubSettings.from_env()
         self._endpoint = RedisEndpoint(redis_url_from(redis_url), self.settings, client_name=None)
-        client = self._endpoint.command_client(max_connections=4)
-        self._path = PublishPath(self._endpoint, client, self.settings, origin=_ORIGIN)
+        self._client = self._endpoint.command_client(max_connections=4)
+        self._path: PublishPath | None = None
+        self._followed_at = 0.0
 
     async def publish(self, channel: str, payload: Any) -> int:
         """Publish ``payload``; returns how many workers received it."""
-        return await self._path.publish(channel, payload)
+        return await (await self._publish_path()).publish(channel, payload)
+
+    async def _publish_path(self) -> PublishPath:
+        if self._path is None or time.monotonic() - self._followed_at > FOLLOW_INTERVAL:
+            keys = RedisKeys(self.settings.key_prefix)
+            try:
+                cluster = await announced.follow(self._client, keys, self.settings)
+            except REDIS_DOWN as exc:
+                raise PublishError(f"cannot read the cluster's settings: {exc!r}") from exc
+            self._path = PublishPath(self._endpoint, self._client, cluster, origin=_ORIGIN)
+            self._followed_at = time.monotonic()
+        return self._path
 
     async def aclose(self) -> None:
         """Close the Redis connections."""

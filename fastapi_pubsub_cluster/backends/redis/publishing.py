@@ -25,13 +25,17 @@ from .keys import RedisKeys
 
 @dataclass(frozen=True, slots=True)
 class Publication:
-    """A PUBLISH of ``data`` on ``topic``, or, for a channel with history (``stream_key``
-    set), the store script with ``script_args``: append to the stream and announce."""
+    """A PUBLISH of ``data`` on ``topic``, or, for a channel with history (``script_keys``
+    set), the store script with ``script_args``: append to the stream and announce.
+
+    Either carries a publication id, so that a retry (a command that timed out may have
+    run) is neither stored nor delivered twice.
+    """
 
     channel: str
     topic: str
     data: bytes
-    stream_key: str | None = None
+    script_keys: tuple[str, ...] = ()
     script_args: tuple[str | bytes | int, ...] = ()
 
 
@@ -60,9 +64,10 @@ class PublishPath:
         settings = self._settings
         settings.validate_channel_id(channel)
         topic = self._keys.topic(channel)
+        publication_id = uuid.uuid4().hex
         if not settings.has_history(channel):
             envelope = Envelope(
-                EventKind.MESSAGE, channel, self._origin, uuid.uuid4().hex, 0, payload, time.time()
+                EventKind.MESSAGE, channel, self._origin, publication_id, 0, payload, time.time()
             )
             data = encode_envelope(envelope)
             settings.check_message_size(len(data))
@@ -77,20 +82,23 @@ class PublishPath:
             settings.history_size,
             int(settings.history_ttl * 1000),
             packed_timestamp(time.time()),
+            publication_id,
+            scripts.STORED_IDS_WINDOW_MS,
         )
-        return Publication(channel, topic, data, self._keys.history(channel), args)
+        keys = (self._keys.history(channel), self._keys.stored_ids(channel))
+        return Publication(channel, topic, data, keys, args)
 
     async def send(self, publication: Publication) -> int:
         """Hand ``publication`` to Redis; how many workers heard it. Raises
         :class:`~fastapi_pubsub_cluster.errors.PublishError` within the time limit."""
         try:
             async with asyncio.timeout(self._settings.redis_timeout * 2):
-                if publication.stream_key is None:
+                if not publication.script_keys:
                     return await self._endpoint.publish_raw(
                         self._client, publication.topic, publication.data
                     )
                 _, receivers = await self._store(
-                    keys=[publication.stream_key], args=publication.script_args
+                    keys=publication.script_keys, args=publication.script_args
                 )
                 return int(receivers)
         except REDIS_DOWN as exc:

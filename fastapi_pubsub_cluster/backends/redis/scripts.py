@@ -10,18 +10,27 @@ A channel's sequence counter must not restart while any worker may still hold a 
 the channel, so it is not deleted when the channel empties: it gets a long TTL instead
 (``SEQ_IDLE_TTL_MS``), which the next join removes. Idle channels leave nothing forever.
 
+Every entry records its owner: the worker *instance* that registered it (the worker's id
+and an epoch, which a worker bumps when it finds a peer claimed its presence), so that a
+reaper removes only what the instance it claimed had registered, never a newer entry.
+
 Envelopes are msgpack arrays ``[1, kind, channel, origin, ref, seq, payload, sent_at]``
 (see ``codec.Envelope``).
 """
 
 SEQ_IDLE_TTL_MS = 3_600_000
+#: Milliseconds a channel remembers the ids of the publications it stored, so that a
+#: store retried after a timeout (the first attempt may have run) is not stored twice.
+STORED_IDS_WINDOW_MS = 300_000
 
 # KEYS: members set, seq counter, owners hash
-# ARGV: publish command, topic, channel, origin worker, connection id, notify ("1"/"0"),
+# ARGV: publish command, topic, channel, owner instance, connection id, notify ("1"/"0"),
 #       idle TTL in ms
+# A join is announced even when the connection is a member already (a reconciliation
+# registered it first, or a retry ran twice): every join is an event its socket waits on.
 JOIN = """
-if redis.call('SADD', KEYS[1], ARGV[5]) == 0 then return 0 end
 redis.call('HSET', KEYS[3], ARGV[5], ARGV[4])
+redis.call('SADD', KEYS[1], ARGV[5])
 local seq = redis.call('INCR', KEYS[2])
 redis.call('PERSIST', KEYS[2])
 redis.call(ARGV[1], ARGV[2],
@@ -40,9 +49,9 @@ redis.call(ARGV[1], ARGV[2],
 return seq
 """
 
-# Removes every connection that ``dead worker`` holds in one channel, announcing each.
+# Removes every connection that a dead worker instance holds in one channel, announcing each.
 # KEYS: members set, seq counter, owners hash
-# ARGV: publish command, topic, channel, reaping worker, dead worker, idle TTL in ms
+# ARGV: publish command, topic, channel, reaping worker, dead instance, idle TTL in ms
 REAP_CHANNEL = """
 local owners = redis.call('HGETALL', KEYS[3])
 local removed = 0
@@ -70,11 +79,19 @@ SNAPSHOT = """
 return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2])}
 """
 
-# Stores a message in the channel's stream and announces it with the id it got, in one step.
-# KEYS: the channel's stream
+# Stores a message in the channel's stream and announces it with the id it got, in one step;
+# a publication id stored within the window before is not stored or announced again.
+# KEYS: the channel's stream, the channel's recently stored publication ids (sorted set)
 # ARGV: publish command, topic, envelope head (see codec.stored_envelope_head), payload
-#       msgpack bytes, approximate length to keep, TTL in ms, msgpack of the publish time
+#       msgpack bytes, approximate length to keep, TTL in ms, msgpack of the publish time,
+#       publication id, window in ms
 STORE = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - tonumber(ARGV[9]))
+if redis.call('ZSCORE', KEYS[2], ARGV[8]) then return {false, 0} end
+redis.call('ZADD', KEYS[2], now_ms, ARGV[8])
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'p', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 local receivers = redis.call(ARGV[1], ARGV[2],
@@ -91,4 +108,41 @@ if ARGV[1] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local channels = redis.call('SMEMBERS', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
 return channels
+"""
+
+# Makes a channel's entries owned by one worker match its live connections: removes (and
+# announces) entries of any of its instances that are not live, adds (and announces) live
+# ones that are missing, and gives every live one to the current instance.
+# KEYS: members set, seq counter, owners hash
+# ARGV: publish command, topic, channel, current instance, the worker's instance prefix,
+#       idle TTL in ms, then the live connection ids
+RECONCILE = """
+local prefix = ARGV[5]
+local live = {}
+for i = 7, #ARGV do live[ARGV[i]] = true end
+local changed = 0
+local function announce(kind, conn)
+  local seq = redis.call('INCR', KEYS[2])
+  redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, kind, ARGV[3], ARGV[4], conn, seq, true, 0}))
+  changed = changed + 1
+end
+local owners = redis.call('HGETALL', KEYS[3])
+for i = 1, #owners, 2 do
+  local conn, owner = owners[i], owners[i + 1]
+  if not live[conn] and string.sub(owner, 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[3], conn)
+    if redis.call('SREM', KEYS[1], conn) == 1 then announce('l', conn) end
+  end
+end
+for i = 7, #ARGV do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[4])
+  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
+    redis.call('PERSIST', KEYS[2])
+    announce('j', ARGV[i])
+  end
+end
+if changed > 0 and redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+end
+return changed
 """
