@@ -12,6 +12,7 @@ from .codec import (
     EventKind,
     encode_envelope,
     encode_payload,
+    envelope_overhead,
     packed_timestamp,
     stored_envelope_head,
 )
@@ -48,7 +49,7 @@ def prepare_publication(
             EventKind.MESSAGE, channel, origin, uuid.uuid4().hex, 0, payload, time.time()
         )
         data = encode_envelope(envelope)
-        settings.check_message_size(len(data))
+        settings.check_message_size(len(data) - envelope_overhead(envelope))
         return Publication(topic, data)
     data = encode_payload(payload)
     settings.check_message_size(len(data))

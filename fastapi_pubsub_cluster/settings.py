@@ -117,7 +117,9 @@ class PubSubSettings:
     @staticmethod
     def validate_stream_id(stream_id: str) -> str:
         """Return a resume position ``<ms>-<seq>`` if well formed, else raise."""
-        if _STREAM_ID.fullmatch(stream_id) is None:
+        if _STREAM_ID.fullmatch(stream_id) is None or any(
+            int(part) > 2**64 - 1 for part in stream_id.split("-")
+        ):
             raise InvalidChannelError(f"resume position {stream_id[:40]!r} is not a stream id")
         return stream_id
 

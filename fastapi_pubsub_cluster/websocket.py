@@ -11,12 +11,23 @@ from starlette.websockets import WebSocket, WebSocketState
 from .codec import OutgoingFrame, decode_client_binary, decode_client_text
 from .connection import ClientConnection
 from .credentials import RedisCredentialsLike, redis_url_from
-from .errors import CloseCode, InvalidChannelError, MalformedMessageError, PubSubError
+from .errors import (
+    CloseCode,
+    InvalidChannelError,
+    MalformedMessageError,
+    MessageTooLargeError,
+    PubSubError,
+)
 from .hub import APP_STATE_ATTRIBUTE, PubSubHub, implicit_hub
 from .managers.base import ConnectionManager
 from .settings import WireFormat
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
+
+_CONTENT_CLOSE_CODES = {
+    MalformedMessageError: CloseCode.INVALID_PAYLOAD,
+    MessageTooLargeError: CloseCode.MESSAGE_TOO_BIG,
+}
 
 
 class BasePubSubWebSocket:
@@ -229,6 +240,12 @@ class BasePubSubWebSocket:
                 return CloseCode.INVALID_PAYLOAD
             try:
                 await self.on_message(data)
+            except (MalformedMessageError, MessageTooLargeError) as exc:
+                # What the client sent cannot be relayed: its fault, not the server's.
+                code = _CONTENT_CLOSE_CODES[type(exc)]
+                logger.info("client %s: its message could not be published: %s", connection.id, exc)
+                await connection.close(code, _reason(str(exc)))
+                return code
             except Exception:
                 logger.exception("on_message failed for client %s", connection.id)
                 await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
