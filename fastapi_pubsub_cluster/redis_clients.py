@@ -16,6 +16,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from .errors import ConfigurationError
+from .redaction import redact_url
 from .settings import PubSubSettings
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -66,7 +67,7 @@ def _hosts(netloc: str, default_port: int, url: str) -> tuple[str, str, list[tup
         try:
             addresses.append((host or host_port, int(port) if port else default_port))
         except ValueError as exc:
-            raise ConfigurationError(f"bad address {host_port!r} in {url!r}") from exc
+            raise ConfigurationError(f"bad address {host_port!r} in {redact_url(url)!r}") from exc
     return unquote(username), unquote(password), addresses
 
 
@@ -74,7 +75,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     """Parse a Sentinel URL; raises :class:`ConfigurationError` when it cannot be used."""
     parts = urlsplit(url)
     if parts.scheme not in SENTINEL_SCHEMES:
-        raise ConfigurationError(f"not a Sentinel URL: {url!r}")
+        raise ConfigurationError(f"not a Sentinel URL: {redact_url(url)!r}")
     username, password, sentinels = _hosts(parts.netloc, DEFAULT_SENTINEL_PORT, url)
     path = [p for p in parts.path.split("/") if p]
     if not sentinels or not path:
@@ -85,7 +86,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     try:
         db = int(path[1]) if len(path) > 1 else 0
     except ValueError as exc:
-        raise ConfigurationError(f"bad database number in {url!r}") from exc
+        raise ConfigurationError(f"bad database number in {redact_url(url)!r}") from exc
     query = parse_qs(parts.query)
     return SentinelTarget(
         sentinels=tuple(sentinels),
@@ -122,7 +123,7 @@ class RedisEndpoint:
             parts = urlsplit(url)
             username, password, nodes = _hosts(parts.netloc, DEFAULT_REDIS_PORT, url)
             if not nodes:
-                raise ConfigurationError(f"Redis Cluster URL names no node: {url!r}")
+                raise ConfigurationError(f"Redis Cluster URL names no node: {redact_url(url)!r}")
             self._cluster_nodes = nodes
             self._cluster_auth: dict[str, Any] = {
                 "username": username or None,

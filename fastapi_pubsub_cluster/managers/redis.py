@@ -23,6 +23,7 @@ from ..errors import ConfigurationError, MalformedMessageError, PublishError
 from ..keys import RedisKeys
 from ..metrics import Metrics
 from ..publication import prepare_publication
+from ..redaction import redact_url
 from ..redis_clients import CommandClient, RedisEndpoint
 from ..settings import PubSubSettings
 from . import _scripts
@@ -164,8 +165,7 @@ class RedisConnectionManager(ConnectionManager):
     @property
     def _safe_url(self) -> str:
         # Never log a password.
-        head, sep, tail = self.redis_url.rpartition("@")
-        return f"{head.split('://')[0]}://***@{tail}" if sep else self.redis_url
+        return redact_url(self.redis_url)
 
     def _client(self) -> CommandClient:
         if self._redis is None:
