@@ -41,6 +41,9 @@ class Metrics:
     def deaf_link_detected(self) -> None:
         """A probe found the pub/sub link connected but not receiving."""
 
+    def inbound_limited(self) -> None:
+        """A client went over its inbound message or byte rate (closed or message dropped)."""
+
 
 class PrometheusMetrics(Metrics):
     """Prometheus metrics (needs ``pip install fastapi-pubsub-cluster[metrics]``).
@@ -77,6 +80,9 @@ class PrometheusMetrics(Metrics):
         )
         self._reconnects = Counter("redis_reconnects", "Redis link re-established", **options)
         self._deaf = Counter("redis_deaf_links", "Pub/sub links found deaf by a probe", **options)
+        self._inbound_limited = Counter(
+            "inbound_limited", "Client messages over the inbound rate limits", **options
+        )
         self._latency = Histogram(
             "publish_to_deliver_seconds",
             "From publish (publisher's clock) to hand-off to this worker's sockets",
@@ -108,6 +114,9 @@ class PrometheusMetrics(Metrics):
 
     def deaf_link_detected(self) -> None:
         self._deaf.inc()
+
+    def inbound_limited(self) -> None:
+        self._inbound_limited.inc()
 
     def asgi_app(self) -> Any:
         """An ASGI app serving these metrics in the Prometheus text format."""

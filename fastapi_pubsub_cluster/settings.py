@@ -12,6 +12,7 @@ from typing import Literal
 from .errors import ConfigurationError, InvalidChannelError, MessageTooLargeError
 
 SlowClientPolicy = Literal["disconnect", "drop_oldest"]
+InboundRatePolicy = Literal["disconnect", "drop"]
 WireFormat = Literal["json", "msgpack"]
 
 ENV_PREFIX = "PUBSUB_"
@@ -68,6 +69,14 @@ class PubSubSettings:
     history_size: int = 1000
     #: Seconds a channel's history lives after its last message.
     history_ttl: float = 86400.0
+    #: Origins whose pages may open sockets (``https://app.example.com``, ``https://*.example.com``,
+    #: ``*``); empty: same origin only. Requests without an Origin header are always allowed.
+    allowed_origins: tuple[str, ...] = ()
+    #: Messages and bytes per second one client may send (bursts of 2 s); 0 is unlimited.
+    inbound_messages_per_second: float = 50.0
+    inbound_bytes_per_second: int = 1048576
+    #: Over those rates: ``"disconnect"`` closes the client with 1008; ``"drop"`` drops its message.
+    inbound_rate_policy: InboundRatePolicy = "disconnect"
     _channel_regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
     _history_regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
@@ -88,6 +97,10 @@ class PubSubSettings:
             raise ConfigurationError("reconnect_delay_max must be >= reconnect_delay_initial")
         if self.slow_client_policy not in ("disconnect", "drop_oldest"):
             raise ConfigurationError(f"unknown slow_client_policy {self.slow_client_policy!r}")
+        if self.inbound_rate_policy not in ("disconnect", "drop"):
+            raise ConfigurationError(f"unknown inbound_rate_policy {self.inbound_rate_policy!r}")
+        if self.inbound_messages_per_second < 0 or self.inbound_bytes_per_second < 0:
+            raise ConfigurationError("inbound rates must be >= 0 (0 is unlimited)")
         if self.wire_format not in ("json", "msgpack"):
             raise ConfigurationError(f"unknown wire_format {self.wire_format!r}")
         if not self.key_prefix:
@@ -178,6 +191,8 @@ def _parse(name: str, raw: str, default: object) -> object:
             return int(raw)
         if isinstance(default, float):
             return float(raw)
+        if isinstance(default, tuple):
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
     except ValueError as exc:
         raise ConfigurationError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
     return raw or None if name == "redis_url" else raw

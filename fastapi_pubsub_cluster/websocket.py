@@ -19,7 +19,9 @@ from .errors import (
     PubSubError,
 )
 from .hub import APP_STATE_ATTRIBUTE, PubSubHub, implicit_hub
+from .limits import InboundLimiter
 from .managers.base import ConnectionManager
+from .origins import origin_allowed
 from .settings import WireFormat
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -160,6 +162,11 @@ class BasePubSubWebSocket:
         telling the channel.
         """
         settings = self.hub.settings
+        headers = self.websocket.headers
+        if not origin_allowed(headers.get("origin"), headers.get("host"), settings.allowed_origins):
+            logger.info("refused a socket from origin %r", headers.get("origin", "")[:100])
+            await self.websocket.close()  # before accept: the client gets HTTP 403
+            return
         try:
             settings.validate_channel_id(self.channel_id)
             if self.resume_from is not None:
@@ -216,7 +223,11 @@ class BasePubSubWebSocket:
         await self.close(CloseCode.POLICY_VIOLATION, reason)
 
     async def _read_until_disconnect(self, connection: ClientConnection) -> int:
-        limit = self.hub.settings.max_message_bytes
+        settings = self.hub.settings
+        limit = settings.max_message_bytes
+        inbound = InboundLimiter(
+            settings.inbound_messages_per_second, settings.inbound_bytes_per_second, limit
+        )
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -228,6 +239,15 @@ class BasePubSubWebSocket:
                 logger.info("client %s sent %d bytes (limit %d)", connection.id, size, limit)
                 await connection.close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes")
                 return CloseCode.MESSAGE_TOO_BIG
+            if not inbound.admit(size):
+                self.connection_manager.metrics.inbound_limited()
+                if settings.inbound_rate_policy == "drop":
+                    if inbound.limited == 1:  # once per client: a flood must not flood the log
+                        logger.info("client %s over its inbound rate: dropping", connection.id)
+                    continue
+                logger.info("client %s over its inbound rate: closing", connection.id)
+                await connection.close(CloseCode.POLICY_VIOLATION, "sending too fast")
+                return CloseCode.POLICY_VIOLATION
             try:
                 data = (
                     decode_client_text(text)
