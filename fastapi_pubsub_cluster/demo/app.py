@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import HTMLResponse
 
+from ..http_errors import add_exception_handlers
 from ..hub import PubSubHub
 from ..settings import PubSubSettings
 from ..websocket import BasePubSubWebSocket
@@ -78,6 +79,7 @@ def create_app(
     backend = "redis" if hub.settings.redis_url else "in-memory"
     page = render_page(channel, backend)
     app = FastAPI(title="fastapi-pubsub-cluster demo", lifespan=hub.lifespan)
+    add_exception_handlers(app)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
