@@ -72,6 +72,8 @@ def create_app(
     """Build the demo app.
 
     Settings default to the ``PUBSUB_*`` environment, the channel to ``PUBSUB_DEMO_CHANNEL``.
+    The page is served by the app itself, so the default ``allowed_origins`` (same origin
+    only) admits it; ``PUBSUB_ALLOWED_ORIGINS`` admits pages served elsewhere.
     """
     hub = PubSubHub(settings=settings)
     channel = default_channel or os.environ.get(DEMO_CHANNEL_ENV) or DEFAULT_CHANNEL
