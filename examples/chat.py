@@ -5,7 +5,8 @@ A cluster: PUBSUB_REDIS_URL=redis://localhost:6379/0 uvicorn examples.chat:app -
 
 Clients connect to ``/ws/{room}?name=alice`` and send ``{"text": "..."}``; every client of the
 room receives ``{"from": "alice", "text": "..."}``, and ``{"online": N}`` whenever someone
-joins or leaves. ``POST /rooms/{room}/announce`` with ``{"text": "..."}`` reaches them too.
+joins or leaves. ``POST /rooms/{room}/announce`` with ``{"text": "..."}`` reaches them too
+(422 for an invalid room name, 503 while Redis is unavailable).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from fastapi import FastAPI, WebSocket
 from pydantic import BaseModel, Field
 
 from fastapi_pubsub_cluster import BasePubSubWebSocket, PubSubHub
+from fastapi_pubsub_cluster.http_errors import add_exception_handlers
 
 hub = PubSubHub()  # PUBSUB_REDIS_URL and the other PUBSUB_* variables configure it
 app = FastAPI(lifespan=hub.lifespan)
+add_exception_handlers(app)  # bad room: 422; Redis down: 503
 
 
 class ChatMember(BasePubSubWebSocket):

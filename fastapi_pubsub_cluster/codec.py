@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from .errors import MalformedMessageError
 
 ENVELOPE_VERSION = 1
+
+#: Deepest nesting of arrays and objects accepted in a client frame (JSON or msgpack).
+MAX_NESTING_DEPTH = 64
+#: Integers a client may send: what msgpack (and so every worker) can carry.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 class EventKind(StrEnum):
@@ -48,31 +54,41 @@ class Envelope:
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
-    """Pack an envelope; raises :class:`MalformedMessageError` for payloads msgpack cannot hold."""
+    """Pack an envelope; raises :class:`MalformedMessageError` for payloads msgpack cannot
+    hold and for floats JSON cannot carry (NaN, infinities)."""
+    payload = encode_payload(envelope.payload)
+    # The same bytes as packing the eight-item array at once (fixarray 8, then each item).
+    return b"".join((*_envelope_parts(envelope), payload, _packed(envelope.sent_at)))
+
+
+def envelope_overhead(envelope: Envelope) -> int:
+    """Bytes an encoded envelope adds to its payload's: size limits apply to the payload."""
+    return sum(map(len, _envelope_parts(envelope))) + len(_packed(envelope.sent_at))
+
+
+def _envelope_parts(envelope: Envelope) -> list[bytes]:
+    head = (ENVELOPE_VERSION, envelope.kind.value, envelope.channel, envelope.origin)
     try:
-        return msgpack.packb(
-            [
-                ENVELOPE_VERSION,
-                envelope.kind.value,
-                envelope.channel,
-                envelope.origin,
-                envelope.ref,
-                envelope.seq,
-                envelope.payload,
-                envelope.sent_at,
-            ],
-            use_bin_type=True,
-        )
+        return [b"\x98", *map(_packed, (*head, envelope.ref, envelope.seq))]
     except (TypeError, ValueError, OverflowError) as exc:
-        raise MalformedMessageError(f"payload cannot be encoded with msgpack: {exc}") from exc
+        raise MalformedMessageError(f"envelope cannot be encoded with msgpack: {exc}") from exc
+
+
+def _packed(item: Any) -> bytes:
+    return cast(bytes, msgpack.packb(item, use_bin_type=True))
 
 
 def encode_payload(payload: Any) -> bytes:
-    """msgpack bytes of a payload; MalformedMessageError if msgpack cannot hold it."""
+    """msgpack bytes of a payload; MalformedMessageError if msgpack cannot hold it or it
+    holds a float JSON cannot carry (NaN, infinities), so that no client ever gets one."""
     try:
-        return msgpack.packb(payload, use_bin_type=True)
+        data = cast(bytes, msgpack.packb(payload, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise MalformedMessageError(f"payload cannot be encoded with msgpack: {exc}") from exc
+    # Without a float64 marker byte there is no float at all: skip the walk.
+    if b"\xcb" in data and not _all_finite(payload):
+        raise MalformedMessageError("payload holds NaN or an infinity, which JSON cannot carry")
+    return data
 
 
 def stored_envelope_head(channel: str, origin: str) -> bytes:
@@ -82,7 +98,7 @@ def stored_envelope_head(channel: str, origin: str) -> bytes:
     script that stores the message, so that the id it announces is the id it stored.
     """
     head = b"".join(
-        msgpack.packb(item, use_bin_type=True)
+        cast(bytes, msgpack.packb(item, use_bin_type=True))
         for item in (ENVELOPE_VERSION, EventKind.STORED.value, channel, origin)
     )
     return b"\x98" + head  # fixarray of 8
@@ -90,7 +106,7 @@ def stored_envelope_head(channel: str, origin: str) -> bytes:
 
 def packed_timestamp(seconds: float) -> bytes:
     """``sent_at`` as msgpack bytes, for the store script to append."""
-    return msgpack.packb(float(seconds))
+    return cast(bytes, msgpack.packb(float(seconds)))
 
 
 def decode_stored(fields: dict[Any, Any]) -> Any:
@@ -163,7 +179,7 @@ class OutgoingFrame:
         """The payload as msgpack (encoded on first use)."""
         if self._binary is None:
             try:
-                self._binary = msgpack.packb(self.payload, use_bin_type=True)
+                self._binary = cast(bytes, msgpack.packb(self.payload, use_bin_type=True))
             except (TypeError, ValueError, OverflowError) as exc:
                 raise MalformedMessageError(
                     f"payload cannot be encoded with msgpack: {exc}"
@@ -172,27 +188,105 @@ class OutgoingFrame:
 
 
 def encode_json(payload: Any) -> str:
-    """Compact JSON; bytes inside the payload are not JSON and raise MalformedMessageError."""
+    """Strict compact JSON: bytes, NaN and infinities are not JSON (browsers' ``JSON.parse``
+    rejects them) and raise MalformedMessageError, as does nesting too deep to encode."""
     try:
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise MalformedMessageError(f"payload cannot be encoded as JSON: {exc}") from exc
 
 
 def decode_client_text(text: str) -> Any:
-    """Parse a client's text frame as JSON."""
+    """Parse a client's text frame as strict JSON: no NaN or infinities, integers that fit
+    64 bits, nesting at most :data:`MAX_NESTING_DEPTH` deep; else MalformedMessageError."""
+    # Nesting cannot exceed the number of opening brackets: most frames skip the walk.
+    may_nest = text.count("[") + text.count("{") > MAX_NESTING_DEPTH
     try:
-        return json.loads(text)
+        data = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int
+        )
+    except RecursionError as exc:
+        raise MalformedMessageError("text frame is nested too deeply") from exc
     except ValueError as exc:
         raise MalformedMessageError(f"text frame is not valid JSON: {exc}") from exc
+    if may_nest:
+        _check_depth(data)
+    return data
 
 
 def decode_client_binary(data: bytes) -> Any:
-    """Parse a client's binary frame as msgpack."""
+    """Parse a client's binary frame as msgpack, to the same rules as text frames (no NaN
+    or infinities, no extension types, nesting at most :data:`MAX_NESTING_DEPTH` deep)."""
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+        decoded = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_reject_ext)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
         raise MalformedMessageError(f"binary frame is not valid msgpack: {exc}") from exc
+    # Container headers and float markers are bytes in known ranges: most frames hold too
+    # few of them to need the walk.
+    if len(data.translate(None, _NOT_CONTAINER_HEADERS)) > MAX_NESTING_DEPTH:
+        _check_depth(decoded)
+    if (b"\xcb" in data or b"\xca" in data) and not _all_finite(decoded):
+        raise MalformedMessageError("binary frame holds NaN or an infinity")
+    return decoded
+
+
+_CONTAINER_HEADERS = {*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF}
+_NOT_CONTAINER_HEADERS = bytes(b for b in range(256) if b not in _CONTAINER_HEADERS)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"number {literal[:20]}... is out of range")
+    return value
+
+
+def _bounded_int(literal: str) -> int:
+    value = int(literal)
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise ValueError(f"integer {literal[:20]}... does not fit 64 bits")
+    return value
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not accepted")
+
+
+def _check_depth(value: Any) -> None:
+    """MalformedMessageError if ``value`` nests deeper than MAX_NESTING_DEPTH (iterative:
+    the depth checked is the attacker's, so no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, list | dict):
+                if depth >= MAX_NESTING_DEPTH:
+                    raise MalformedMessageError(
+                        f"frame nests deeper than {MAX_NESTING_DEPTH} levels"
+                    )
+                stack.append((child, depth + 1))
+    return None
+
+
+def _all_finite(value: Any) -> bool:
+    """False if ``value`` holds NaN or an infinity anywhere (keys included)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
 
 
 def stored_message_frame(stream_id: str, payload: Any) -> OutgoingFrame:

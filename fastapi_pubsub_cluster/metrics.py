@@ -51,6 +51,9 @@ class Metrics:
     def loop_restarted(self, loop: str) -> None:
         """A background loop (``loop`` names it) failed unexpectedly and was restarted."""
 
+    def inbound_limited(self) -> None:
+        """A client went over its inbound message or byte rate (closed or message dropped)."""
+
 
 class PrometheusMetrics(Metrics):
     """Prometheus metrics (needs ``pip install fastapi-pubsub-cluster[metrics]``).
@@ -102,6 +105,9 @@ class PrometheusMetrics(Metrics):
             "Background loops restarted after an unexpected failure",
             ["loop"],
             **options,
+        )
+        self._inbound_limited = Counter(
+            "inbound_limited", "Client messages over the inbound rate limits", **options
         )
         self._latency = Histogram(
             "publish_to_deliver_seconds",
@@ -156,6 +162,9 @@ class PrometheusMetrics(Metrics):
 
     def loop_restarted(self, loop: str) -> None:
         self._restarts.labels(loop=loop).inc()
+
+    def inbound_limited(self) -> None:
+        self._inbound_limited.inc()
 
     def asgi_app(self) -> Any:
         """An ASGI app serving these metrics in the Prometheus text format; in multiprocess

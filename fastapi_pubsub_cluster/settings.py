@@ -32,8 +32,8 @@ from pydantic_settings import (
 from .errors import ConfigurationError, InvalidChannelError, MessageTooLargeError
 
 SlowClientPolicy = Literal["disconnect", "drop_oldest"]
-WireFormat = Literal["json", "msgpack"]
 InboundRatePolicy = Literal["disconnect", "drop"]
+WireFormat = Literal["json", "msgpack"]
 
 ENV_PREFIX = "PUBSUB_"
 #: Variables under this prefix belong to the demo app, not to the library.
@@ -109,8 +109,10 @@ class PubSubSettings(BaseSettings):
     history_size: int = 1000
     #: Seconds a channel's history lives after its last message.
     history_ttl: float = 86400.0
-    #: Origins (``https://example.com``) whose pages may open a websocket, besides the
-    #: app's own; comma-separated in the environment. Empty: same origin only.
+    #: Origins whose pages may open a websocket besides the app's own: exact
+    #: (``https://app.example.com``), patterns (``https://*.example.com``) or ``*``;
+    #: comma-separated in the environment. Empty: same origin only. Handshakes without an
+    #: Origin header (non-browser clients) are always allowed.
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
     #: Messages per second one client may send (averaged over a short burst); 0: unlimited.
     inbound_messages_per_second: float = 50.0
@@ -208,8 +210,11 @@ class PubSubSettings(BaseSettings):
     @classmethod
     def _origins_are_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for origin in value:
-            if _ORIGIN.fullmatch(origin) is None:
-                raise ValueError(f"{origin!r} is not an origin like https://example.com")
+            if origin != "*" and _ORIGIN.fullmatch(origin) is None:
+                raise ValueError(
+                    f"{origin!r} is not an origin like https://example.com, a pattern like "
+                    "https://*.example.com, or *"
+                )
         return value
 
     def has_history(self, channel_id: str) -> bool:
@@ -228,7 +233,9 @@ class PubSubSettings(BaseSettings):
     @staticmethod
     def validate_stream_id(stream_id: str) -> str:
         """Return a resume position ``<ms>-<seq>`` if well formed, else raise."""
-        if _STREAM_ID.fullmatch(stream_id) is None:
+        if _STREAM_ID.fullmatch(stream_id) is None or any(
+            int(part) > 2**64 - 1 for part in stream_id.split("-")
+        ):
             raise InvalidChannelError(f"resume position {stream_id[:40]!r} is not a stream id")
         return stream_id
 

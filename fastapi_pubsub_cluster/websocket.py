@@ -12,11 +12,24 @@ from .backends.redis import RedisCredentialsLike, redis_url_from
 from .codec import OutgoingFrame, decode_client_binary, decode_client_text
 from .core.client import ClientConnection, ConnectionState
 from .core.fanout import FanOut
-from .errors import CloseCode, InvalidChannelError, MalformedMessageError, PubSubError
+from .errors import (
+    CloseCode,
+    InvalidChannelError,
+    MalformedMessageError,
+    MessageTooLargeError,
+    PubSubError,
+)
 from .hub import APP_STATE_ATTRIBUTE, PubSubHub, implicit_hub
+from .limits import InboundLimiter
+from .origins import origin_allowed
 from .settings import WireFormat
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
+
+_CONTENT_CLOSE_CODES = {
+    MalformedMessageError: CloseCode.INVALID_PAYLOAD,
+    MessageTooLargeError: CloseCode.MESSAGE_TOO_BIG,
+}
 
 
 class BasePubSubWebSocket:
@@ -150,6 +163,11 @@ class BasePubSubWebSocket:
         telling the channel.
         """
         settings = self.hub.settings
+        headers = self.websocket.headers
+        if not origin_allowed(headers.get("origin"), headers.get("host"), settings.allowed_origins):
+            logger.info("refused a socket from origin %r", headers.get("origin", "")[:100])
+            await self.websocket.close()  # before accept: the client gets HTTP 403
+            return
         try:
             settings.validate_channel_id(self.channel_id)
             if self.resume_from is not None:
@@ -201,7 +219,11 @@ class BasePubSubWebSocket:
         await self.close(CloseCode.POLICY_VIOLATION, reason)
 
     async def _read_until_disconnect(self, connection: ClientConnection) -> int:
-        limit = self.hub.settings.max_message_bytes
+        settings = self.hub.settings
+        limit = settings.max_message_bytes
+        inbound = InboundLimiter(
+            settings.inbound_messages_per_second, settings.inbound_bytes_per_second, limit
+        )
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -213,6 +235,15 @@ class BasePubSubWebSocket:
                 logger.info("client %s sent %d bytes (limit %d)", connection.id, size, limit)
                 await connection.close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes")
                 return CloseCode.MESSAGE_TOO_BIG
+            if not inbound.admit(size):
+                self.connection_manager.metrics.inbound_limited()
+                if settings.inbound_rate_policy == "drop":
+                    if inbound.limited == 1:  # once per client: a flood must not flood the log
+                        logger.info("client %s over its inbound rate: dropping", connection.id)
+                    continue
+                logger.info("client %s over its inbound rate: closing", connection.id)
+                await connection.close(CloseCode.POLICY_VIOLATION, "sending too fast")
+                return CloseCode.POLICY_VIOLATION
             try:
                 data = (
                     decode_client_text(text)
@@ -225,6 +256,12 @@ class BasePubSubWebSocket:
                 return CloseCode.INVALID_PAYLOAD
             try:
                 await self.on_message(data)
+            except (MalformedMessageError, MessageTooLargeError) as exc:
+                # What the client sent cannot be relayed: its fault, not the server's.
+                code = _CONTENT_CLOSE_CODES[type(exc)]
+                logger.info("client %s: its message could not be published: %s", connection.id, exc)
+                await connection.close(code, _reason(str(exc)))
+                return code
             except Exception:
                 logger.exception("on_message failed for client %s", connection.id)
                 await connection.close(CloseCode.INTERNAL_ERROR, "internal error")

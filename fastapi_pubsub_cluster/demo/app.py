@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from redis.exceptions import RedisError
 
 from ..backends.redis.clients import RedisEndpoint
+from ..http_errors import add_exception_handlers
 from ..hub import PubSubHub
 from ..settings import PubSubSettings
 from ..websocket import BasePubSubWebSocket
@@ -76,6 +77,8 @@ def create_app(
     """Build the demo app.
 
     Settings default to the ``PUBSUB_*`` environment, the channel to ``PUBSUB_DEMO_CHANNEL``.
+    The page is served by the app itself, so the default ``allowed_origins`` (same origin
+    only) admits it; ``PUBSUB_ALLOWED_ORIGINS`` admits pages served elsewhere.
     """
     hub = PubSubHub(settings=settings)
     channel = default_channel or os.environ.get(DEMO_CHANNEL_ENV) or DEFAULT_CHANNEL
@@ -101,6 +104,7 @@ def create_app(
                     await endpoint.aclose()
 
     app = FastAPI(title="fastapi-pubsub-cluster demo", lifespan=lifespan)
+    add_exception_handlers(app)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:

@@ -151,16 +151,19 @@ class RedisBackend:
         publisher = PublishPath(endpoint, client, self.settings, origin=self.worker_id)
         started = _Started(endpoint, client, presence, publisher, links, sink)
         try:
-            if isinstance(client, RedisCluster):
-                await client.initialize()
-            await announced.announce(client, self.keys, self.settings)
-            await presence.beat()
-            if not endpoint.is_cluster:
-                await links.open_main()
+            # Bounded as a whole: retries (and Sentinel's discovery) must not stretch an
+            # unreachable Redis into a startup that hangs.
+            async with asyncio.timeout(self.settings.redis_timeout * 3):
+                if isinstance(client, RedisCluster):
+                    await client.initialize()
+                await announced.announce(client, self.keys, self.settings)
+                await presence.beat()
+                if not endpoint.is_cluster:
+                    await links.open_main()
         except REDIS_DOWN as exc:
             await self._close(started)
             raise BackendUnavailableError(
-                f"cannot connect to Redis at {endpoint.safe_url}: {exc!r}"
+                f"cannot connect to Redis at {endpoint.safe_url} (PUBSUB_REDIS_URL): {exc!r}"
             ) from exc
         self._started = started
         self._tasks.spawn(presence.keep_forever(), name="pubsub-redis-presence")

@@ -1,7 +1,7 @@
 """redis-py clients built from one URL: ``redis://``, ``rediss://``, ``unix://``, Sentinel
 (``redis+sentinel://``) or Redis Cluster (``redis+cluster://host:port[,host:port...]``).
 
-This is the one place that knows the URL schemes and decides "cluster or single Redis"."""
+This is the one place that decides "cluster or single Redis" from a URL."""
 
 from __future__ import annotations
 
@@ -19,13 +19,12 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from ...errors import ConfigurationError
+from ...redaction import redact_url
 from ...settings import PubSubSettings
 
-PLAIN_SCHEMES = ("redis", "rediss", "unix")
+# Every scheme the library takes is in redaction.URL_SCHEMES (which masks their secrets).
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
-#: Every URL scheme the library takes.
-URL_SCHEMES = (*PLAIN_SCHEMES, *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 DEFAULT_SENTINEL_PORT = 26379
 DEFAULT_REDIS_PORT = 6379
 COMMAND_RETRIES = 3
@@ -75,7 +74,7 @@ def _hosts(netloc: str, default_port: int, url: str) -> tuple[str, str, list[tup
         try:
             addresses.append((host or host_port, int(port) if port else default_port))
         except ValueError as exc:
-            raise ConfigurationError(f"bad address {host_port!r} in {url!r}") from exc
+            raise ConfigurationError(f"bad address {host_port!r} in {redact_url(url)!r}") from exc
     return unquote(username), unquote(password), addresses
 
 
@@ -83,7 +82,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     """Parse a Sentinel URL; raises :class:`ConfigurationError` when it cannot be used."""
     parts = urlsplit(url)
     if parts.scheme not in SENTINEL_SCHEMES:
-        raise ConfigurationError(f"not a Sentinel URL: {url!r}")
+        raise ConfigurationError(f"not a Sentinel URL: {redact_url(url)!r}")
     username, password, sentinels = _hosts(parts.netloc, DEFAULT_SENTINEL_PORT, url)
     path = [p for p in parts.path.split("/") if p]
     if not sentinels or not path:
@@ -94,7 +93,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     try:
         db = int(path[1]) if len(path) > 1 else 0
     except ValueError as exc:
-        raise ConfigurationError(f"bad database number in {url!r}") from exc
+        raise ConfigurationError(f"bad database number in {redact_url(url)!r}") from exc
     query = parse_qs(parts.query)
     return SentinelTarget(
         sentinels=tuple(sentinels),
@@ -134,7 +133,7 @@ class RedisEndpoint:
             parts = urlsplit(url)
             username, password, nodes = _hosts(parts.netloc, DEFAULT_REDIS_PORT, url)
             if not nodes:
-                raise ConfigurationError(f"Redis Cluster URL names no node: {url!r}")
+                raise ConfigurationError(f"Redis Cluster URL names no node: {redact_url(url)!r}")
             self._cluster_nodes = nodes
             self._cluster_auth: dict[str, Any] = {
                 "username": username or None,
@@ -238,9 +237,3 @@ class RedisEndpoint:
             for sentinel_client in self._sentinel.sentinels:
                 with contextlib.suppress(RedisError, OSError):
                     await sentinel_client.aclose()
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password masked."""
-    head, sep, tail = url.rpartition("@")
-    return f"{head.split('://')[0]}://***@{tail}" if sep else url

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from ...errors import ConfigurationError
-from .clients import URL_SCHEMES, redact_url
+from ...redaction import URL_SCHEMES, redact_url
 
 _URL_PREFIXES = tuple(f"{scheme}://" for scheme in URL_SCHEMES)
 

@@ -13,6 +13,7 @@ from ...codec import (
     EventKind,
     encode_envelope,
     encode_payload,
+    envelope_overhead,
     packed_timestamp,
     stored_envelope_head,
 )
@@ -70,7 +71,8 @@ class PublishPath:
                 EventKind.MESSAGE, channel, self._origin, publication_id, 0, payload, time.time()
             )
             data = encode_envelope(envelope)
-            settings.check_message_size(len(data))
+            # The limit applies to the payload, not to the envelope around it.
+            settings.check_message_size(len(data) - envelope_overhead(envelope))
             return Publication(channel, topic, data)
         data = encode_payload(payload)
         settings.check_message_size(len(data))
