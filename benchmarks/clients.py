@@ -89,11 +89,17 @@ class ClientProcess:
             await self._close_all()
 
     def _on_command(self) -> None:
+        # The event loop made the pipe non-blocking to watch it; a large command (a long
+        # connect list) arrives in pieces, so read it whole in blocking mode.
+        fd = self.pipe.fileno()
+        os.set_blocking(fd, True)
         try:
             command, argument = self.pipe.recv()
         except EOFError:
             self.stopped.set()
             return
+        finally:
+            os.set_blocking(fd, False)
         handlers: dict[str, Callable[[Any], None]] = {
             "connect": self._start_connecting,
             "count": lambda _: self._reply(self._counts()),
