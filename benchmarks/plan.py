@@ -64,7 +64,12 @@ class Plan:
     #: Scenario (g) ``publish``: one worker, N concurrent callers publishing for a while.
     publish_callers: int = 200
     publish_seconds: float = 3.0
-    publish_systems: tuple[str, ...] = ("ours", "redis-py-pool", "broadcaster")
+    publish_systems: tuple[str, ...] = (
+        "ours",
+        "redis-py-pool",
+        "redis-py-blocking-pool",
+        "broadcaster",
+    )
     #: Scenarios this plan runs only when asked for by name (``--scenario``).
     explicit_only: tuple[str, ...] = ()
 

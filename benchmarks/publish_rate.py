@@ -6,6 +6,7 @@ Run in its own process by the suite (``--scenario publish``), or by hand::
 
 Systems: ``ours`` (``hub.publish`` of a started Redis hub, as a route would call it),
 ``redis-py-pool`` (a bare ``redis.asyncio`` client and its default pool, ``PUBLISH``),
+``redis-py-blocking-pool`` (the same with a blocking pool of 200 connections),
 ``broadcaster`` (``Broadcast.publish``). Prints one JSON line: publications per second,
 failed calls (and the first error), CPU seconds of this process per publication.
 """
@@ -35,10 +36,16 @@ async def publisher(system: str, redis_url: str, prefix: str) -> AsyncIterator[P
         hub = PubSubHub(settings=PubSubSettings(redis_url=redis_url, key_prefix=prefix))
         async with hub:
             yield hub.publish
-    elif system == "redis-py-pool":
+    elif system in ("redis-py-pool", "redis-py-blocking-pool"):
         import redis.asyncio as aioredis
 
-        client = aioredis.Redis.from_url(redis_url)
+        if system == "redis-py-pool":
+            client = aioredis.Redis.from_url(redis_url)  # its default pool, as users do
+        else:
+            # A pool as large as the callers, waiting for a free connection (never failing
+            # for want of one): the fastest plain redis-py can be here.
+            pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=200)
+            client = aioredis.Redis(connection_pool=pool)
         try:
 
             async def publish(channel: str, payload: dict[str, Any]) -> Any:
