@@ -136,7 +136,8 @@ REGIMES: tuple[tuple[str, str, str, str, tuple[str, ...], str], ...] = (
         "publish-",
         "publish_per_s",
         "ours",
-        ("redis-py-pool", "broadcaster"),
+        # Only peers that complete every call: a failing pool's rate is not a throughput.
+        ("redis-py-blocking-pool", "redis-py-pool", "broadcaster"),
         "≥2",
     ),
 )
@@ -378,7 +379,11 @@ def regime_table(report: dict[str, Any]) -> tuple[str, list[str], list[list[str]
                 continue
             rows = report["summary"][scenario]
             mine = rows.get(ours, {}).get(key)
-            theirs = [rows[f][key] for f in floors if rows.get(f, {}).get(key) is not None]
+            theirs = [
+                rows[f][key]
+                for f in floors
+                if rows.get(f, {}).get(key) is not None and not rows[f].get("publish_failed")
+            ]
             if mine is None or not theirs:
                 continue
             # Higher is better for a rate, lower for a cost: compare with the best floor.
