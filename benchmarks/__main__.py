@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from benchmarks.environment import library_revision, machine, package_versions
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.progress import ProgressDisplay
+from benchmarks.publish_rate import measure_publish_rate
 from benchmarks.redis_server import BenchRedis, bench_cluster, bench_redis
 from benchmarks.report import build_report, print_report, write_report
 from benchmarks.scenarios import (
@@ -43,6 +44,7 @@ from benchmarks.scenarios import (
     Values,
     measure_channels,
     measure_cluster,
+    measure_deflate,
     measure_fanout,
     measure_history,
     measure_idle,
@@ -63,7 +65,7 @@ NOTES = (
     "Repeats are interleaved (every configuration once, then again) so drift hits all alike; "
     "±N% after a figure is half the max-min spread of the repeats when it exceeds 7%.",
 )
-SCENARIOS = ("fanout", "channels", "idle", "cluster", "history")
+SCENARIOS = ("fanout", "channels", "idle", "cluster", "history", "deflate", "publish")
 CLUSTER_NOTES = (
     "cluster: the same channels workload with 2 uvicorn workers on one Redis and on a "
     "3-master Redis Cluster (SSUBSCRIBE/SPUBLISH, channels spread over the shards by hash "
@@ -166,6 +168,24 @@ def build_steps(
             for name in plan.history_targets
             if wanted(name, "history")
         ]
+        for share in plan.deflate_shares:
+            kind = "deflate" if share >= 1.0 else f"deflate{round(share * 100)}pct"
+            steps += [
+                Step(
+                    f"{kind}-{plan.deflate_subscribers}-{payload}",
+                    name,
+                    repeat,
+                    _deflate(plan, redis, name, payload, share),
+                )
+                for payload in plan.deflate_payloads
+                for name in plan.deflate_targets
+                if wanted(name, "deflate")
+            ]
+        steps += [
+            Step(f"publish-{plan.publish_callers}", system, repeat, _publish(plan, redis, system))
+            for system in plan.publish_systems
+            if wanted_scenario(plan, "publish", scenarios) and (not only or system in only)
+        ]
         if repeat < plan.idle_repeats:
             steps += [
                 Step(f"idle-{size}", name, repeat, _idle(redis, name, size))
@@ -211,6 +231,25 @@ def _history(plan: Plan, redis: BenchRedis, name: str) -> Callable[[], Awaitable
         steady_seconds=plan.steady_seconds,
         light_seconds=plan.light_seconds,
         stored_messages=plan.history_stored_messages,
+    )
+
+
+def _deflate(
+    plan: Plan, redis: BenchRedis, name: str, payload: str, share: float
+) -> Callable[[], Awaitable[Values]]:
+    return lambda: measure_deflate(
+        by_name(name),
+        redis,
+        plan.deflate_subscribers,
+        payload=payload,
+        deflate_share=share,
+        deliveries=plan.deflate_deliveries,
+    )
+
+
+def _publish(plan: Plan, redis: BenchRedis, system: str) -> Callable[[], Awaitable[Values]]:
+    return lambda: measure_publish_rate(
+        system, redis.url, plan.publish_callers, plan.publish_seconds
     )
 
 
@@ -299,7 +338,8 @@ def main() -> None:
     parser.add_argument("--step-timeout", type=float, default=600.0)
     arguments = parser.parse_args()
     for name in arguments.only:
-        by_name(name)  # fail early on a typo
+        if name not in FULL.publish_systems:
+            by_name(name)  # fail early on a typo
     raise_open_files_limit()
     plan = QUICK if arguments.quick else FULL
     asyncio.run(run(plan, set(arguments.only), set(arguments.scenario), arguments.step_timeout))

@@ -28,6 +28,7 @@ class Counts:
     last_receipt_us: int
     heard_from: int
     open: int
+    wire_bytes: int = 0
 
 
 @dataclass
@@ -68,8 +69,9 @@ class ClientPool:
             raise ClientError(f"a client process did not answer within {timeout:.0f}s")
         return pipe.recv()
 
-    async def connect(self, targets: list[tuple[str, str]]) -> int:
-        """Open one connection per ``(url, channel)``, spread over the processes."""
+    async def connect(self, targets: list[tuple[str, str, bool]]) -> int:
+        """Open one connection per ``(url, channel, offers deflate)``, spread over the
+        processes."""
         shares = [targets[i :: len(self._pipes)] for i in range(len(self._pipes))]
         # Slow handshakes (engine.io, JSON-RPC) at 10,000 sockets take minutes.
         timeout = max(PIPE_TIMEOUT, len(targets) / CONNECTS_PER_SECOND_AT_WORST)
@@ -92,6 +94,7 @@ class ClientPool:
             last_receipt_us=max(r["last_receipt_us"] for r in replies),
             heard_from=sum(r["heard_from"] for r in replies),
             open=sum(r["open"] for r in replies),
+            wire_bytes=sum(r["wire_bytes"] for r in replies),
         )
 
     async def collect(self, reset: bool = True) -> Collected:
@@ -102,6 +105,7 @@ class ClientPool:
             last_receipt_us=max(r["last_receipt_us"] for r in replies),
             heard_from=sum(r["heard_from"] for r in replies),
             open=sum(r["open"] for r in replies),
+            wire_bytes=sum(r["wire_bytes"] for r in replies),
             latencies_us=[x for r in replies for x in r["latencies_us"]],
         )
 

@@ -48,6 +48,17 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+class WireCounting(ClientConnection):
+    """A client connection that counts the bytes it receives from the network (frames as
+    sent, compressed or not, headers included)."""
+
+    wire_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        WireCounting.wire_bytes += len(data)
+        super().data_received(data)
+
+
 @dataclass
 class Tally:
     """What this process's sockets received since the last reset."""
@@ -89,11 +100,17 @@ class ClientProcess:
             await self._close_all()
 
     def _on_command(self) -> None:
+        # The event loop made the pipe non-blocking to watch it; a large command (a long
+        # connect list) arrives in pieces, so read it whole in blocking mode.
+        fd = self.pipe.fileno()
+        os.set_blocking(fd, True)
         try:
             command, argument = self.pipe.recv()
         except EOFError:
             self.stopped.set()
             return
+        finally:
+            os.set_blocking(fd, False)
         handlers: dict[str, Callable[[Any], None]] = {
             "connect": self._start_connecting,
             "count": lambda _: self._reply(self._counts()),
@@ -118,6 +135,7 @@ class ClientProcess:
             "last_receipt_us": self.tally.last_receipt_us,
             "heard_from": len(self.tally.heard_from),
             "open": sum(1 for ws in self.sockets if ws.close_code is None),
+            "wire_bytes": WireCounting.wire_bytes,
         }
 
     def _collect(self, reset: Any) -> None:
@@ -125,29 +143,33 @@ class ClientProcess:
         self._reply(report)
         if reset:
             self.tally = Tally()
+            WireCounting.wire_bytes = 0
 
     def _start_connecting(self, targets: Any) -> None:
         task = asyncio.get_running_loop().create_task(self._connect_all(targets))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _connect_all(self, targets: list[tuple[str, str]]) -> None:
+    async def _connect_all(self, targets: list[tuple[str, str, bool]]) -> None:
         semaphore = asyncio.Semaphore(CONNECT_CONCURRENCY)
         failures_before = len(self.failures)
 
-        async def one(url: str, channel: str) -> None:
+        async def one(url: str, channel: str, deflate: bool) -> None:
             async with semaphore:
-                await self._connect(url, channel)
+                await self._connect(url, channel, deflate)
 
-        await asyncio.gather(*(one(url, channel) for url, channel in targets))
+        await asyncio.gather(*(one(url, channel, deflate) for url, channel, deflate in targets))
         self.pipe.send({"open": len(self.sockets), "failures": self.failures[failures_before:][:5]})
 
-    async def _connect(self, url: str, channel: str) -> None:
+    async def _connect(self, url: str, channel: str, deflate: bool) -> None:
         for attempt in range(CONNECT_ATTEMPTS):
             try:
                 ws = await websockets.connect(
                     url,
-                    compression=None,
+                    # "deflate" offers "permessage-deflate; client_max_window_bits", as
+                    # Chromium and Node's ws do.
+                    compression="deflate" if deflate else None,
+                    create_connection=WireCounting,
                     max_size=None,
                     ping_interval=None,
                     open_timeout=HANDSHAKE_TIMEOUT,

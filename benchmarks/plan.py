@@ -8,6 +8,8 @@ from benchmarks.targets import ALL_TARGETS
 
 EVERYONE = tuple(target.name for target in ALL_TARGETS)
 SINGLE_PROCESS = tuple(t.name for t in ALL_TARGETS if t.workers == 1)
+#: The many-channels regime with 2 workers: ours (ASGI, direct) and the hand-written floor.
+MANY_CHANNELS_2W = ("ours-redis-2w", "ours-redis-2w-direct", "redis-py-loop-2w")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,30 @@ class Plan:
     history_targets: tuple[str, ...] = ("ours-redis-1w", "ours-redis-history-1w")
     history_burst_messages: int = 100
     history_stored_messages: int = 1000
+    #: Scenario (f) ``deflate``: clients offering permessage-deflate, one channel of N:
+    #: targets, payloads (``scenarios.PAYLOADS``), shares of compressing clients
+    #: (1.0: all; 0.5: beside as many uncompressed ones), deliveries per burst.
+    deflate_subscribers: int = 1000
+    deflate_targets: tuple[str, ...] = (
+        "ours-redis-2w-direct",
+        "ours-redis-2w-direct-per-socket",
+        "ours-redis-2w-direct-off",
+        "ours-redis-2w",
+        "websockets",
+        "websockets-deflate",
+    )
+    deflate_payloads: tuple[str, ...] = ("100B", "10KB")
+    deflate_shares: tuple[float, ...] = (1.0, 0.5)
+    deflate_deliveries: int = 30_000
+    #: Scenario (g) ``publish``: one worker, N concurrent callers publishing for a while.
+    publish_callers: int = 200
+    publish_seconds: float = 3.0
+    publish_systems: tuple[str, ...] = (
+        "ours",
+        "redis-py-pool",
+        "redis-py-blocking-pool",
+        "broadcaster",
+    )
     #: Scenarios this plan runs only when asked for by name (``--scenario``).
     explicit_only: tuple[str, ...] = ()
 
@@ -60,7 +86,7 @@ QUICK = Plan(
     steady_seconds=1.0,
     light_seconds=1.5,
     channel_layout=(50, 5),
-    channel_targets=("ours-memory", "ours-redis-1w", "websockets"),
+    channel_targets=("ours-memory", "ours-redis-1w", "websockets", *MANY_CHANNELS_2W),
     channel_messages=300,
     idle_sizes=(),
     idle_targets=(),
@@ -72,6 +98,10 @@ QUICK = Plan(
     history_subscribers=500,
     history_burst_messages=40,
     history_stored_messages=1000,
+    deflate_subscribers=500,
+    deflate_shares=(1.0,),
+    deflate_deliveries=10_000,
+    publish_seconds=1.5,
     explicit_only=("cluster", "history"),
 )
 
@@ -87,7 +117,7 @@ FULL = Plan(
     steady_seconds=2.0,
     light_seconds=3.0,
     channel_layout=(200, 5),
-    channel_targets=SINGLE_PROCESS,
+    channel_targets=(*SINGLE_PROCESS, *MANY_CHANNELS_2W),
     channel_messages=2000,
     idle_sizes=(5000, 10_000),
     idle_targets=SINGLE_PROCESS,

@@ -49,44 +49,64 @@ def top_functions(
 
 
 async def profile(
-    target_name: str, subscribers: int, messages: int, limit: int, native: bool
+    target_name: str, subscribers: int, messages: int, limit: int, native: bool, channels: int = 1
 ) -> None:
+    """Sample every worker of ``target_name`` (py-spy, one recorder per process) during a
+    burst of ``messages`` round-robin over ``channels`` channels of ``subscribers`` in all."""
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed (pip install py-spy)")
     target = by_name(target_name)
+    per_channel = max(1, subscribers // channels)
+    layout = {f"room-{i}": per_channel for i in range(channels)}
     with bench_redis() as redis:
-        async with session(target, redis, {"fanout": subscribers}) as live:
-            pids = [p.pid for p in live.server.processes()]
-            output = tempfile.NamedTemporaryFile(suffix=".txt", delete=False)  # noqa: SIM115
-            output.close()
-            recorder = await asyncio.create_subprocess_exec(
-                *(spy, "record", "--format", "raw", "--rate", "500"),
-                *("--output", output.name, "--pid", str(pids[-1])),
-                # py-spy cannot unwind C frames of a process it does not pause.
-                *(("--native",) if native else ("--nonblocking",)),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+        async with session(target, redis, layout) as live:
+            processes = live.server.processes()
+            # Workers only (uvicorn's supervisor idles); a single-process server is the root.
+            pids = [p.pid for p in processes[1:]] or [processes[0].pid]
+            outputs = []
+            recorders = []
+            for pid in pids:
+                output = tempfile.NamedTemporaryFile(suffix=".txt", delete=False)  # noqa: SIM115
+                output.close()
+                outputs.append(output.name)
+                recorders.append(
+                    await asyncio.create_subprocess_exec(
+                        *(spy, "record", "--format", "raw", "--rate", "500"),
+                        *("--output", output.name, "--pid", str(pid)),
+                        # py-spy cannot unwind C frames of a process it does not pause.
+                        *(("--native",) if native else ("--nonblocking",)),
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
             try:
                 await asyncio.sleep(1.0)  # py-spy attaches
+                names = list(layout)
                 for sequence in range(messages):
-                    await live.publisher.publish("fanout", make_payload(sequence))
-                await wait_for_deliveries(live, messages * subscribers)
+                    await live.publisher.publish(
+                        names[sequence % len(names)], make_payload(sequence)
+                    )
+                expected = sum(layout[names[i % len(names)]] for i in range(messages))
+                await wait_for_deliveries(live, expected)
             finally:
-                if recorder.returncode is None:
-                    recorder.send_signal(signal.SIGINT)  # py-spy writes its output and exits
-                try:
-                    await asyncio.wait_for(recorder.wait(), 30)
-                except TimeoutError:
-                    recorder.kill()
-                    await recorder.wait()
-            collapsed = await asyncio.to_thread(Path(output.name).read_text, "utf-8")
-            await asyncio.to_thread(Path(output.name).unlink)
+                for recorder in recorders:
+                    if recorder.returncode is None:
+                        recorder.send_signal(signal.SIGINT)  # py-spy writes its output
+                for recorder in recorders:
+                    try:
+                        await asyncio.wait_for(recorder.wait(), 30)
+                    except TimeoutError:
+                        recorder.kill()
+                        await recorder.wait()
+            collapsed = ""
+            for name in outputs:
+                collapsed += await asyncio.to_thread(Path(name).read_text, "utf-8")
+                await asyncio.to_thread(Path(name).unlink)
     own, total, samples = top_functions(collapsed, limit)
     print(
-        f"{target_name}: {samples} samples of pid {pids[-1]} during a burst of "
-        f"{messages} messages to {subscribers} subscribers"
+        f"{target_name}: {samples} samples of pids {pids} during a burst of {messages} "
+        f"messages over {channels} channel(s), {subscribers} subscribers in all"
     )
     for title, rows in (("self", own), ("total (with callees)", total)):
         print(f"\nTop functions by {title}:")
@@ -101,6 +121,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=150)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--native", action="store_true", help="include C frames (uvloop)")
+    parser.add_argument("--channels", type=int, default=1, help="round-robin over this many")
     arguments = parser.parse_args()
     raise_open_files_limit()
     asyncio.run(
@@ -110,6 +131,7 @@ def main() -> None:
             arguments.messages,
             arguments.top,
             arguments.native,
+            arguments.channels,
         )
     )
 

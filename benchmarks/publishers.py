@@ -10,15 +10,21 @@ from typing import Any
 import websockets
 
 from benchmarks.apps import CONTROL_PATH
-from benchmarks.apps.peer_settings import broadcaster_channel, socketio_channel
+from benchmarks.apps.peer_settings import broadcaster_channel, raw_topic, socketio_channel
 from benchmarks.targets import HISTORY_CHANNELS, PublishVia, Target
 
 PADDING = "x" * 64
+#: A ~10 KB body of the kind applications send (records), as compressible as such data is.
+LARGE_BODY = [
+    {"id": i, "name": f"user-{i:05d}", "score": (i * 7919) % 100_000, "online": i % 3 == 0}
+    for i in range(160)
+]
 
 
-def make_payload(sequence: int) -> dict[str, Any]:
-    """A small message carrying its send time (µs since the epoch) for latency."""
-    return {"sent_us": time.time_ns() // 1000, "seq": sequence, "body": PADDING}
+def make_payload(sequence: int, body: Any = PADDING) -> dict[str, Any]:
+    """A message carrying its send time (µs since the epoch) for latency; ~100 bytes of
+    JSON by default."""
+    return {"sent_us": time.time_ns() // 1000, "seq": sequence, "body": body}
 
 
 class Publisher(ABC):
@@ -94,6 +100,26 @@ class BroadcasterPublisher(Publisher):
         await self._broadcast.disconnect()
 
 
+class RawRedisPublisher(Publisher):
+    """A plain redis-py ``PUBLISH`` of the JSON text (the hand-written loop's way)."""
+
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        import redis.asyncio as aioredis
+
+        self._client = aioredis.Redis.from_url(redis_url)
+        self._prefix = prefix
+
+    async def start(self) -> None:
+        pass
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        text = json.dumps(payload, separators=(",", ":"))
+        await self._client.publish(raw_topic(channel, self._prefix), text)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
 class ControlSocketPublisher(Publisher):
     """Through the app's control websocket (in-memory systems, and permit's in-app publish)."""
 
@@ -124,4 +150,6 @@ def publisher_for(target: Target, port: int, redis_url: str, prefix: str) -> Pub
         return SocketioPublisher(redis_url, socketio_channel(prefix))
     if target.publish_via is PublishVia.BROADCASTER_REDIS:
         return BroadcasterPublisher(redis_url, prefix)
+    if target.publish_via is PublishVia.RAW_REDIS:
+        return RawRedisPublisher(redis_url, prefix)
     return ControlSocketPublisher(port)

@@ -64,6 +64,83 @@ SCENARIO_COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("lost", "burst_lost", "{:.0f}"),
     ),
 }
+SCENARIO_COLUMNS["deflate"] = (
+    ("user µs", "burst_cpu_user_us", "{:.1f}"),
+    ("sys µs", "burst_cpu_sys_us", "{:.1f}"),
+    ("CPU µs/dlv", "burst_cpu_us", "{:.1f}"),
+    ("dlv/s", "burst_deliveries_per_s", "{:,.0f}"),
+    ("wire B/dlv", "burst_wire_bytes_per_dlv", "{:,.0f}"),
+    ("lost", "burst_lost", "{:.0f}"),
+)
+SCENARIO_COLUMNS["publish-"] = (
+    ("publish/s", "publish_per_s", "{:,.0f}"),
+    ("failed calls", "publish_failed", "{:.0f}"),
+    ("CPU µs/publish", "publish_cpu_us", "{:.1f}"),
+)
+#: Each regime's figure for ours against its floor, same run: (regime, scenario prefix,
+#: figure, ours, floor, goal as text). The floor may be several targets: the best one counts.
+REGIMES: tuple[tuple[str, str, str, str, tuple[str, ...], str], ...] = (
+    ("one channel, direct", "fanout-", "burst_cpu_us", "ours-redis-2w-direct", ("websockets",), ""),
+    ("one channel, ASGI", "fanout-", "burst_cpu_us", "ours-memory", ("fastapi-loop",), "≤1.05"),
+    (
+        "many channels, direct",
+        "channels-",
+        "burst_cpu_us",
+        "ours-redis-2w-direct",
+        ("websockets",),
+        "≤2.0",
+    ),
+    ("many channels, ASGI", "channels-", "burst_cpu_us", "ours-redis-2w", ("websockets",), "≤2.4"),
+    (
+        "many channels, direct ÷ redis-py loop",
+        "channels-",
+        "burst_cpu_us",
+        "ours-redis-2w-direct",
+        ("redis-py-loop-2w",),
+        "≤0.8",
+    ),
+    (
+        "many channels, ASGI ÷ redis-py loop",
+        "channels-",
+        "burst_cpu_us",
+        "ours-redis-2w",
+        ("redis-py-loop-2w",),
+        "",
+    ),
+    (
+        "deflate shared ÷ uncompressed direct",
+        "deflate-",
+        "burst_cpu_us",
+        "ours-redis-2w-direct",
+        ("ours-redis-2w-direct-off",),
+        "≤1.3",
+    ),
+    (
+        "deflate per-socket ÷ websockets deflate",
+        "deflate-",
+        "burst_cpu_us",
+        "ours-redis-2w-direct-per-socket",
+        ("websockets-deflate",),
+        "≤1.0",
+    ),
+    (
+        "deflate shared ÷ websockets deflate",
+        "deflate-",
+        "burst_cpu_us",
+        "ours-redis-2w-direct",
+        ("websockets-deflate",),
+        "",
+    ),
+    (
+        "publish/s ÷ best peer",
+        "publish-",
+        "publish_per_s",
+        "ours",
+        # Only peers that complete every call: a failing pool's rate is not a throughput.
+        ("redis-py-blocking-pool", "redis-py-pool", "broadcaster"),
+        "≥2",
+    ),
+)
 #: Scenario name prefix -> (numerator target, denominator target, what the ratio says):
 #: a table of every shared figure as numerator / denominator, measured in the same run.
 COMPARISONS: dict[str, tuple[str, str, str]] = {
@@ -268,6 +345,9 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         comparison = _comparison(scenario, rows, keys)
         if comparison is not None:
             result.append(comparison)
+    regimes = regime_table(report)
+    if regimes is not None:
+        result.append(regimes)
     return result
 
 
@@ -288,6 +368,30 @@ def _comparison(
                 [[f"{mine} / {theirs}", *cells]],
             )
     return None
+
+
+def regime_table(report: dict[str, Any]) -> tuple[str, list[str], list[list[str]]] | None:
+    """Every regime's ratio of ours to its floor (REGIMES), one row per scenario run."""
+    body: list[list[str]] = []
+    for label, prefix, key, ours, floors, goal in REGIMES:
+        for scenario in sorted(report["summary"]):
+            if not scenario.startswith(prefix):
+                continue
+            rows = report["summary"][scenario]
+            mine = rows.get(ours, {}).get(key)
+            theirs = [
+                rows[f][key]
+                for f in floors
+                if rows.get(f, {}).get(key) is not None and not rows[f].get("publish_failed")
+            ]
+            if mine is None or not theirs:
+                continue
+            # Higher is better for a rate, lower for a cost: compare with the best floor.
+            best = max(theirs) if key.endswith("_per_s") else min(theirs)
+            body.append([label, scenario, _cell(ratio(mine, best), "{:.2f}"), goal or "-"])
+    if not body:
+        return None
+    return ("Regimes: ours ÷ its floor, same run", ["regime", "scenario", "ratio", "goal"], body)
 
 
 def by_name_role(name: str) -> Role | None:

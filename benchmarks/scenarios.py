@@ -8,10 +8,11 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from benchmarks.client_pool import ClientPool, Counts
 from benchmarks.metrics import percentile
-from benchmarks.publishers import Publisher, make_payload, publisher_for
+from benchmarks.publishers import LARGE_BODY, PADDING, Publisher, make_payload, publisher_for
 from benchmarks.redis_server import BenchRedis
 from benchmarks.servers import RunningServer, running_server
 from benchmarks.targets import HISTORY_CHANNELS, Role, Target
@@ -56,18 +57,20 @@ def _env(target: Target, redis_url: str, prefix: str) -> dict[str, str]:
             "PUBSUB_REDIS_URL": redis_url if target.uses_redis else "",
             "PUBSUB_KEY_PREFIX": prefix,
             "PUBSUB_HISTORY_CHANNELS": HISTORY_CHANNELS if target.history else "",
+            **dict(target.env),
         }
-    return {"BENCH_REDIS_URL": redis_url, "BENCH_PREFIX": prefix}
+    return {"BENCH_REDIS_URL": redis_url, "BENCH_PREFIX": prefix, **dict(target.env)}
 
 
 @asynccontextmanager
 async def session(
-    target: Target, redis: BenchRedis, layout: dict[str, int]
+    target: Target, redis: BenchRedis, layout: dict[str, int], deflate_share: float = 0.0
 ) -> AsyncIterator[Session]:
-    """Server, clients and publisher for ``layout``, connected and warmed up; all stopped after."""
+    """Server, clients and publisher for ``layout``, connected and warmed up; all stopped after.
+    ``deflate_share`` of the clients offer permessage-deflate (as browsers do)."""
     prefix = f"bench-{uuid.uuid4().hex[:10]}"
     try:
-        async with _connected(target, redis, layout, prefix) as live:
+        async with _connected(target, redis, layout, prefix, deflate_share) as live:
             yield live
     finally:
         await asyncio.to_thread(redis.delete_prefix, prefix)
@@ -75,7 +78,7 @@ async def session(
 
 @asynccontextmanager
 async def _connected(
-    target: Target, redis: BenchRedis, layout: dict[str, int], prefix: str
+    target: Target, redis: BenchRedis, layout: dict[str, int], prefix: str, deflate_share: float
 ) -> AsyncIterator[Session]:
     with running_server(target, _env(target, redis.url, prefix)) as server:
         baseline_rss = server.rss_bytes()
@@ -89,9 +92,14 @@ async def _connected(
                     for channel, count in layout.items()
                     for _ in range(count)
                 ]
+                # The compressing clients spread evenly (over channels and workers too).
+                offers = [
+                    (url, channel, int((i + 1) * deflate_share) > int(i * deflate_share))
+                    for i, (url, channel) in enumerate(connections)
+                ]
                 live = Session(target, server, pool, publisher, redis, layout, prefix=prefix)
                 try:
-                    await pool.connect(connections)
+                    await pool.connect(offers)
                     await warm_up(live)
                 except Exception as exc:
                     raise RuntimeError(f"{exc} [server log: {server.log_tail()}]") from exc
@@ -162,7 +170,7 @@ async def wait_for_deliveries(live: Session, expected: int) -> Counts:
         await asyncio.sleep(0.02)
 
 
-async def burst(live: Session, messages: int, prefix: str) -> Values:
+async def burst(live: Session, messages: int, prefix: str, body: Any = PADDING) -> Values:
     """Publish ``messages`` back to back, round-robin over the channels; CPU per delivery."""
     channels = list(live.layout)
     expected = sum(live.layout[channels[i % len(channels)]] for i in range(messages))
@@ -171,7 +179,9 @@ async def burst(live: Session, messages: int, prefix: str) -> Values:
     cpu_before = live.server.cpu_snapshot()
     started_us = time.time_ns() // 1000
     for sequence in range(messages):
-        await live.publisher.publish(channels[sequence % len(channels)], make_payload(sequence))
+        await live.publisher.publish(
+            channels[sequence % len(channels)], make_payload(sequence, body)
+        )
     await wait_for_deliveries(live, expected)
     cpu = live.server.cpu_delta(cpu_before, live.server.cpu_snapshot())
     redis_cpu = RedisCpu.read(live).minus(redis_before)
@@ -186,6 +196,7 @@ async def burst(live: Session, messages: int, prefix: str) -> Values:
         f"{prefix}cpu_us": cpu.total * per if per else None,
         f"{prefix}deliveries_per_s": received / elapsed if received else None,
         f"{prefix}lost": float(expected - received),
+        f"{prefix}wire_bytes_per_dlv": collected.wire_bytes / received if received else None,
         f"{prefix}redis_cmds_per_broadcast": commands / messages if commands is not None else None,
         f"{prefix}redis_cpu_us": redis_cpu.psutil_total * per if per and live.redis.owned else None,
         **redis_cpu.per_broadcast(live, messages, prefix),
@@ -289,6 +300,26 @@ async def measure_channels(
     layout = {f"room-{index}": per_channel for index in range(channels)}
     async with session(target, redis, layout) as live:
         return await burst(live, messages, "burst_")
+
+
+PAYLOADS: dict[str, Any] = {"100B": PADDING, "10KB": LARGE_BODY}
+
+
+async def measure_deflate(
+    target: Target,
+    redis: BenchRedis,
+    subscribers: int,
+    *,
+    payload: str,
+    deflate_share: float,
+    deliveries: int,
+) -> Values:
+    """Clients that offer permessage-deflate (``deflate_share`` of them, beside uncompressed
+    ones), one channel: CPU per delivery and bytes on the wire per delivery, for a ~100-byte
+    or a ~10 KB payload."""
+    async with session(target, redis, {"fanout": subscribers}, deflate_share) as live:
+        messages = max(5, deliveries // subscribers)
+        return await burst(live, messages, "burst_", PAYLOADS[payload])
 
 
 async def measure_idle(target: Target, redis: BenchRedis, connections: int) -> Values:

@@ -96,7 +96,7 @@ def _command(target: Target, port: int) -> list[str]:
     if target.asgi_app is None:
         if target.module is None:
             raise ValueError(f"{target.name}: neither an ASGI app nor a module")
-        return [sys.executable, "-m", target.module, "--port", str(port)]
+        return [sys.executable, "-m", target.module, "--port", str(port), *target.module_args]
     return uvicorn_command(
         f"benchmarks.apps.{target.asgi_app}:app",
         port,

@@ -26,6 +26,7 @@ class PublishVia(StrEnum):
     """How the driver publishes into the system, as its users would from outside a socket."""
 
     OURS_REDIS = "fastapi_pubsub_cluster.RedisPublisher"
+    RAW_REDIS = "redis-py PUBLISH of the JSON payload"
     SOCKETIO_REDIS = "socketio.AsyncRedisManager(write_only=True).emit"
     BROADCASTER_REDIS = "broadcaster.Broadcast.publish"
     CONTROL_SOCKET = "control websocket into the app"
@@ -53,6 +54,10 @@ class Target:
     workarounds: tuple[str, ...] = field(default=())
     #: uvicorn ``--ws`` protocol (import string), or None for uvicorn's default.
     ws_protocol: str | None = None
+    #: Extra environment of the server (e.g. ``PUBSUB_COMPRESSION``).
+    env: tuple[tuple[str, str], ...] = ()
+    #: Extra arguments of a ``module`` server.
+    module_args: tuple[str, ...] = ()
 
     def client_url(self, port: int, channel: str) -> str:
         """Where a client of ``channel`` connects."""
@@ -91,12 +96,28 @@ OURS_DIRECT = Target(
     "ours-redis-2w-direct",
     Role.OURS,
     "fastapi-pubsub-cluster, Redis, 2 uvicorn workers, --ws PubSubWebSocketProtocol "
-    "(broadcast framed once, written straight to each socket)",
+    "(broadcast framed once, written straight to each socket; compression shared)",
     "ours",
     workers=2,
     uses_redis=True,
     publish_via=PublishVia.OURS_REDIS,
     ws_protocol="fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol",
+)
+DIRECT_PROTOCOL = "fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol"
+OURS_DIRECT_POLICIES = tuple(
+    Target(
+        f"ours-redis-2w-direct-{policy}",
+        Role.OURS,
+        f"fastapi-pubsub-cluster, Redis, 2 workers, --ws PubSubWebSocketProtocol, "
+        f"PUBSUB_COMPRESSION={policy}",
+        "ours",
+        workers=2,
+        uses_redis=True,
+        publish_via=PublishVia.OURS_REDIS,
+        ws_protocol=DIRECT_PROTOCOL,
+        env=(("PUBSUB_COMPRESSION", policy),),
+    )
+    for policy in ("per-socket", "off")
 )
 WEBSOCKETS = Target(
     "websockets",
@@ -104,6 +125,23 @@ WEBSOCKETS = Target(
     "websockets asyncio server + broadcast(), no ASGI",
     None,
     module="benchmarks.apps.websockets_server",
+)
+WEBSOCKETS_DEFLATE = Target(
+    "websockets-deflate",
+    Role.CEILING,
+    "websockets asyncio server + broadcast(), permessage-deflate on (its default)",
+    None,
+    module="benchmarks.apps.websockets_server",
+    module_args=("--compression", "deflate"),
+)
+REDIS_PY_LOOP = Target(
+    "redis-py-loop-2w",
+    Role.CEILING,
+    "hand-written: 2 uvicorn workers, one redis-py pub/sub per worker, send_text per socket",
+    "redis_py_loop",
+    workers=2,
+    uses_redis=True,
+    publish_via=PublishVia.RAW_REDIS,
 )
 FASTAPI_LOOP = Target(
     "fastapi-loop", Role.CEILING, "bare FastAPI, send_text looped over a set", "fastapi_loop"
@@ -168,8 +206,14 @@ OURS_HISTORY = Target(
     history=True,
     publish_via=PublishVia.OURS_REDIS,
 )
-#: Targets only the cluster and history scenarios run (never part of the peer comparison).
-SCENARIO_TARGETS: tuple[Target, ...] = (OURS_CLUSTER, OURS_HISTORY)
+#: Targets only some scenarios run (never part of the peer comparison).
+SCENARIO_TARGETS: tuple[Target, ...] = (
+    OURS_CLUSTER,
+    OURS_HISTORY,
+    *OURS_DIRECT_POLICIES,
+    WEBSOCKETS_DEFLATE,
+    REDIS_PY_LOOP,
+)
 KNOWN_TARGETS: tuple[Target, ...] = (*ALL_TARGETS, *SCENARIO_TARGETS)
 
 #: The configuration every ratio is taken against.

@@ -22,15 +22,16 @@ class PubSubUvicornWorker(UvicornWorker):
     """uvicorn's gunicorn worker, serving websockets with
     :class:`~fastapi_pubsub_cluster.uvicorn_ws.PubSubWebSocketProtocol`.
 
-    permessage-deflate is off: browsers offer it by default, and a socket that negotiated it
-    needs its own compressed frame per message, which takes it off the direct path. The
-    library's log lines go to gunicorn's error log, with its time and level, once.
+    permessage-deflate is on, as browsers offer it, under the protocol's compression policy
+    (``PUBSUB_COMPRESSION``, default ``shared``: each broadcast compressed once per worker,
+    the same frame written to every compressing socket). The library's log lines go to
+    gunicorn's error log, with its time and level, once.
     """
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         **UvicornWorker.CONFIG_KWARGS,
         "ws": PROTOCOL,
-        "ws_per_message_deflate": False,
+        "ws_per_message_deflate": True,
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -6,26 +6,96 @@ message again for every socket. Served with this protocol::
     uvicorn app:app --ws fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol
 
 a broadcast is framed once and the same bytes are written to each open socket's transport,
-as ``websockets.broadcast()`` does, whenever the socket is open, uncompressed and not
-applying backpressure. Everything else (handshake, receiving, closing, pings, sockets that
-negotiated permessage-deflate, sockets whose buffer is full) goes through uvicorn's own
-``websockets-sansio`` protocol, unchanged. Plain ASGI stays the default that always works.
+as ``websockets.broadcast()`` does, whenever the socket is open and not applying
+backpressure. Everything else (handshake, receiving, closing, pings, sockets whose buffer is
+full) goes through uvicorn's own ``websockets-sansio`` protocol, unchanged. Plain ASGI stays
+the default that always works.
 
-This module is the edge: it depends on the core, never the other way round.
+Browsers offer permessage-deflate. What a socket that accepts it costs depends on the
+compression policy (``PUBSUB_COMPRESSION``, or :meth:`PubSubWebSocketProtocol.with_compression`):
+
+* ``shared`` (default): the server answers with ``server_no_context_takeover``, so that a
+  message compresses the same way for every socket with the same parameters; each broadcast
+  is compressed once per worker and parameter set and the same frame written to each such
+  socket (as gorilla/websocket's ``PreparedMessage``).
+* ``per-socket``: a compression context per socket (smallest frames, most CPU, uvicorn's
+  own choice); each socket compresses its copy, still without going through ASGI.
+* ``off``: permessage-deflate is declined (as is uvicorn's ``--ws-per-message-deflate false``,
+  which always wins).
+
+Compression is websockets' own ``permessage-deflate`` extension; nothing is framed or
+deflated by hand. This module is the edge: it depends on the core, never the other way round.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, ClassVar, Literal, get_args
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.base import ServerExtensionFactory
+from websockets.extensions.permessage_deflate import (
+    PerMessageDeflate,
+    ServerPerMessageDeflateFactory,
+)
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from .codec import OutgoingFrame
 from .core.client import DIRECT_WRITE_EXTENSION
+from .errors import ConfigurationError
 
-__all__ = ["DIRECT_WRITE_EXTENSION", "DirectWriter", "PubSubWebSocketProtocol"]
+__all__ = [
+    "COMPRESSION_ENV",
+    "DEFAULT_COMPRESSION",
+    "DIRECT_WRITE_EXTENSION",
+    "Compression",
+    "DirectWriter",
+    "PubSubWebSocketProtocol",
+    "compression_extensions",
+]
+
+Compression = Literal["shared", "per-socket", "off"]
+#: The environment variable that picks the policy (what a ``compression`` setting reads).
+COMPRESSION_ENV = "PUBSUB_COMPRESSION"
+DEFAULT_COMPRESSION: Compression = "shared"
+
+#: ``shared``: one compressor per message and worker, not per socket, so the window can be
+#: the largest; sockets keep only their decompressor for what clients send (12 bits, as
+#: uvicorn's). A client asking for a smaller server window gets its own group of frames.
+SHARED_DEFLATE = ServerPerMessageDeflateFactory(
+    server_no_context_takeover=True,
+    client_max_window_bits=12,
+    # One dict for every socket: prepared frames are grouped by it (zlib's defaults).
+    compress_settings={"level": 6, "memLevel": 8},
+)
+#: ``per-socket``: uvicorn's own settings (``--ws-per-message-deflate true``).
+PER_SOCKET_DEFLATE = ServerPerMessageDeflateFactory(
+    server_max_window_bits=12,
+    client_max_window_bits=12,
+    compress_settings={"memLevel": 5},
+)
+
+
+def compression_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> Compression:
+    """The policy named by ``PUBSUB_COMPRESSION`` (default ``shared``)."""
+    value = environ.get(COMPRESSION_ENV, "").strip().lower() or DEFAULT_COMPRESSION
+    allowed: tuple[Compression, ...] = get_args(Compression)
+    for policy in allowed:
+        if value == policy:
+            return policy
+    raise ConfigurationError(
+        f"{COMPRESSION_ENV}={value!r} is not a compression policy; use one of " + ", ".join(allowed)
+    )
+
+
+def compression_extensions(policy: Compression) -> list[ServerExtensionFactory]:
+    """The extensions a socket may negotiate under ``policy``."""
+    if policy == "shared":
+        return [SHARED_DEFLATE]
+    if policy == "per-socket":
+        return [PER_SOCKET_DEFLATE]
+    return []
 
 
 def wire_frame(frame: OutgoingFrame, *, text: bool) -> bytes:
@@ -39,6 +109,52 @@ def wire_frame(frame: OutgoingFrame, *, text: bool) -> bytes:
     return frame.wire_binary
 
 
+class PreparedFrames:
+    """The compressed frames of the message being fanned out now, one per parameter set.
+
+    Fan-out hands one message to every socket before the next, so remembering the last
+    message is enough; a message seen again after another recompresses, which is correct.
+    """
+
+    __slots__ = ("_frame", "_frames", "_utf8")
+
+    def __init__(self) -> None:
+        self._frame: OutgoingFrame | None = None
+        self._frames: dict[tuple[bool, int, int], bytes] = {}
+        self._utf8: bytes | None = None
+
+    def _select(self, frame: OutgoingFrame) -> None:
+        if frame is not self._frame:
+            self._frame = frame
+            self._frames = {}
+            self._utf8 = None
+
+    def payload(self, frame: OutgoingFrame, *, text: bool) -> bytes:
+        """The uncompressed payload bytes, encoded once."""
+        if not text:
+            return frame.binary
+        self._select(frame)
+        if self._utf8 is None:
+            self._utf8 = frame.text.encode()
+        return self._utf8
+
+    def deflated(self, frame: OutgoingFrame, *, text: bool, deflate: PerMessageDeflate) -> bytes:
+        """``frame`` compressed by ``deflate`` (without context takeover) and framed."""
+        self._select(frame)
+        key = (text, deflate.local_max_window_bits, id(deflate.compress_settings))
+        wire = self._frames.get(key)
+        if wire is None:
+            opcode = Opcode.TEXT if text else Opcode.BINARY
+            data = Frame(opcode, self.payload(frame, text=text))
+            # Without context takeover, encode() starts a fresh compressor for each message:
+            # the socket's extension object keeps nothing from it.
+            wire = self._frames[key] = data.serialize(mask=False, extensions=[deflate])
+        return wire
+
+
+PREPARED = PreparedFrames()
+
+
 class DirectWriter:
     """Writes ready-made data frames straight to one connection's transport."""
 
@@ -50,17 +166,34 @@ class DirectWriter:
         self.frames_written = 0
 
     def try_write(self, frame: OutgoingFrame, *, text: bool) -> bool:
-        """Write ``frame`` if the socket can take it now as is; False: use ASGI instead."""
+        """Write ``frame`` if the socket can take it now; False: use ASGI instead."""
         protocol = self.protocol
+        conn = protocol.conn
         if (
             protocol.close_sent
             or protocol.disconnected
-            or protocol.conn.state is not State.OPEN
-            or protocol.conn.extensions  # compressed frames differ per socket
+            or conn.state is not State.OPEN
             or not protocol.writable.is_set()  # backpressure: the ASGI path waits
         ):
             return False
-        protocol.transport.write(wire_frame(frame, text=text))
+        extensions = conn.extensions
+        if not extensions:
+            wire = wire_frame(frame, text=text)
+        else:
+            deflate = extensions[0]
+            if len(extensions) != 1 or not isinstance(deflate, PerMessageDeflate):
+                return False
+            if deflate.local_no_context_takeover:
+                wire = PREPARED.deflated(frame, text=text, deflate=deflate)
+            else:
+                # A context per socket: its frame is its own, compressed by its protocol.
+                data = PREPARED.payload(frame, text=text)
+                if text:
+                    conn.send_text(data)
+                else:
+                    conn.send_binary(data)
+                wire = b"".join(conn.data_to_send())
+        protocol.transport.write(wire)
         self.frames_written += 1
         return True
 
@@ -71,7 +204,36 @@ class DirectWriter:
 
 class PubSubWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol, announcing a :class:`DirectWriter` in the
-    ASGI scope of each connection."""
+    ASGI scope of each connection and negotiating permessage-deflate by :attr:`compression`."""
+
+    #: The policy; None: ``PUBSUB_COMPRESSION`` (read once per process), else ``shared``.
+    compression: ClassVar[Compression | None] = None
+    _from_env: ClassVar[Compression | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn's --ws-per-message-deflate false wins; otherwise the policy decides.
+        if self.config.ws_per_message_deflate:
+            self.conn.available_extensions = compression_extensions(self.policy())
+        else:
+            self.conn.available_extensions = []
+
+    @classmethod
+    def policy(cls) -> Compression:
+        """The compression policy this protocol applies."""
+        if cls.compression is not None:
+            return cls.compression
+        if PubSubWebSocketProtocol._from_env is None:
+            PubSubWebSocketProtocol._from_env = compression_from_env()
+        return PubSubWebSocketProtocol._from_env
+
+    @classmethod
+    def with_compression(cls, policy: Compression) -> type[PubSubWebSocketProtocol]:
+        """This protocol with ``policy`` fixed (for ``uvicorn.Config(ws=...)``)."""
+        if policy not in get_args(Compression):
+            raise ConfigurationError(f"unknown compression policy {policy!r}")
+        name = f"PubSubWebSocketProtocol_{policy.replace('-', '_')}"
+        return type(name, (cls,), {"compression": policy})
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)

@@ -174,7 +174,7 @@ def test_the_gunicorn_config_uses_the_fast_path_worker_class(
     assert issubclass(worker, UvicornWorker)
     protocol_module, _, protocol = worker.CONFIG_KWARGS["ws"].partition(":")
     assert hasattr(importlib.import_module(protocol_module), protocol)
-    assert worker.CONFIG_KWARGS["ws_per_message_deflate"] is False
+    assert worker.CONFIG_KWARGS["ws_per_message_deflate"] is True
 
 
 def test_the_app_listens_on_the_published_port_with_several_workers(

@@ -50,14 +50,17 @@ async def test_broadcast_is_written_directly_to_uncompressed_sockets(
         await ws.close()
 
 
-async def test_sockets_with_permessage_deflate_use_the_ordinary_path(
+async def test_sockets_with_permessage_deflate_take_the_direct_path_too(
     direct_server: str, hub: PubSubHub
 ) -> None:
     compressed = await connect(f"{direct_server}/ws/deflate")  # offers deflate by default
     await recv_until(compressed, lambda m: m == {"count": 1})
+    before = sum(direct_frames(hub, "deflate"))
     await hub.publish("deflate", {"compressed": True})
     assert await recv_until(compressed, lambda m: "compressed" in m) == {"compressed": True}
-    assert direct_frames(hub, "deflate") == [0]
+    assert sum(direct_frames(hub, "deflate")) - before == 1
+    assert compressed.response is not None
+    assert "permessage-deflate" in compressed.response.headers["Sec-WebSocket-Extensions"]
     await compressed.close()
 
 

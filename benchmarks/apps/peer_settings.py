@@ -18,3 +18,8 @@ def socketio_channel(prefix: str = PREFIX) -> str:
 def broadcaster_channel(channel: str, prefix: str = PREFIX) -> str:
     """The broadcaster channel name for a benchmark channel."""
     return f"{prefix}:{channel}"
+
+
+def raw_topic(channel: str, prefix: str = PREFIX) -> str:
+    """The Redis pub/sub channel of the hand-written redis-py loop for a benchmark channel."""
+    return f"{prefix}:{channel}"

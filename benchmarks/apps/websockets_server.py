@@ -1,6 +1,7 @@
 """Ceiling: the ``websockets`` asyncio server and ``broadcast()``, no ASGI in between.
 
-Run: ``python -m benchmarks.apps.websockets_server --port PORT``.
+Run: ``python -m benchmarks.apps.websockets_server --port PORT [--compression deflate]``
+(with deflate, ``broadcast()`` compresses for each connection: a context per socket).
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ async def handler(connection: ServerConnection) -> None:
         members.discard(connection)
 
 
-async def main(port: int) -> None:
+async def main(port: int, compression: str | None) -> None:
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
     server: Server
     async with serve(
-        handler, "127.0.0.1", port, process_request=health, compression=None, backlog=2048
+        handler, "127.0.0.1", port, process_request=health, compression=compression, backlog=2048
     ) as server:
         await stop
         server.close()
@@ -56,11 +57,12 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--compression", choices=["deflate"], default=None)
     arguments = parser.parse_args()
     raise_open_files_limit()
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main(arguments.port))
+        asyncio.run(main(arguments.port, arguments.compression))
     else:
-        uvloop.run(main(arguments.port))
+        uvloop.run(main(arguments.port, arguments.compression))

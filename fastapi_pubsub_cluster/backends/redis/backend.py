@@ -183,6 +183,7 @@ class RedisBackend:
         logger.info("worker %s left the cluster", self.worker_id)
 
     async def _close(self, started: _Started) -> None:
+        await started.publisher.aclose()
         await started.links.close()
         await started.endpoint.aclose()
 

@@ -55,12 +55,17 @@ class RedisPublisher:
                 cluster = await announced.follow(self._client, keys, self.settings)
             except REDIS_DOWN as exc:
                 raise PublishError(f"cannot read the cluster's settings: {exc!r}") from exc
-            self._path = PublishPath(self._endpoint, self._client, cluster, origin=_ORIGIN)
+            if self._path is None:
+                self._path = PublishPath(self._endpoint, self._client, cluster, origin=_ORIGIN)
+            else:
+                self._path.follow(cluster)
             self._followed_at = time.monotonic()
         return self._path
 
     async def aclose(self) -> None:
         """Close the Redis connections."""
+        if self._path is not None:
+            await self._path.aclose()
         await self._endpoint.aclose()
 
     async def __aenter__(self) -> RedisPublisher:

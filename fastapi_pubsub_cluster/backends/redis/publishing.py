@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ...codec import (
     Envelope,
@@ -58,6 +63,13 @@ class PublishPath:
         self._keys = RedisKeys(settings.key_prefix)
         self._origin = origin
         self._store = client.register_script(scripts.STORE)
+        # Plain PUBLISHes waiting for the flusher, and the flusher (while there are any).
+        self._queued: list[tuple[Publication, asyncio.Future[int]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    def follow(self, settings: PubSubSettings) -> None:
+        """Decide history, sizes and time limits by ``settings`` from now on."""
+        self._settings = settings
 
     def prepare(self, channel: str, payload: Any) -> Publication:
         """Validate and encode; raises InvalidChannelError, MalformedMessageError or
@@ -92,10 +104,17 @@ class PublishPath:
 
     async def send(self, publication: Publication) -> int:
         """Hand ``publication`` to Redis; how many workers heard it. Raises
-        :class:`~fastapi_pubsub_cluster.errors.PublishError` within the time limit."""
+        :class:`~fastapi_pubsub_cluster.errors.PublishError` within the time limit.
+
+        Plain PUBLISHes on one Redis are batched: concurrent callers queue theirs, and one
+        flusher sends everything queued as one pipeline (one round trip, one connection),
+        so that many callers never wait for, or fail for lack of, pooled connections.
+        """
         try:
             async with asyncio.timeout(self._settings.redis_timeout * 2):
                 if not publication.script_keys:
+                    if isinstance(self._client, Redis):
+                        return await self._batched(publication)
                     return await self._endpoint.publish_raw(
                         self._client, publication.topic, publication.data
                     )
@@ -108,6 +127,72 @@ class PublishPath:
                 f"cannot publish to {publication.channel!r}, Redis unavailable: {exc!r}"
             ) from exc
 
+    async def aclose(self) -> None:
+        """Stop the flusher (its waiting callers get an error) and wait for it."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+
+    def _batched(self, publication: Publication) -> asyncio.Future[int]:
+        """Queue ``publication`` for the flusher; its future resolves with the receivers."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._queued.append((publication, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush(), name="pubsub-publish-flusher")
+        return future
+
+    async def _flush(self) -> None:
+        """Send what is queued, one pipeline at a time, until nothing is."""
+        while self._queued:
+            batch, self._queued = self._queued, []
+            # A caller that gave up (time limit, cancelled) before its turn is not sent.
+            batch = [(p, f) for p, f in batch if not f.done()]
+            if not batch:
+                continue
+            try:
+                async with asyncio.timeout(self._settings.redis_timeout * 2):
+                    replies = await self._pipeline(p for p, _ in batch)
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(_copy_error(exc))
+                if not isinstance(exc, Exception):
+                    raise  # cancelled (shutdown): the callers were told
+                continue
+            for (_, future), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue
+                if isinstance(reply, BaseException):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(int(reply))
+
+    async def _pipeline(self, publications: Iterable[Publication]) -> list[Any]:
+        """PUBLISH each of ``publications`` in one pipeline (no transaction); each reply
+        or error in order."""
+        assert isinstance(self._client, Redis)
+        pipe = self._client.pipeline(transaction=False)
+        for publication in publications:
+            pipe.publish(publication.topic, publication.data)
+        return await pipe.execute(raise_on_error=False)
+
     async def publish(self, channel: str, payload: Any) -> int:
         """:meth:`prepare` and :meth:`send`."""
         return await self.send(self.prepare(channel, payload))
+
+
+def _copy_error(exc: BaseException) -> BaseException:
+    """What each waiting caller gets when the whole pipeline failed: an error of its own
+    (a shared exception object would collect every caller's traceback)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return asyncio.CancelledError()
+    if isinstance(exc, TimeoutError):
+        return TimeoutError("the publish pipeline timed out")
+    if isinstance(exc, REDIS_DOWN):
+        error = RedisConnectionError(f"the publish pipeline failed: {exc!r}")
+        error.__cause__ = exc
+        return error
+    return exc
