@@ -16,7 +16,7 @@ from .errors import (
     PublishError,
     PubSubError,
 )
-from .hub import PubSubHub, close_implicit_hubs
+from .hub import PubSubHub, close_implicit_hubs, current_hub
 from .metrics import Metrics, PrometheusMetrics
 from .settings import PubSubSettings
 from .websocket import BasePubSubWebSocket
@@ -45,6 +45,7 @@ __all__ = [
     "RedisCredentials",
     "RedisPublisher",
     "close_implicit_hubs",
+    "current_hub",
     "publish_sync",
 ]
 

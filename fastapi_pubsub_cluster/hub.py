@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
+
+from starlette.requests import HTTPConnection
 
 from .backends.memory import MemoryBackend
 from .backends.redis import RedisBackend, RedisCredentialsLike, redis_url_from
 from .core.backend import Backend
 from .core.fanout import FanOut
-from .errors import HubClosedError
+from .errors import ConfigurationError, HubClosedError
 from .metrics import Metrics
 from .settings import PubSubSettings
 
@@ -61,6 +63,7 @@ class PubSubHub:
             )
         #: The fan-out core: local sockets, the membership mirror, delivery.
         self.fanout = FanOut(backend, settings, metrics)
+        _created_hubs.add(self)
         self._state = "new"
         self._start_lock = asyncio.Lock()
 
@@ -109,16 +112,28 @@ class PubSubHub:
         """A FastAPI lifespan: ``FastAPI(lifespan=hub.lifespan)``.
 
         It also stores the hub as ``app.state.pubsub_hub``, where sockets created without
-        an explicit hub find it.
+        an explicit hub find it. Inside a lifespan of your own, ``async with hub:`` and
+        ``yield {"pubsub_hub": hub}`` (FastAPI's lifespan state) do the same.
         """
         setattr(app.state, APP_STATE_ATTRIBUTE, self)
         async with self:
             yield
 
+    async def start_on_first_use(self) -> None:
+        """Start now if nothing started the hub yet, with a warning: without a lifespan
+        nothing stops it cleanly (its presence then lingers until peers reap it)."""
+        if self._state == "new":
+            logger.warning(
+                "PubSubHub started on first use; give it the app's lifespan "
+                "(FastAPI(lifespan=hub.lifespan), or `async with hub:` in yours) so that it "
+                "stops cleanly"
+            )
+        await self.start()
+
     async def publish(self, channel: str, payload: Any) -> None:
         """Send ``payload`` to every client of ``channel`` on every worker."""
         if self._state != "started":
-            await self.start()
+            await self.start_on_first_use()
         await self.fanout.publish(channel, payload)
 
     def get(self, channel: str) -> frozenset[str]:
@@ -138,6 +153,46 @@ class PubSubHub:
         self.fanout.add_reconnect_hook(hook)
 
 
+# Hubs the application created (implicit ones are not), while they are alive.
+_created_hubs: weakref.WeakSet[PubSubHub] = weakref.WeakSet()
+
+
+def hub_for(scope: Mapping[str, Any]) -> PubSubHub | None:
+    """The hub a socket or request with this ASGI ``scope`` uses when it names none.
+
+    In order: the hub ``hub.lifespan`` stored on ``app.state``; the hub in FastAPI's
+    lifespan state (``yield {"pubsub_hub": hub}``); the only running hub the application
+    created; the only one not started yet. None if it created none. Raises
+    :class:`ConfigurationError` if several qualify and nothing says which one.
+    """
+    state = getattr(scope.get("app"), "state", None)
+    hub = getattr(state, APP_STATE_ATTRIBUTE, None)
+    if isinstance(hub, PubSubHub):
+        return hub
+    hub = (scope.get("state") or {}).get(APP_STATE_ATTRIBUTE)
+    if isinstance(hub, PubSubHub):
+        return hub
+    # Running hubs first: a hub entered in the app's own lifespan runs before any socket.
+    for state in ("started", "new"):
+        hubs = [h for h in _created_hubs if h._state == state]
+        if len(hubs) > 1:
+            raise ConfigurationError(
+                f"{len(hubs)} PubSubHub objects exist and this socket names none: pass "
+                "hub=..., or give the app's hub its lifespan (FastAPI(lifespan=hub.lifespan))"
+            )
+        if hubs:
+            return hubs[0]
+    return None
+
+
+def current_hub(connection: HTTPConnection) -> PubSubHub:
+    """The app's hub, as a FastAPI dependency: ``hub: PubSubHub = Depends(current_hub)``."""
+    hub = hub_for(connection.scope)
+    if hub is None:
+        raise ConfigurationError("no PubSubHub: create one and give it the app's lifespan")
+    return hub
+
+
 # Hubs made implicitly for sockets built the seed's way (no hub passed, no lifespan),
 # one per event loop and Redis URL.
 _implicit_hubs: weakref.WeakKeyDictionary[
@@ -152,6 +207,7 @@ def implicit_hub(redis_url: str | None) -> PubSubHub:
     hub = hubs.get(redis_url)
     if hub is None or hub._state == "stopped":
         hub = PubSubHub(redis_url)
+        _created_hubs.discard(hub)  # the library's, not the application's
         hubs[redis_url] = hub
     return hub
 

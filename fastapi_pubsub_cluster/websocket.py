@@ -14,14 +14,16 @@ from .core.client import ClientConnection, ConnectionState
 from .core.fanout import FanOut
 from .errors import (
     CloseCode,
+    ConfigurationError,
     InvalidChannelError,
     MalformedMessageError,
     MessageTooLargeError,
     PubSubError,
 )
-from .hub import APP_STATE_ATTRIBUTE, PubSubHub, implicit_hub
+from .hub import PubSubHub, hub_for, implicit_hub
 from .limits import InboundLimiter
 from .origins import origin_allowed
+from .redaction import redact_url
 from .settings import WireFormat
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -195,7 +197,7 @@ class BasePubSubWebSocket:
         close_code: int = CloseCode.NORMAL
         try:
             try:
-                await self.hub.start()
+                await self.hub.start_on_first_use()
                 await fanout.connect(connection, notify=True)
             except PubSubError as exc:
                 logger.warning("socket for %r could not join: %s", self.channel_id, exc)
@@ -269,14 +271,20 @@ class BasePubSubWebSocket:
 
 
 def _find_hub(websocket: WebSocket, redis_credentials: RedisCredentialsLike | None) -> PubSubHub:
-    if redis_credentials is not None:
-        return implicit_hub(redis_url_from(redis_credentials))
-    app = websocket.scope.get("app")
-    state = getattr(app, "state", None)
-    hub = getattr(state, APP_STATE_ATTRIBUTE, None)
-    if isinstance(hub, PubSubHub):
-        return hub
-    return implicit_hub(None)
+    app_hub = hub_for(websocket.scope)
+    if redis_credentials is None:
+        return app_hub if app_hub is not None else implicit_hub(None)
+    url = redis_url_from(redis_credentials)
+    if app_hub is None:
+        return implicit_hub(url)  # the seed's way: a hub per Redis, made on first use
+    if app_hub.settings.redis_url != url:
+        # Publishing through the app's hub would never reach these sockets.
+        raise ConfigurationError(
+            f"this socket's redis_credentials ({redact_url(url)}) name another Redis than the "
+            f"app's PubSubHub ({redact_url(app_hub.settings.redis_url or 'in memory')}): "
+            "pass hub=... or drop redis_credentials"
+        )
+    return app_hub
 
 
 def _requested_format(websocket: WebSocket, default: WireFormat) -> WireFormat:
