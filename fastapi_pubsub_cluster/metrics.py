@@ -54,6 +54,10 @@ class Metrics:
     def inbound_limited(self) -> None:
         """A client went over its inbound message or byte rate (closed or message dropped)."""
 
+    def connection_opened(self, path: str) -> None:
+        """A socket joined; ``path`` is how broadcasts reach it: ``direct`` (the direct-write
+        protocol writes ready frames) or ``asgi``."""
+
 
 class PrometheusMetrics(Metrics):
     """Prometheus metrics (needs ``pip install fastapi-pubsub-cluster[metrics]``).
@@ -104,6 +108,12 @@ class PrometheusMetrics(Metrics):
             "loop_restarts",
             "Background loops restarted after an unexpected failure",
             ["loop"],
+            **options,
+        )
+        self._paths = Counter(
+            "connections_opened",
+            "Sockets that joined, by the path broadcasts take to them (direct or asgi)",
+            ["path"],
             **options,
         )
         self._inbound_limited = Counter(
@@ -165,6 +175,9 @@ class PrometheusMetrics(Metrics):
 
     def inbound_limited(self) -> None:
         self._inbound_limited.inc()
+
+    def connection_opened(self, path: str) -> None:
+        self._paths.labels(path=path).inc()
 
     def asgi_app(self) -> Any:
         """An ASGI app serving these metrics in the Prometheus text format; in multiprocess

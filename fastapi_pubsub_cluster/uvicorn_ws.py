@@ -29,6 +29,7 @@ deflated by hand. This module is the edge: it depends on the core, never the oth
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, ClassVar, Literal, get_args
 
@@ -44,6 +45,8 @@ from websockets.protocol import State
 from .codec import OutgoingFrame
 from .core.client import DIRECT_WRITE_EXTENSION
 from .errors import ConfigurationError
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
 
 __all__ = [
     "COMPRESSION_ENV",
@@ -209,6 +212,7 @@ class PubSubWebSocketProtocol(WebSocketsSansIOProtocol):
     #: The policy; None: ``PUBSUB_COMPRESSION`` (read once per process), else ``shared``.
     compression: ClassVar[Compression | None] = None
     _from_env: ClassVar[Compression | None] = None
+    _announced: ClassVar[bool] = False  # the log line saying so, once per process
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -236,6 +240,10 @@ class PubSubWebSocketProtocol(WebSocketsSansIOProtocol):
         return type(name, (cls,), {"compression": policy})
 
     def handle_connect(self, event: Any) -> None:
+        if not PubSubWebSocketProtocol._announced:
+            PubSubWebSocketProtocol._announced = True
+            deflate = self.policy() if self.config.ws_per_message_deflate else "off"
+            logger.info("websockets served by the direct-write protocol (compression: %s)", deflate)
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:

@@ -82,3 +82,22 @@ async def test_metrics_count_redis_reconnects(
         owned_redis.restart()
         await asyncio.wait_for(reconnected.wait(), 10)
         assert (await scrape(url))["pubsub_redis_reconnects_total"] == 1
+
+
+async def test_the_path_broadcasts_take_to_each_socket_is_counted(key_prefix: str) -> None:
+    from fastapi_pubsub_cluster.uvicorn_ws import PubSubWebSocketProtocol
+
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry=registry)
+    async with PubSubHub(settings=make_settings(key_prefix), metrics=metrics) as hub:
+        app = build_app(hub)
+        async with serve(app, ws=PubSubWebSocketProtocol) as direct, serve(app) as plain:
+            for url in (f"{direct}/ws/paths", f"{plain}/ws/paths", f"{plain}/ws/paths"):
+                ws = await connect(url, compression=None)
+                await recv_until(ws, lambda m: "count" in m)
+                await ws.close()
+
+    def opened(path: str) -> float | None:
+        return registry.get_sample_value("pubsub_connections_opened_total", {"path": path})
+
+    assert (opened("direct"), opened("asgi")) == (1.0, 2.0)

@@ -143,6 +143,11 @@ class ClientConnection:
         return self.state is ConnectionState.EVICTED
 
     @property
+    def has_direct_path(self) -> bool:
+        """True when the server integration can write broadcasts' frames straight to it."""
+        return self._direct is not None
+
+    @property
     def frames_written_directly(self) -> int:
         """Frames written by the server integration's direct path (0 without one)."""
         return self._direct.frames_written if self._direct is not None else 0

@@ -143,6 +143,7 @@ class FanOut:
         """
         channel = connection.channel
         self._local.add(connection)
+        self.metrics.connection_opened("direct" if connection.has_direct_path else "asgi")
         try:
             await self.backend.join(channel, connection.id, notify=notify)
             if connection.resume_from is not None:
