@@ -18,9 +18,9 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", str(os.cpu_count() or 1)))
 
 # uvicorn workers (from the `uvicorn-worker` package) serving websockets with the library's
-# protocol, which frames each broadcast once for every socket, with permessage-deflate off so
-# that browsers (which offer it by default) stay on that path. The library's log lines go to
-# gunicorn's error log. WORKER_CLASS=uvicorn_worker.UvicornWorker for plain ASGI.
+# protocol, which frames (and, for browsers that negotiate permessage-deflate, compresses)
+# each broadcast once for every socket (PUBSUB_COMPRESSION picks the policy). The library's
+# log lines go to gunicorn's error log. WORKER_CLASS=uvicorn_worker.UvicornWorker for plain ASGI.
 worker_class = os.environ.get(
     "WORKER_CLASS", "fastapi_pubsub_cluster.gunicorn_worker.PubSubUvicornWorker"
 )
