@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -16,9 +17,9 @@ from .backends.memory import MemoryBackend
 from .backends.redis import RedisBackend, RedisCredentialsLike, redis_url_from
 from .core.backend import Backend
 from .core.fanout import FanOut
-from .errors import ConfigurationError, HubClosedError
+from .errors import ConfigurationError, HubClosedError, PubSubError
 from .metrics import Metrics
-from .settings import PubSubSettings
+from .settings import PubSubSettings, exit_on_configuration_error
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -51,7 +52,7 @@ class PubSubHub:
         metrics: Metrics | None = None,
         backend: Backend | None = None,
     ) -> None:
-        settings = settings if settings is not None else PubSubSettings.from_env()
+        settings = settings if settings is not None else settings_from_environment()
         if redis_url is not None:
             settings = settings.with_changes(redis_url=redis_url_from(redis_url))
         self.settings = settings
@@ -116,8 +117,16 @@ class PubSubHub:
         ``yield {"pubsub_hub": hub}`` (FastAPI's lifespan state) do the same.
         """
         setattr(app.state, APP_STATE_ATTRIBUTE, self)
-        async with self:
+        try:
+            await self.start()
+        except PubSubError as exc:
+            # One line that says what to fix; the server then stops (startup failed).
+            logger.error("pub/sub hub could not start: %s", exc)
+            raise HubStartError(str(exc)) from None
+        try:
             yield
+        finally:
+            await self.stop()
 
     async def start_on_first_use(self) -> None:
         """Start now if nothing started the hub yet, with a warning: without a lifespan
@@ -151,6 +160,30 @@ class PubSubHub:
     def add_reconnect_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Call ``hook`` after the Redis link comes back (messages in the gap were lost)."""
         self.fanout.add_reconnect_hook(hook)
+
+
+class HubStartError(PubSubError):
+    """The hub could not start in the app's lifespan (its backend is unreachable)."""
+
+
+def settings_from_environment() -> PubSubSettings:
+    """``PubSubSettings.from_env()``; while an app module is being imported (startup), a
+    configuration error stops the process with one line naming the variable and the allowed
+    values, instead of a traceback through the server's import machinery."""
+    if not _importing():
+        return PubSubSettings.from_env()
+    with exit_on_configuration_error():
+        return PubSubSettings.from_env()
+
+
+def _importing() -> bool:
+    """True when called, at any depth, from a module's top level during its import."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 # Hubs the application created (implicit ones are not), while they are alive.

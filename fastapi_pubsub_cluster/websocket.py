@@ -20,7 +20,7 @@ from .errors import (
     MessageTooLargeError,
     PubSubError,
 )
-from .hub import PubSubHub, hub_for, implicit_hub
+from .hub import PubSubHub, hub_for, implicit_hub, settings_from_environment
 from .limits import InboundLimiter
 from .origins import origin_allowed
 from .redaction import redact_url
@@ -51,6 +51,12 @@ class BasePubSubWebSocket:
     dict with host/port/username/password/db, or :class:`RedisCredentials`); the hub that
     ``PubSubHub.lifespan`` stored on the app; the implicit in-memory hub.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Defined when the app module is imported, at startup: a bad PUBSUB_* value stops
+        # the server then, with one line, rather than failing every client later.
+        super().__init_subclass__(**kwargs)
+        settings_from_environment()
 
     def __init__(
         self,
