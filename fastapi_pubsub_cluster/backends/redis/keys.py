@@ -43,6 +43,10 @@ class RedisKeys:
     def topic(self, channel: str) -> str:
         return self._channel_key(channel, "topic")
 
+    def presence(self, channel: str) -> list[str]:
+        """The KEYS of every presence script: members set, seq counter, owners hash."""
+        return [self.members(channel), self.seq(channel), self.owners(channel)]
+
     def history(self, channel: str) -> str:
         return self._channel_key(channel, "history")
 

@@ -121,7 +121,7 @@ class Presence:
     ) -> None:
         keys = self._keys
         await script(
-            keys=[keys.members(channel), keys.seq(channel), keys.owners(channel)],
+            keys=keys.presence(channel),
             args=[
                 self._publish_command,
                 keys.topic(channel),
@@ -165,7 +165,7 @@ class Presence:
             await self.record_channel(channel)
         keys = self._keys
         changed = await self._reconcile(
-            keys=[keys.members(channel), keys.seq(channel), keys.owners(channel)],
+            keys=keys.presence(channel),
             args=[
                 self._publish_command,
                 keys.topic(channel),
@@ -309,7 +309,7 @@ class Presence:
             channel = text(raw)
             removed += int(
                 await self._reap_channel(
-                    keys=[keys.members(channel), keys.seq(channel), keys.owners(channel)],
+                    keys=keys.presence(channel),
                     args=[
                         self._publish_command,
                         keys.topic(channel),
