@@ -15,11 +15,12 @@ from starlette.requests import HTTPConnection
 
 from .backends.memory import MemoryBackend
 from .backends.redis import RedisBackend, RedisCredentialsLike, redis_url_from
+from .config_errors import exit_on_configuration_error
 from .core.backend import Backend
 from .core.fanout import FanOut
 from .errors import ConfigurationError, HubClosedError, PubSubError
 from .metrics import Metrics
-from .settings import PubSubSettings, exit_on_configuration_error
+from .settings import PubSubSettings
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 

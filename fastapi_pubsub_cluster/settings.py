@@ -13,11 +13,9 @@ import functools
 import logging
 import os
 import re
-import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -29,6 +27,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .config_errors import describe_errors
 from .errors import ConfigurationError, InvalidChannelError, MessageTooLargeError
 
 SlowClientPolicy = Literal["disconnect", "drop_oldest"]
@@ -127,7 +126,7 @@ class PubSubSettings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             names = _environment_names.get()
-            raise ConfigurationError(describe_errors(exc, names)) from None
+            raise ConfigurationError(describe_errors(exc, type(self).model_fields, names)) from None
 
     @classmethod
     def settings_customise_sources(
@@ -331,52 +330,3 @@ def _check_unknown_names(names: set[str]) -> None:
         if name not in _warned_unknown:
             _warned_unknown.add(name)
             logger.warning("ignoring %s: fastapi-pubsub-cluster has no such setting", name)
-
-
-def describe_errors(exc: ValidationError, names: Mapping[str, str] | None = None) -> str:
-    """One line for every problem in ``exc``, naming the environment variable where a value
-    came from the environment (``names`` maps field to variable), else the field."""
-    names = names or {}
-    problems: list[str] = []
-    for error in exc.errors(include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else ""
-        name = names.get(field, field)
-        if error["type"] == "extra_forbidden":
-            problems.append(f"{name!r} is not a setting")
-            continue
-        problems.append(f"{name}={error['input']!r} is invalid: {_reason(field, error)}")
-    return "; ".join(problems)
-
-
-def _reason(field: str, error: Any) -> str:
-    kind = error["type"]
-    if kind == "literal_error":
-        choices = get_args(PubSubSettings.model_fields[field].annotation)
-        return "allowed values are " + ", ".join(repr(choice) for choice in choices)
-    if kind in ("bool_parsing", "bool_type"):
-        return "allowed values are true, false (or 1, 0, yes, no, on, off)"
-    if kind in ("int_parsing", "int_from_float", "int_type"):
-        return "must be a whole number"
-    if kind in ("float_parsing", "float_type"):
-        return "must be a number"
-    if kind == "value_error":
-        return str(error["ctx"]["error"])
-    return str(error["msg"]).splitlines()[0].lower()
-
-
-@contextmanager
-def exit_on_configuration_error() -> Iterator[None]:
-    """Turn a :class:`ConfigurationError` into one line on stderr and exit status 2.
-
-    ::
-
-        with exit_on_configuration_error():
-            hub = PubSubHub()
-
-    instead of a traceback through the server's import machinery.
-    """
-    try:
-        yield
-    except ConfigurationError as exc:
-        print(f"fastapi-pubsub-cluster: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -43,7 +43,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from .codec import OutgoingFrame
-from .core.client import DIRECT_WRITE_EXTENSION
+from .core.sockets import DIRECT_WRITE_EXTENSION
 from .errors import ConfigurationError
 
 logger = logging.getLogger("fastapi_pubsub_cluster")

@@ -329,8 +329,8 @@ def test_stream_ids_are_validated() -> None:
 
 def test_a_configuration_error_stops_startup_with_one_line() -> None:
     script = (
-        "from fastapi_pubsub_cluster.settings import PubSubSettings, "
-        "exit_on_configuration_error\n"
+        "from fastapi_pubsub_cluster.config_errors import exit_on_configuration_error\n"
+        "from fastapi_pubsub_cluster.settings import PubSubSettings\n"
         "with exit_on_configuration_error():\n"
         "    PubSubSettings.from_env()\n"
     )

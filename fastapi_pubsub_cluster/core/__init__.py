@@ -1,8 +1,9 @@
 """The fan-out core and the contracts it has with backends and sockets."""
 
 from .backend import Backend, BackendEvent, ChannelDropped, ChannelLoaded, FanOutSink, HistorySlice
-from .client import ClientConnection, ConnectionState, SocketHooks
+from .client import ClientConnection, ConnectionState
 from .fanout import FanOut
+from .sockets import SocketHooks
 
 __all__ = [
     "Backend",

@@ -15,26 +15,12 @@ from starlette.websockets import WebSocket, WebSocketState
 from ..codec import OutgoingFrame, stream_id_order
 from ..errors import CloseCode
 from ..settings import PubSubSettings, WireFormat
-
-#: Key, in the ASGI scope's ``extensions``, of a :class:`DirectWriter` offered by the server
-#: integration (``fastapi_pubsub_cluster.uvicorn_ws``).
-DIRECT_WRITE_EXTENSION = "fastapi_pubsub_cluster.direct_write"
+from .sockets import DIRECT_WRITE_EXTENSION, DirectWriter, SocketHooks
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
 # The warning that a stuck client cannot be cut off is given once per process.
 _ABORT_WARNED = False
-
-
-class SocketHooks(Protocol):
-    """What the core calls on the application's socket object
-    (:class:`~fastapi_pubsub_cluster.websocket.BasePubSubWebSocket`)."""
-
-    async def generate_object_to_send(self) -> Any:
-        """What every client of the channel receives after a join or leave (None: nothing)."""
-
-    async def on_reconnect(self) -> None:
-        """Called after the worker's link to the backend came back."""
 
 
 class ConnectionOwner(Protocol):
@@ -45,19 +31,6 @@ class ConnectionOwner(Protocol):
 
     def message_dropped(self, connection: ClientConnection) -> None:
         """``connection`` lost its oldest queued message (``drop_oldest`` policy)."""
-
-
-class DirectWriter(Protocol):
-    """A server integration's way to write a ready-made frame straight to one socket."""
-
-    #: Frames written this way.
-    frames_written: int
-
-    def try_write(self, frame: OutgoingFrame, *, text: bool) -> bool:
-        """Write ``frame`` if the socket can take it now as is; False: use ASGI instead."""
-
-    def abort(self) -> None:
-        """Drop the connection at once, without waiting to flush what is buffered."""
 
 
 class ConnectionState(Enum):

@@ -22,10 +22,11 @@ from ..metrics import Metrics
 from ..settings import PubSubSettings, WireFormat
 from ..tasks import TaskSupervisor
 from .backend import Backend, BackendEvent, ChannelDropped, ChannelLoaded, LinkRestored
-from .client import ClientConnection, SocketHooks
+from .client import ClientConnection
 from .mirror import MembershipMirror
 from .regeneration import HOOK_TIMEOUT, Regenerator
 from .registry import LocalRegistry
+from .sockets import SocketHooks
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
