@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
@@ -27,9 +28,14 @@ class EventKind(StrEnum):
     STORED = "h"  # the same, also kept in the channel's history; ref is its stream id
     JOIN = "j"  # a connection entered the channel
     LEAVE = "l"  # a connection left the channel
+    DIRECT = "d"  # a payload for some connections of one worker (its inbox); no channel
 
 
 _KINDS = {kind.value: kind for kind in EventKind}
+# On the wire only: a MESSAGE or STORED that skips one connection (``publish(exclude=)``);
+# the payload travels as ``[excluded connection id, payload]``.
+_EXCLUDING = {"x": EventKind.MESSAGE, "y": EventKind.STORED}
+_EXCLUDING_CODES = {kind: code for code, kind in _EXCLUDING.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +47,10 @@ class Envelope:
     connection id (JOIN/LEAVE); ``seq`` is the channel's membership sequence number (0 for
     messages); ``payload`` is the published object (messages) or whether clients should be
     notified (JOIN/LEAVE); ``sent_at`` is the publisher's clock in Unix seconds (0 for
-    membership events), for the publish-to-delivery latency metric.
+    membership events), for the publish-to-delivery latency metric. ``exclude`` is a
+    connection id a MESSAGE or STORED skips (sent as kind ``x``/``y`` with the payload
+    ``[exclude, payload]``). A DIRECT envelope (a worker's inbox) has no channel; its
+    payload is ``[[connection ids], payload]``.
     """
 
     kind: EventKind
@@ -51,12 +60,15 @@ class Envelope:
     seq: int = 0
     payload: Any = None
     sent_at: float = 0.0
+    exclude: str | None = None
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
     """Pack an envelope; raises :class:`MalformedMessageError` for payloads msgpack cannot
     hold and for floats JSON cannot carry (NaN, infinities)."""
     payload = encode_payload(envelope.payload)
+    if envelope.exclude is not None:
+        payload = excluding_payload(envelope.exclude, payload)
     # The same bytes as packing the eight-item array at once (fixarray 8, then each item).
     return b"".join((*_envelope_parts(envelope), payload, _packed(envelope.sent_at)))
 
@@ -66,8 +78,16 @@ def envelope_overhead(envelope: Envelope) -> int:
     return sum(map(len, _envelope_parts(envelope))) + len(_packed(envelope.sent_at))
 
 
+def excluding_payload(exclude: str, payload: bytes) -> bytes:
+    """The msgpack bytes of ``[exclude, payload]`` from the payload's own bytes."""
+    return b"\x92" + _packed(exclude) + payload
+
+
 def _envelope_parts(envelope: Envelope) -> list[bytes]:
-    head = (ENVELOPE_VERSION, envelope.kind.value, envelope.channel, envelope.origin)
+    kind = envelope.kind.value
+    if envelope.exclude is not None:
+        kind = _EXCLUDING_CODES.get(envelope.kind, kind)
+    head = (ENVELOPE_VERSION, kind, envelope.channel, envelope.origin)
     try:
         return [b"\x98", *map(_packed, (*head, envelope.ref, envelope.seq))]
     except (TypeError, ValueError, OverflowError) as exc:
@@ -91,7 +111,7 @@ def encode_payload(payload: Any) -> bytes:
     return data
 
 
-def stored_envelope_head(channel: str, origin: str) -> bytes:
+def stored_envelope_head(channel: str, origin: str, *, excluding: bool = False) -> bytes:
     """The first four items of a STORED envelope, with the array header for all eight.
 
     Redis appends the stream id, the sequence, the payload bytes and ``sent_at`` inside the
@@ -99,7 +119,12 @@ def stored_envelope_head(channel: str, origin: str) -> bytes:
     """
     head = b"".join(
         cast(bytes, msgpack.packb(item, use_bin_type=True))
-        for item in (ENVELOPE_VERSION, EventKind.STORED.value, channel, origin)
+        for item in (
+            ENVELOPE_VERSION,
+            "y" if excluding else EventKind.STORED.value,
+            channel,
+            origin,
+        )
     )
     return b"\x98" + head  # fixarray of 8
 
@@ -138,14 +163,31 @@ def decode_envelope(data: bytes) -> Envelope:
     if not isinstance(items, list) or len(items) != 8 or items[0] != ENVELOPE_VERSION:
         raise MalformedMessageError("not a version-1 envelope array of 8 items")
     _, kind, channel, origin, ref, seq, payload, sent_at = items
+    exclude: str | None = None
     event_kind = _KINDS.get(kind) if isinstance(kind, str) else None
+    if event_kind is None and isinstance(kind, str) and kind in _EXCLUDING:
+        event_kind = _EXCLUDING[kind]
+        if not isinstance(payload, list) or len(payload) != 2 or not isinstance(payload[0], str):
+            raise MalformedMessageError("an excluding envelope's payload is not [id, payload]")
+        exclude, payload = payload
     if event_kind is None:
         raise MalformedMessageError(f"unknown envelope kind {kind!r}")
     if not all(isinstance(v, str) for v in (channel, origin, ref)) or not isinstance(seq, int):
         raise MalformedMessageError("envelope fields have the wrong types")
     if not isinstance(sent_at, int | float):
         raise MalformedMessageError("envelope timestamp is not a number")
-    return Envelope(event_kind, channel, origin, ref, seq, payload, float(sent_at))
+    if event_kind is EventKind.DIRECT and not _is_direct_payload(payload):
+        raise MalformedMessageError("a direct envelope's payload is not [[ids], payload]")
+    return Envelope(event_kind, channel, origin, ref, seq, payload, float(sent_at), exclude)
+
+
+def _is_direct_payload(payload: Any) -> bool:
+    return (
+        isinstance(payload, list)
+        and len(payload) == 2
+        and isinstance(payload[0], list)
+        and all(isinstance(i, str) for i in payload[0])
+    )
 
 
 class OutgoingFrame:
@@ -287,6 +329,29 @@ def _all_finite(value: Any) -> bool:
         elif isinstance(item, list | tuple):
             stack.extend(item)
     return True
+
+
+def membership_payload(notify: bool, metadata: Mapping[str, Any] | None) -> Any:
+    """A JOIN or LEAVE envelope's payload: whether to notify clients, with the connection's
+    presence metadata when it has some (``[notify, metadata as JSON text]``)."""
+    if metadata is None:
+        return notify
+    return [notify, encode_json(dict(metadata))]
+
+
+def membership_notify(payload: Any) -> bool:
+    """Whether a JOIN or LEAVE envelope asks to notify clients."""
+    return bool(payload[0] if isinstance(payload, list) and payload else payload)
+
+
+def membership_metadata(payload: Any) -> Any:
+    """The presence metadata a JOIN or LEAVE envelope carries (None without)."""
+    if isinstance(payload, list) and len(payload) == 2 and isinstance(payload[1], str):
+        try:
+            return json.loads(payload[1])
+        except ValueError:
+            return None
+    return None
 
 
 def stored_message_frame(stream_id: str, payload: Any) -> OutgoingFrame:

@@ -10,17 +10,22 @@ next heartbeat; every channel is reconciled now and then regardless.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from redis.commands.core import AsyncScript
 
+from ...codec import encode_json
 from ...core.backend import FanOutSink
 from ...metrics import Metrics
 from ...settings import PubSubSettings
 from . import scripts
 from .clients import REDIS_DOWN, CommandClient
+from .directory import Directory
+from .gate import ChannelGate
 from .keys import RedisKeys
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -81,6 +86,18 @@ class Presence:
         self._retired: list[str] = []
         self._sweep: deque[str] = deque()
         self._beats_since_sweep = BEATS_PER_SWEEP
+        #: Keeps reconciliations from racing this worker's own joins and leaves.
+        self.gate = ChannelGate()
+        #: Which worker holds which connection, and whose it is (targeted sends).
+        self.directory = Directory(
+            client,
+            keys,
+            worker_id=worker_id,
+            instance=lambda: self.instance,
+            publish_command=publish_command,
+            local=local,
+            gate=self.gate,
+        )
 
     @property
     def instance(self) -> str:
@@ -98,11 +115,20 @@ class Presence:
 
     # -- entries -----------------------------------------------------------------------
 
-    async def register(self, channel: str, connection_id: str, *, notify: bool) -> None:
-        """Add a connection to its channel and announce it (once). Raises if Redis does not
-        answer; the channel is then reconciled at the next heartbeat (the join may have run)."""
+    async def register(
+        self,
+        channel: str,
+        connection_id: str,
+        *,
+        notify: bool,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add a connection to its channel, with its metadata, and announce it (once).
+        Raises if Redis does not answer; the channel is then reconciled at the next
+        heartbeat (the join may have run)."""
+        meta = encode_json(dict(metadata)) if metadata is not None else ""
         try:
-            await self._membership_script(self._join, channel, connection_id, notify)
+            await self._membership_script(self._join, channel, connection_id, notify, meta)
         except REDIS_DOWN:
             self._in_doubt.add(channel)
             raise
@@ -111,34 +137,48 @@ class Presence:
         """Remove a connection and announce it; if Redis does not answer, the next
         heartbeat reconciles the channel (and so removes it)."""
         try:
-            await self._membership_script(self._leave, channel, connection_id, notify)
+            await self._membership_script(self._leave, channel, connection_id, notify, "")
         except REDIS_DOWN as exc:
             self._in_doubt.add(channel)
             logger.warning("leave of %s not recorded yet (%r); retrying", connection_id, exc)
 
     async def _membership_script(
-        self, script: AsyncScript, channel: str, connection_id: str, notify: bool
+        self, script: AsyncScript, channel: str, connection_id: str, notify: bool, meta: str
     ) -> None:
         keys = self._keys
-        await script(
-            keys=[keys.members(channel), keys.seq(channel), keys.owners(channel)],
-            args=[
-                self._publish_command,
-                keys.topic(channel),
-                channel,
-                self.instance,
-                connection_id,
-                "1" if notify else "0",
-                scripts.SEQ_IDLE_TTL_MS,
-            ],
-        )
+        async with self.gate.change(channel):
+            await script(
+                keys=self._channel_keys(channel),
+                args=[
+                    self._publish_command,
+                    keys.topic(channel),
+                    channel,
+                    self.instance,
+                    connection_id,
+                    "1" if notify else "0",
+                    scripts.SEQ_IDLE_TTL_MS,
+                    meta,
+                ],
+            )
 
-    async def snapshot(self, channel: str) -> tuple[frozenset[str], int]:
-        """The members of ``channel`` and its sequence number, read at one instant."""
-        raw_members, raw_seq = await self._snapshot(
-            keys=[self._keys.members(channel), self._keys.seq(channel)]
+    def _channel_keys(self, channel: str) -> list[str]:
+        """The keys the membership scripts change: members, seq, owners, metadata."""
+        keys = self._keys
+        return [keys.members(channel), keys.seq(channel), keys.owners(channel), keys.meta(channel)]
+
+    async def snapshot(self, channel: str) -> tuple[frozenset[str], int, dict[str, Any]]:
+        """The members of ``channel``, its sequence number and its members' metadata, read
+        at one instant."""
+        keys = self._keys
+        raw_members, raw_seq, raw_meta = await self._snapshot(
+            keys=[keys.members(channel), keys.seq(channel), keys.meta(channel)]
         )
-        return frozenset(text(m) for m in raw_members), int(raw_seq or 0)
+        return frozenset(text(m) for m in raw_members), int(raw_seq or 0), _metadata(raw_meta)
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """Connection id -> metadata (None without) in ``channel``."""
+        members, _, metadata = await self.snapshot(channel)
+        return {member: metadata.get(member) for member in members}
 
     async def members(self, channel: str) -> frozenset[str]:
         """Connection ids in ``channel``."""
@@ -160,12 +200,21 @@ class Presence:
     async def reconcile(self, channel: str) -> int:
         """Make this worker's entries in ``channel`` match its live connections there;
         how many entries changed (each announced)."""
+        async with self.gate.reconciliation(channel):
+            return await self._reconcile_alone(channel)
+
+    async def _reconcile_alone(self, channel: str) -> int:
         live = list(self._local.local_members(channel))
         if live and channel not in self._recorded_channels:
             await self.record_channel(channel)
+        metadata = self._local.local_metadata(channel)
+        live_with_meta: list[str] = []
+        for connection_id in live:
+            meta = metadata.get(connection_id)
+            live_with_meta += [connection_id, encode_json(meta) if meta is not None else ""]
         keys = self._keys
         changed = await self._reconcile(
-            keys=[keys.members(channel), keys.seq(channel), keys.owners(channel)],
+            keys=self._channel_keys(channel),
             args=[
                 self._publish_command,
                 keys.topic(channel),
@@ -173,7 +222,7 @@ class Presence:
                 self.instance,
                 f"{self._worker_id}#",
                 scripts.SEQ_IDLE_TTL_MS,
-                *live,
+                *live_with_meta,
             ],
         )
         if changed:
@@ -217,6 +266,7 @@ class Presence:
             self._retired.append(retired)
             self._recorded_channels.clear()
             self._in_doubt.update(self._local.local_channels())
+            self.directory.doubt()
             logger.warning(
                 "presence of %s was lost (stalled past its TTL, or Redis lost it); "
                 "registering it again as %s",
@@ -242,6 +292,7 @@ class Presence:
         await self.beat()
         await self.reconcile_in_doubt()
         await self._sweep_some()
+        await self.directory.keep()
         while self._retired and not self._in_doubt:
             # What an earlier instance still owns is not live (or was given to this one).
             await self.reap(self._retired[0], force=True)
@@ -309,7 +360,7 @@ class Presence:
             channel = text(raw)
             removed += int(
                 await self._reap_channel(
-                    keys=[keys.members(channel), keys.seq(channel), keys.owners(channel)],
+                    keys=self._channel_keys(channel),
                     args=[
                         self._publish_command,
                         keys.topic(channel),
@@ -320,5 +371,17 @@ class Presence:
                     ],
                 )
             )
+        await self.directory.reap(instance)
         await self._client.srem(keys.workers, instance)
         return removed
+
+
+def _metadata(raw: list[Any]) -> dict[str, Any]:
+    """A metadata hash's HGETALL reply (flat pairs of id, JSON) as a dict."""
+    metadata: dict[str, Any] = {}
+    for i in range(0, len(raw) - 1, 2):
+        try:
+            metadata[text(raw[i])] = json.loads(raw[i + 1])
+        except ValueError:
+            continue  # not ours: ignored
+    return metadata
