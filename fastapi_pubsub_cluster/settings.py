@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import json
 import logging
 import os
 import re
@@ -30,12 +29,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from .errors import (
-    ConfigurationError,
-    InvalidChannelError,
-    MessageTooLargeError,
-    PresenceMetadataError,
-)
+from .errors import ConfigurationError, InvalidChannelError, MessageTooLargeError
 
 SlowClientPolicy = Literal["disconnect", "drop_oldest"]
 InboundRatePolicy = Literal["disconnect", "drop"]
@@ -264,37 +258,6 @@ class PubSubSettings(BaseSettings):
                 f"channel id {channel_id[:50]!r} has characters outside {self.channel_id_pattern}"
             )
         return channel_id
-
-    def check_presence_metadata(self, metadata: object) -> dict[str, Any] | None:
-        """``metadata`` as presence metadata: None, or a JSON object of at most
-        ``max_presence_metadata_bytes``; else :class:`PresenceMetadataError`."""
-        if metadata is None:
-            return None
-        if not isinstance(metadata, dict):
-            raise PresenceMetadataError("presence metadata must be a dict (a JSON object)")
-        try:
-            size = len(json.dumps(metadata, separators=(",", ":"), allow_nan=False).encode())
-        except (TypeError, ValueError) as exc:
-            raise PresenceMetadataError(f"presence metadata is not JSON: {exc}") from None
-        if size > self.max_presence_metadata_bytes:
-            raise PresenceMetadataError(
-                f"presence metadata is {size} bytes; the limit is "
-                f"{self.max_presence_metadata_bytes}"
-            )
-        return metadata
-
-    def check_user_id(self, user_id: object) -> str | None:
-        """``user_id`` as a socket's user id: None, or a non-empty string no longer than
-        ``max_channel_id_length``; else :class:`PresenceMetadataError`."""
-        if user_id is None:
-            return None
-        if not isinstance(user_id, str) or not user_id:
-            raise PresenceMetadataError("a user id must be a non-empty string")
-        if len(user_id) > self.max_channel_id_length:
-            raise PresenceMetadataError(
-                f"user id is {len(user_id)} characters; the limit is {self.max_channel_id_length}"
-            )
-        return user_id
 
     def with_changes(self, **changes: object) -> PubSubSettings:
         """A copy with some fields replaced (validated like the original)."""

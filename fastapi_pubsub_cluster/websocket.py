@@ -9,7 +9,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from .backends.redis import RedisCredentialsLike, redis_url_from
-from .codec import OutgoingFrame, decode_client_binary, decode_client_text
+from .codec import OutgoingFrame
 from .core.client import ClientConnection, ConnectionState
 from .core.fanout import FanOut
 from .errors import (
@@ -22,7 +22,8 @@ from .errors import (
     PubSubError,
 )
 from .hub import PubSubHub, hub_for, implicit_hub
-from .limits import InboundLimiter
+from .inbound import decode_client_binary, decode_client_text
+from .limits import InboundLimiter, checked_presence_metadata, checked_user_id
 from .origins import origin_allowed
 from .redaction import redact_url
 from .settings import WireFormat
@@ -201,8 +202,10 @@ class BasePubSubWebSocket:
             await self._refuse("not authorized")
             return
         try:
-            self.user_id = settings.check_user_id(await self.get_user_id())
-            metadata = settings.check_presence_metadata(await self.presence_metadata())
+            self.user_id = checked_user_id(await self.get_user_id(), settings.max_channel_id_length)
+            metadata = checked_presence_metadata(
+                await self.presence_metadata(), settings.max_presence_metadata_bytes
+            )
         except PresenceMetadataError as exc:
             logger.info("rejected a socket: %s", exc)
             await self._refuse(_reason(str(exc)))

@@ -24,9 +24,9 @@ from .backend import Backend, BackendEvent, ChannelDropped, ChannelLoaded, LinkR
 from .client import ClientConnection, SocketHooks
 from .mirror import MembershipMirror
 from .recent import SEEN_PUBLICATIONS, RecentIds
-from .regeneration import HOOK_TIMEOUT, Regenerator
+from .regeneration import Regenerator
 from .registry import LocalRegistry
-from .replay import StoredDelivery
+from .replay import StoredDelivery, resync
 from .subscription import SubscriberPolicy, Subscribers, Subscription
 from .targeted import TargetedSender
 
@@ -314,7 +314,16 @@ class FanOut:
             self._mirror.drop(event.channel)
             self._stored.forget(event.channel)
         elif isinstance(event, LinkRestored):
-            self._tasks.spawn(self._resync(event.channels), name="pubsub-resync")
+            resyncing = resync(
+                event.channels,
+                stored=self._stored,
+                regenerator=self._regenerator,
+                hooks=self._reconnect_hooks,
+                connections=self.local_connections,
+                settings=self.settings,
+                metrics=self.metrics,
+            )
+            self._tasks.spawn(resyncing, name="pubsub-resync")
 
     # -- delivery ----------------------------------------------------------------------
 
@@ -343,39 +352,3 @@ class FanOut:
                 logger.exception("delivery to %s failed", connection.id)
         self.metrics.delivered(delivered, sent_at)
         return delivered
-
-    # -- after a lost link -------------------------------------------------------------
-
-    async def _resync(self, channels: tuple[str, ...]) -> None:
-        """Replay what history channels stored in the gap, regenerate, tell the app."""
-        self.metrics.redis_reconnected()
-        for channel in channels:
-            try:
-                await self._stored.replay_missed(channel)
-            except Exception as exc:
-                logger.warning("could not replay missed messages on %r: %r", channel, exc)
-            self._regenerator.schedule(channel)
-        # Concurrently: one slow hook must not hold up the others.
-        await asyncio.gather(
-            *(self._run_hook(h(), "reconnect hook") for h in self._reconnect_hooks)
-        )
-        conns = [c for channel in channels for c in self.local_connections(channel)]
-        if self.settings.close_clients_on_reconnect:
-            reason = "pub/sub link was lost; reconnect to resync"
-            await asyncio.gather(
-                *(c.close(CloseCode.SERVICE_RESTART, reason) for c in conns),
-                return_exceptions=True,
-            )
-            return
-        await asyncio.gather(
-            *(self._run_hook(c.hooks.on_reconnect(), "on_reconnect") for c in conns)
-        )
-
-    @staticmethod
-    async def _run_hook(call: Awaitable[None], what: str) -> None:
-        """Await an application hook within its time limit; its failure is logged only."""
-        try:
-            async with asyncio.timeout(HOOK_TIMEOUT):
-                await call
-        except Exception:
-            logger.exception("%s failed", what)

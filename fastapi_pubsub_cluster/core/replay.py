@@ -1,15 +1,20 @@
-"""Messages of channels with history: delivered once, in order, and replayed after a gap."""
+"""Messages of channels with history: delivered once, in order, and replayed after a gap;
+and the whole resync after a lost link."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..codec import OutgoingFrame, history_gap_frame, stored_message_frame, stream_id_order
+from ..errors import CloseCode
+from ..metrics import Metrics
 from ..settings import PubSubSettings
 from .backend import Backend
 from .client import ClientConnection
+from .regeneration import HOOK_TIMEOUT, Regenerator
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -83,3 +88,45 @@ class StoredDelivery:
             self.deliver(channel, stream_id, payload, 0.0)
         if stored.entries:
             logger.info("replayed %d missed messages on %r", len(stored.entries), channel)
+
+
+async def resync(
+    channels: Sequence[str],
+    *,
+    stored: StoredDelivery,
+    regenerator: Regenerator,
+    hooks: Sequence[Callable[[], Awaitable[None]]],
+    connections: Callable[[str], list[ClientConnection]],
+    settings: PubSubSettings,
+    metrics: Metrics,
+) -> None:
+    """After a lost link: replay what history channels stored in the gap, regenerate, and
+    tell the app (its reconnect hooks, then each socket's ``on_reconnect``, or close the
+    sockets with 1012 if ``close_clients_on_reconnect``)."""
+    metrics.redis_reconnected()
+    for channel in channels:
+        try:
+            await stored.replay_missed(channel)
+        except Exception as exc:
+            logger.warning("could not replay missed messages on %r: %r", channel, exc)
+        regenerator.schedule(channel)
+    # Concurrently: one slow hook must not hold up the others.
+    await asyncio.gather(*(run_hook(h(), "reconnect hook") for h in hooks))
+    conns = [c for channel in channels for c in connections(channel)]
+    if settings.close_clients_on_reconnect:
+        reason = "pub/sub link was lost; reconnect to resync"
+        await asyncio.gather(
+            *(c.close(CloseCode.SERVICE_RESTART, reason) for c in conns),
+            return_exceptions=True,
+        )
+        return
+    await asyncio.gather(*(run_hook(c.hooks.on_reconnect(), "on_reconnect") for c in conns))
+
+
+async def run_hook(call: Awaitable[None], what: str) -> None:
+    """Await an application hook within its time limit; its failure is logged only."""
+    try:
+        async with asyncio.timeout(HOOK_TIMEOUT):
+            await call
+    except Exception:
+        logger.exception("%s failed", what)

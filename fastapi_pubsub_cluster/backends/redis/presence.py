@@ -27,6 +27,7 @@ from .clients import REDIS_DOWN, CommandClient
 from .directory import Directory
 from .gate import ChannelGate
 from .keys import RedisKeys
+from .reaping import Reaper, channel_keys
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -74,9 +75,7 @@ class Presence:
         self._join = client.register_script(scripts.JOIN)
         self._leave = client.register_script(scripts.LEAVE)
         self._reconcile = client.register_script(scripts.RECONCILE)
-        self._reap_channel = client.register_script(scripts.REAP_CHANNEL)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
-        self._claim = client.register_script(scripts.CLAIM)
         self._epoch = 1
         self._beating = False
         self._recorded_channels: set[str] = set()
@@ -97,6 +96,10 @@ class Presence:
             publish_command=publish_command,
             local=local,
             gate=self.gate,
+        )
+        #: Removes what dead worker instances registered.
+        self.reaper = Reaper(
+            client, keys, publish_command=publish_command, directory=self.directory
         )
 
     @property
@@ -162,9 +165,7 @@ class Presence:
             )
 
     def _channel_keys(self, channel: str) -> list[str]:
-        """The keys the membership scripts change: members, seq, owners, metadata."""
-        keys = self._keys
-        return [keys.members(channel), keys.seq(channel), keys.owners(channel), keys.meta(channel)]
+        return channel_keys(self._keys, channel)
 
     async def snapshot(self, channel: str) -> tuple[frozenset[str], int, dict[str, Any]]:
         """The members of ``channel``, its sequence number and its members' metadata, read
@@ -321,59 +322,16 @@ class Presence:
 
     async def instances_of(self, worker_id: str) -> list[str]:
         """The instances of ``worker_id`` that the cluster lists."""
-        workers = [text(w) for w in await self._client.smembers(self._keys.workers)]
-        return [w for w in workers if w.startswith(f"{worker_id}#")]
+        return await self.reaper.instances_of(worker_id)
 
     async def reap_dead_workers(self) -> None:
         """Remove the presence of every worker instance whose heartbeat expired."""
-        client = self._client
-        workers = [text(w) for w in await client.smembers(self._keys.workers)]
-        others = [w for w in workers if w != self.instance and w not in self._retired]
-        if not others:
-            return
-        async with client.pipeline(transaction=False) as pipe:
-            for worker in others:
-                pipe.exists(self._keys.heartbeat(worker))
-            alive = await pipe.execute()
-        for worker, is_alive in zip(others, alive, strict=True):
-            if not is_alive:
-                removed = await self.reap(worker)
-                if removed >= 0:
-                    logger.warning("reaped %d connections of dead worker %s", removed, worker)
+        await self.reaper.reap_dead(self.instance, spare=self._retired)
 
     async def reap(self, instance: str, *, force: bool = False) -> int:
-        """Remove what a worker instance registered, in every channel it held; -1 if it
-        turned out alive (``force`` removes it all the same: a worker's own shutdown).
-
-        The claim is atomic on the instance's own slot; the per-channel removals are not
-        (they live on other slots), and remove only entries the claimed instance owns.
-        """
-        keys = self._keys
-        channels = await self._claim(
-            keys=[keys.heartbeat(instance), keys.worker_channels(instance)],
-            args=["1" if force else "0"],
-        )
-        if channels is None:
-            return -1
-        removed = 0
-        for raw in channels:
-            channel = text(raw)
-            removed += int(
-                await self._reap_channel(
-                    keys=self._channel_keys(channel),
-                    args=[
-                        self._publish_command,
-                        keys.topic(channel),
-                        channel,
-                        self.instance,
-                        instance,
-                        scripts.SEQ_IDLE_TTL_MS,
-                    ],
-                )
-            )
-        await self.directory.reap(instance)
-        await self._client.srem(keys.workers, instance)
-        return removed
+        """Remove what a worker instance registered; -1 if it turned out alive (``force``
+        removes it all the same: a worker's own shutdown). See :class:`Reaper`."""
+        return await self.reaper.reap(instance, by=self.instance, force=force)
 
 
 def _metadata(raw: list[Any]) -> dict[str, Any]:
