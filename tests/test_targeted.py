@@ -3,6 +3,7 @@ channel minus its sender; on every backend, and across workers on Redis."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,7 +15,14 @@ from websockets.asyncio.client import ClientConnection
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings, RedisBackend
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
-from tests.live import connect, recv_json, recv_until, serve, wait_for_async_condition
+from tests.live import (
+    connect,
+    recv_json,
+    recv_until,
+    serve,
+    wait_for_async_condition,
+    wait_for_condition,
+)
 from tools.processes import uvicorn_process
 
 
@@ -115,6 +123,26 @@ async def test_publish_excluding_a_connection_on_a_history_channel(
         assert (await next_marked(sender))["data"] == {"entry": 2}
         for ws in (sender, other):
             await ws.close()
+
+
+async def test_a_burst_of_users_coming_and_going_leaves_no_entry_behind(
+    server: str, hub: PubSubHub
+) -> None:
+    async def visit(i: int) -> None:
+        ws = await connect(f"{server}/id/burst?user=u{i % 5}")
+        await ws.close()
+
+    await asyncio.gather(*(visit(i) for i in range(100)))
+    await wait_for_condition(lambda: hub.fanout.local_connection_count == 0, 15)
+    await wait_for_async_condition(lambda: _no_members(hub, "burst"), 15)
+    for i in range(5):
+        assert await hub.fanout.backend.user_connections(f"u{i}") == frozenset()
+        assert await hub.send_to_user(f"u{i}", {"x": 1}) == 0
+    backend = hub.backend
+    if isinstance(backend, RedisBackend):
+        redis = aioredis.Redis.from_url(backend.redis_url)
+        assert await redis.hlen(backend.keys.worker_connections(backend.worker_id)) == 0
+        await redis.aclose()
 
 
 # -- across workers on one Redis ---------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from ..errors import SubscriberOverflowError
+from ..errors import HubClosedError, SubscriberOverflowError
 from ..tasks import TaskSupervisor
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -150,5 +150,7 @@ class Subscribers:
     async def _unfollow(self, channel: str) -> None:
         try:
             await self._follow(channel)
-        except Exception as exc:  # the backend reconciles its subscriptions later
+        except HubClosedError:
+            pass  # stopped: every subscription is gone already
+        except Exception as exc:  # a link that failed drops the topic when it reconnects
             logger.warning("could not stop hearing %r: %r", channel, exc)

@@ -221,7 +221,7 @@ class RedisBackend:
             await started.presence.directory.register(connection_id, user_id)
             await self._sync_subscription(started, channel)
             await started.presence.register(
-                channel, connection_id, notify=notify, metadata=metadata
+                channel, connection_id, notify=notify, metadata=metadata, user_id=user_id
             )
         except REDIS_DOWN as exc:
             raise PresenceError(
@@ -233,8 +233,8 @@ class RedisBackend:
         started = self._started
         if started is None:
             return  # stopped: the whole presence of this worker is gone already
-        await started.presence.unregister(channel, connection_id, notify=notify)
         user_id = self._user_of.pop(connection_id, None)
+        await started.presence.unregister(channel, connection_id, notify=notify, user_id=user_id)
         await started.presence.directory.unregister(connection_id, user_id)
         try:
             await self._sync_subscription(started, channel)

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from ...codec import Envelope, EventKind, encode_envelope
@@ -49,6 +50,7 @@ class Directory:
         publish_command: str,
         local: FanOutSink,
         gate: ChannelGate,
+        inline: bool,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -57,6 +59,10 @@ class Directory:
         self._publish_command = publish_command
         self._local = local
         self._gate = gate
+        #: True on a single Redis: the join and leave scripts write the entries themselves,
+        #: atomically with the channel's (:meth:`script_keys`); on a cluster they live on
+        #: other slots and are written beside them.
+        self.inline = inline
         self._send = client.register_script(scripts.SEND)
         self._reconcile = client.register_script(scripts.RECONCILE_CONNECTIONS)
         self._reap = client.register_script(scripts.REAP_CONNECTIONS)
@@ -72,10 +78,30 @@ class Directory:
         """Reconcile at the next heartbeat."""
         self._in_doubt = True
 
+    def entry(self, user_id: str | None) -> str:
+        """The value of a connection's entry in the worker's hash: its instance and user."""
+        return f"{self._instance()} {user_id or ''}"
+
+    def script_keys(self, user_id: str | None) -> list[str]:
+        """The directory's keys for a join or leave script (none unless :attr:`inline`)."""
+        if not self.inline:
+            return []
+        keys = [self._keys.worker_connections(self._worker_id)]
+        if user_id is not None:
+            keys.append(self._keys.user_connections(user_id))
+        return keys
+
+    def changing(self) -> AbstractAsyncContextManager[None]:
+        """Hold while a script changes the directory (a reconciliation waits for it)."""
+        return self._gate.change(_GATE_NAME)
+
     async def register(self, connection_id: str, user_id: str | None) -> None:
-        """Note that this worker holds ``connection_id`` (of ``user_id``). Raises if Redis
-        does not answer (the entries are then reconciled at the next heartbeat)."""
-        value = f"{self._instance()} {user_id or ''}"
+        """Note that this worker holds ``connection_id`` (of ``user_id``), unless the join
+        script does. Raises if Redis does not answer (the entries are then reconciled at
+        the next heartbeat)."""
+        if self.inline:
+            return
+        value = self.entry(user_id)
         try:
             async with self._gate.change(_GATE_NAME), self._client.pipeline(False) as pipe:
                 pipe.hset(self._keys.worker_connections(self._worker_id), connection_id, value)
@@ -87,8 +113,10 @@ class Directory:
             raise
 
     async def unregister(self, connection_id: str, user_id: str | None) -> None:
-        """Remove ``connection_id``'s entries; if Redis does not answer, the next heartbeat
-        reconciles them."""
+        """Remove ``connection_id``'s entries, unless the leave script did; if Redis does
+        not answer, the next heartbeat reconciles them."""
+        if self.inline:
+            return
         try:
             async with self._gate.change(_GATE_NAME), self._client.pipeline(False) as pipe:
                 if user_id is not None:

@@ -96,6 +96,7 @@ class Presence:
             publish_command=publish_command,
             local=local,
             gate=self.gate,
+            inline=publish_command == "PUBLISH",
         )
         #: Removes what dead worker instances registered.
         self.reaper = Reaper(
@@ -125,33 +126,46 @@ class Presence:
         *,
         notify: bool,
         metadata: Mapping[str, Any] | None = None,
+        user_id: str | None = None,
     ) -> None:
-        """Add a connection to its channel, with its metadata, and announce it (once).
-        Raises if Redis does not answer; the channel is then reconciled at the next
-        heartbeat (the join may have run)."""
+        """Add a connection to its channel, with its metadata, and announce it (once); on
+        a single Redis, add its directory entries in the same script. Raises if Redis does
+        not answer; the channel is then reconciled at the next heartbeat (the join may have
+        run)."""
         meta = encode_json(dict(metadata)) if metadata is not None else ""
         try:
-            await self._membership_script(self._join, channel, connection_id, notify, meta)
+            await self._membership_script(self._join, channel, connection_id, notify, meta, user_id)
         except REDIS_DOWN:
             self._in_doubt.add(channel)
+            self.directory.doubt()
             raise
 
-    async def unregister(self, channel: str, connection_id: str, *, notify: bool) -> None:
-        """Remove a connection and announce it; if Redis does not answer, the next
-        heartbeat reconciles the channel (and so removes it)."""
+    async def unregister(
+        self, channel: str, connection_id: str, *, notify: bool, user_id: str | None = None
+    ) -> None:
+        """Remove a connection (and on a single Redis its directory entries) and announce
+        it; if Redis does not answer, the next heartbeat reconciles the channel."""
         try:
-            await self._membership_script(self._leave, channel, connection_id, notify, "")
+            await self._membership_script(self._leave, channel, connection_id, notify, "", user_id)
         except REDIS_DOWN as exc:
             self._in_doubt.add(channel)
+            self.directory.doubt()
             logger.warning("leave of %s not recorded yet (%r); retrying", connection_id, exc)
 
     async def _membership_script(
-        self, script: AsyncScript, channel: str, connection_id: str, notify: bool, meta: str
+        self,
+        script: AsyncScript,
+        channel: str,
+        connection_id: str,
+        notify: bool,
+        meta: str,
+        user_id: str | None,
     ) -> None:
         keys = self._keys
-        async with self.gate.change(channel):
+        directory = self.directory
+        async with self.gate.change(channel), directory.changing():
             await script(
-                keys=self._channel_keys(channel),
+                keys=[*self._channel_keys(channel), *directory.script_keys(user_id)],
                 args=[
                     self._publish_command,
                     keys.topic(channel),
@@ -161,6 +175,7 @@ class Presence:
                     "1" if notify else "0",
                     scripts.SEQ_IDLE_TTL_MS,
                     meta,
+                    directory.entry(user_id),
                 ],
             )
 

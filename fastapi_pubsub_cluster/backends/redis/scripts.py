@@ -24,12 +24,16 @@ SEQ_IDLE_TTL_MS = 3_600_000
 #: store retried after a timeout (the first attempt may have run) is not stored twice.
 STORED_IDS_WINDOW_MS = 300_000
 
-# KEYS: members set, seq counter, owners hash, metadata hash
+# KEYS: members set, seq counter, owners hash, metadata hash, and on a single Redis (where
+#       keys of several slots may meet in one script) the worker's connections hash and, if
+#       the connection has a user, the user's connections set
 # ARGV: publish command, topic, channel, owner instance, connection id, notify ("1"/"0"),
-#       idle TTL in ms, metadata JSON ("" for none)
+#       idle TTL in ms, metadata JSON ("" for none), the directory entry's value
 # A join is announced even when the connection is a member already (a reconciliation
 # registered it first, or a retry ran twice): every join is an event its socket waits on.
 JOIN = """
+if KEYS[5] then redis.call('HSET', KEYS[5], ARGV[5], ARGV[9]) end
+if KEYS[6] then redis.call('SADD', KEYS[6], ARGV[5]) end
 redis.call('HSET', KEYS[3], ARGV[5], ARGV[4])
 local payload = ARGV[6] == '1'
 if ARGV[8] ~= '' then
@@ -43,8 +47,10 @@ redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, 'j', ARGV[3], ARGV[4], ARGV[5], s
 return seq
 """
 
-# Same KEYS and ARGV as JOIN (the metadata argument is not used: the stored one is sent).
+# Same KEYS and ARGV as JOIN (the metadata and the directory value are not used).
 LEAVE = """
+if KEYS[6] then redis.call('SREM', KEYS[6], ARGV[5]) end
+if KEYS[5] then redis.call('HDEL', KEYS[5], ARGV[5]) end
 redis.call('HDEL', KEYS[3], ARGV[5])
 local meta = redis.call('HGET', KEYS[4], ARGV[5])
 redis.call('HDEL', KEYS[4], ARGV[5])
