@@ -103,7 +103,10 @@ class Directory:
             return
         value = self.entry(user_id)
         try:
-            async with self._gate.change(_GATE_NAME), self._client.pipeline(False) as pipe:
+            async with (
+                self._gate.change(_GATE_NAME),
+                self._client.pipeline(transaction=False) as pipe,
+            ):
                 pipe.hset(self._keys.worker_connections(self._worker_id), connection_id, value)
                 if user_id is not None:
                     pipe.sadd(self._keys.user_connections(user_id), connection_id)
@@ -118,7 +121,10 @@ class Directory:
         if self.inline:
             return
         try:
-            async with self._gate.change(_GATE_NAME), self._client.pipeline(False) as pipe:
+            async with (
+                self._gate.change(_GATE_NAME),
+                self._client.pipeline(transaction=False) as pipe,
+            ):
                 if user_id is not None:
                     pipe.srem(self._keys.user_connections(user_id), connection_id)
                 pipe.hdel(self._keys.worker_connections(self._worker_id), connection_id)
