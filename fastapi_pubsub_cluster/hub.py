@@ -6,7 +6,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
@@ -153,13 +153,14 @@ class PubSubHub:
             await self.start_on_first_use()
         return await self.fanout.send_to_user(user_id, payload)
 
-    def subscribe(
+    @asynccontextmanager
+    async def subscribe(
         self,
         channel: str,
         *,
         max_queue: int | None = None,
         policy: SubscriberPolicy = "drop_oldest",
-    ) -> AbstractAsyncContextManager[Subscription]:
+    ) -> AsyncIterator[Subscription]:
         """Read ``channel``'s messages in Python, as published on any worker::
 
             async with hub.subscribe("news") as messages:
@@ -172,9 +173,13 @@ class PubSubHub:
         ``max_queue`` messages (default ``send_queue_size``) wait unread; then
         ``"drop_oldest"`` drops the oldest (counted in ``messages.dropped``) and ``"error"``
         ends the iteration with :class:`~fastapi_pubsub_cluster.errors.SubscriberOverflowError`.
-        Fan-out never waits for a subscriber. The hub must be started.
+        Fan-out never waits for a subscriber. The iteration ends when the block is left
+        or the hub stops.
         """
-        return self.fanout.subscribe(channel, max_queue=max_queue, policy=policy)
+        if self._state != "started":
+            await self.start_on_first_use()
+        async with self.fanout.subscribe(channel, max_queue=max_queue, policy=policy) as messages:
+            yield messages
 
     def get(self, channel: str) -> frozenset[str]:
         """Cluster-wide connection ids of ``channel`` from this worker's mirror (no I/O)."""
