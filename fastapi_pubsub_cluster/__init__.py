@@ -3,6 +3,7 @@
 from .backends.memory import MemoryBackend
 from .backends.redis import RedisBackend, RedisCredentials, RedisPublisher, publish_sync
 from .core import Backend, FanOut
+from .core.subscription import Subscription
 from .errors import (
     BackendUnavailableError,
     CloseCode,
@@ -13,8 +14,10 @@ from .errors import (
     MalformedMessageError,
     MessageTooLargeError,
     PresenceError,
+    PresenceMetadataError,
     PublishError,
     PubSubError,
+    SubscriberOverflowError,
 )
 from .hub import PubSubHub, close_implicit_hubs, current_hub
 from .metrics import Metrics, PrometheusMetrics
@@ -36,6 +39,7 @@ __all__ = [
     "MessageTooLargeError",
     "Metrics",
     "PresenceError",
+    "PresenceMetadataError",
     "PrometheusMetrics",
     "PubSubError",
     "PubSubHub",
@@ -44,6 +48,8 @@ __all__ = [
     "RedisBackend",
     "RedisCredentials",
     "RedisPublisher",
+    "SubscriberOverflowError",
+    "Subscription",
     "close_implicit_hubs",
     "current_hub",
     "publish_sync",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
@@ -12,12 +12,13 @@ import msgpack  # type: ignore[import-untyped]
 
 from .errors import MalformedMessageError
 
-ENVELOPE_VERSION = 1
+# The client-frame parsers live in .inbound; they are importable from here as before.
+from .inbound import MAX_NESTING_DEPTH as MAX_NESTING_DEPTH
+from .inbound import all_finite
+from .inbound import decode_client_binary as decode_client_binary
+from .inbound import decode_client_text as decode_client_text
 
-#: Deepest nesting of arrays and objects accepted in a client frame (JSON or msgpack).
-MAX_NESTING_DEPTH = 64
-#: Integers a client may send: what msgpack (and so every worker) can carry.
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+ENVELOPE_VERSION = 1
 
 
 class EventKind(StrEnum):
@@ -27,9 +28,14 @@ class EventKind(StrEnum):
     STORED = "h"  # the same, also kept in the channel's history; ref is its stream id
     JOIN = "j"  # a connection entered the channel
     LEAVE = "l"  # a connection left the channel
+    DIRECT = "d"  # a payload for some connections of one worker (its inbox); no channel
 
 
 _KINDS = {kind.value: kind for kind in EventKind}
+# On the wire only: a MESSAGE or STORED that skips one connection (``publish(exclude=)``);
+# the payload travels as ``[excluded connection id, payload]``.
+_EXCLUDING = {"x": EventKind.MESSAGE, "y": EventKind.STORED}
+_EXCLUDING_CODES = {kind: code for code, kind in _EXCLUDING.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +47,10 @@ class Envelope:
     connection id (JOIN/LEAVE); ``seq`` is the channel's membership sequence number (0 for
     messages); ``payload`` is the published object (messages) or whether clients should be
     notified (JOIN/LEAVE); ``sent_at`` is the publisher's clock in Unix seconds (0 for
-    membership events), for the publish-to-delivery latency metric.
+    membership events), for the publish-to-delivery latency metric. ``exclude`` is a
+    connection id a MESSAGE or STORED skips (sent as kind ``x``/``y`` with the payload
+    ``[exclude, payload]``). A DIRECT envelope (a worker's inbox) has no channel; its
+    payload is ``[[connection ids], payload]``.
     """
 
     kind: EventKind
@@ -51,12 +60,15 @@ class Envelope:
     seq: int = 0
     payload: Any = None
     sent_at: float = 0.0
+    exclude: str | None = None
 
 
 def encode_envelope(envelope: Envelope) -> bytes:
     """Pack an envelope; raises :class:`MalformedMessageError` for payloads msgpack cannot
     hold and for floats JSON cannot carry (NaN, infinities)."""
     payload = encode_payload(envelope.payload)
+    if envelope.exclude is not None:
+        payload = excluding_payload(envelope.exclude, payload)
     # The same bytes as packing the eight-item array at once (fixarray 8, then each item).
     return b"".join((*_envelope_parts(envelope), payload, _packed(envelope.sent_at)))
 
@@ -66,8 +78,16 @@ def envelope_overhead(envelope: Envelope) -> int:
     return sum(map(len, _envelope_parts(envelope))) + len(_packed(envelope.sent_at))
 
 
+def excluding_payload(exclude: str, payload: bytes) -> bytes:
+    """The msgpack bytes of ``[exclude, payload]`` from the payload's own bytes."""
+    return b"\x92" + _packed(exclude) + payload
+
+
 def _envelope_parts(envelope: Envelope) -> list[bytes]:
-    head = (ENVELOPE_VERSION, envelope.kind.value, envelope.channel, envelope.origin)
+    kind = envelope.kind.value
+    if envelope.exclude is not None:
+        kind = _EXCLUDING_CODES.get(envelope.kind, kind)
+    head = (ENVELOPE_VERSION, kind, envelope.channel, envelope.origin)
     try:
         return [b"\x98", *map(_packed, (*head, envelope.ref, envelope.seq))]
     except (TypeError, ValueError, OverflowError) as exc:
@@ -86,12 +106,12 @@ def encode_payload(payload: Any) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         raise MalformedMessageError(f"payload cannot be encoded with msgpack: {exc}") from exc
     # Without a float64 marker byte there is no float at all: skip the walk.
-    if b"\xcb" in data and not _all_finite(payload):
+    if b"\xcb" in data and not all_finite(payload):
         raise MalformedMessageError("payload holds NaN or an infinity, which JSON cannot carry")
     return data
 
 
-def stored_envelope_head(channel: str, origin: str) -> bytes:
+def stored_envelope_head(channel: str, origin: str, *, excluding: bool = False) -> bytes:
     """The first four items of a STORED envelope, with the array header for all eight.
 
     Redis appends the stream id, the sequence, the payload bytes and ``sent_at`` inside the
@@ -99,7 +119,12 @@ def stored_envelope_head(channel: str, origin: str) -> bytes:
     """
     head = b"".join(
         cast(bytes, msgpack.packb(item, use_bin_type=True))
-        for item in (ENVELOPE_VERSION, EventKind.STORED.value, channel, origin)
+        for item in (
+            ENVELOPE_VERSION,
+            "y" if excluding else EventKind.STORED.value,
+            channel,
+            origin,
+        )
     )
     return b"\x98" + head  # fixarray of 8
 
@@ -138,14 +163,31 @@ def decode_envelope(data: bytes) -> Envelope:
     if not isinstance(items, list) or len(items) != 8 or items[0] != ENVELOPE_VERSION:
         raise MalformedMessageError("not a version-1 envelope array of 8 items")
     _, kind, channel, origin, ref, seq, payload, sent_at = items
+    exclude: str | None = None
     event_kind = _KINDS.get(kind) if isinstance(kind, str) else None
+    if event_kind is None and isinstance(kind, str) and kind in _EXCLUDING:
+        event_kind = _EXCLUDING[kind]
+        if not isinstance(payload, list) or len(payload) != 2 or not isinstance(payload[0], str):
+            raise MalformedMessageError("an excluding envelope's payload is not [id, payload]")
+        exclude, payload = payload
     if event_kind is None:
         raise MalformedMessageError(f"unknown envelope kind {kind!r}")
     if not all(isinstance(v, str) for v in (channel, origin, ref)) or not isinstance(seq, int):
         raise MalformedMessageError("envelope fields have the wrong types")
     if not isinstance(sent_at, int | float):
         raise MalformedMessageError("envelope timestamp is not a number")
-    return Envelope(event_kind, channel, origin, ref, seq, payload, float(sent_at))
+    if event_kind is EventKind.DIRECT and not _is_direct_payload(payload):
+        raise MalformedMessageError("a direct envelope's payload is not [[ids], payload]")
+    return Envelope(event_kind, channel, origin, ref, seq, payload, float(sent_at), exclude)
+
+
+def _is_direct_payload(payload: Any) -> bool:
+    return (
+        isinstance(payload, list)
+        and len(payload) == 2
+        and isinstance(payload[0], list)
+        and all(isinstance(i, str) for i in payload[0])
+    )
 
 
 class OutgoingFrame:
@@ -196,97 +238,27 @@ def encode_json(payload: Any) -> str:
         raise MalformedMessageError(f"payload cannot be encoded as JSON: {exc}") from exc
 
 
-def decode_client_text(text: str) -> Any:
-    """Parse a client's text frame as strict JSON: no NaN or infinities, integers that fit
-    64 bits, nesting at most :data:`MAX_NESTING_DEPTH` deep; else MalformedMessageError."""
-    # Nesting cannot exceed the number of opening brackets: most frames skip the walk.
-    may_nest = text.count("[") + text.count("{") > MAX_NESTING_DEPTH
-    try:
-        data = json.loads(
-            text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int
-        )
-    except RecursionError as exc:
-        raise MalformedMessageError("text frame is nested too deeply") from exc
-    except ValueError as exc:
-        raise MalformedMessageError(f"text frame is not valid JSON: {exc}") from exc
-    if may_nest:
-        _check_depth(data)
-    return data
+def membership_payload(notify: bool, metadata: Mapping[str, Any] | None) -> Any:
+    """A JOIN or LEAVE envelope's payload: whether to notify clients, with the connection's
+    presence metadata when it has some (``[notify, metadata as JSON text]``)."""
+    if metadata is None:
+        return notify
+    return [notify, encode_json(dict(metadata))]
 
 
-def decode_client_binary(data: bytes) -> Any:
-    """Parse a client's binary frame as msgpack, to the same rules as text frames (no NaN
-    or infinities, no extension types, nesting at most :data:`MAX_NESTING_DEPTH` deep)."""
-    try:
-        decoded = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_reject_ext)
-    except Exception as exc:  # msgpack raises several unrelated types for garbage
-        raise MalformedMessageError(f"binary frame is not valid msgpack: {exc}") from exc
-    # Container headers and float markers are bytes in known ranges: most frames hold too
-    # few of them to need the walk.
-    if len(data.translate(None, _NOT_CONTAINER_HEADERS)) > MAX_NESTING_DEPTH:
-        _check_depth(decoded)
-    if (b"\xcb" in data or b"\xca" in data) and not _all_finite(decoded):
-        raise MalformedMessageError("binary frame holds NaN or an infinity")
-    return decoded
+def membership_notify(payload: Any) -> bool:
+    """Whether a JOIN or LEAVE envelope asks to notify clients."""
+    return bool(payload[0] if isinstance(payload, list) and payload else payload)
 
 
-_CONTAINER_HEADERS = {*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF}
-_NOT_CONTAINER_HEADERS = bytes(b for b in range(256) if b not in _CONTAINER_HEADERS)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(literal: str) -> float:
-    value = float(literal)
-    if not math.isfinite(value):
-        raise ValueError(f"number {literal[:20]}... is out of range")
-    return value
-
-
-def _bounded_int(literal: str) -> int:
-    value = int(literal)
-    if not _INT_MIN <= value <= _INT_MAX:
-        raise ValueError(f"integer {literal[:20]}... does not fit 64 bits")
-    return value
-
-
-def _reject_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"msgpack extension type {code} is not accepted")
-
-
-def _check_depth(value: Any) -> None:
-    """MalformedMessageError if ``value`` nests deeper than MAX_NESTING_DEPTH (iterative:
-    the depth checked is the attacker's, so no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        for child in children:
-            if isinstance(child, list | dict):
-                if depth >= MAX_NESTING_DEPTH:
-                    raise MalformedMessageError(
-                        f"frame nests deeper than {MAX_NESTING_DEPTH} levels"
-                    )
-                stack.append((child, depth + 1))
+def membership_metadata(payload: Any) -> Any:
+    """The presence metadata a JOIN or LEAVE envelope carries (None without)."""
+    if isinstance(payload, list) and len(payload) == 2 and isinstance(payload[1], str):
+        try:
+            return json.loads(payload[1])
+        except ValueError:
+            return None
     return None
-
-
-def _all_finite(value: Any) -> bool:
-    """False if ``value`` holds NaN or an infinity anywhere (keys included)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return False
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return True
 
 
 def stored_message_frame(stream_id: str, payload: Any) -> OutgoingFrame:

@@ -57,3 +57,12 @@ class HistoryError(BackendUnavailableError):
 
 class HubClosedError(PubSubError):
     """The hub was used before `start()` or after `stop()`."""
+
+
+class SubscriberOverflowError(PubSubError):
+    """A server-side subscriber with the ``"error"`` policy fell a full queue behind: its
+    iteration ends with this error (messages were lost)."""
+
+
+class PresenceMetadataError(PubSubError, ValueError):
+    """Presence metadata that is not a JSON object, or is over ``max_presence_metadata_bytes``."""

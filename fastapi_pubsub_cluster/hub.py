@@ -18,6 +18,7 @@ from .backends.redis import RedisBackend, RedisCredentialsLike, redis_url_from
 from .config_errors import exit_on_configuration_error
 from .core.backend import Backend
 from .core.fanout import FanOut
+from .core.subscription import SubscriberPolicy, Subscription
 from .errors import ConfigurationError, HubClosedError, PubSubError
 from .metrics import Metrics
 from .settings import PubSubSettings
@@ -140,15 +141,69 @@ class PubSubHub:
             )
         await self.start()
 
-    async def publish(self, channel: str, payload: Any) -> None:
-        """Send ``payload`` to every client of ``channel`` on every worker."""
+    async def publish(self, channel: str, payload: Any, *, exclude: str | None = None) -> None:
+        """Send ``payload`` to every client of ``channel`` on every worker, except the
+        connection whose id is ``exclude`` (e.g. the sender's ``connection_id``)."""
         if self._state != "started":
             await self.start_on_first_use()
-        await self.fanout.publish(channel, payload)
+        await self.fanout.publish(channel, payload, exclude=exclude)
+
+    async def send_to(self, connection_id: str, payload: Any) -> int:
+        """Send ``payload`` to one connection (a socket's ``connection_id``) on whatever
+        worker holds it. Returns how many sockets took it: 1, or 0 for a connection that is
+        unknown or gone (no error)."""
+        if self._state != "started":
+            await self.start_on_first_use()
+        return await self.fanout.send_to(connection_id, payload)
+
+    async def send_to_user(self, user_id: str, payload: Any) -> int:
+        """Send ``payload`` to every connection of ``user_id`` (see
+        ``BasePubSubWebSocket.get_user_id``) on every worker; how many sockets took it."""
+        if self._state != "started":
+            await self.start_on_first_use()
+        return await self.fanout.send_to_user(user_id, payload)
+
+    @asynccontextmanager
+    async def subscribe(
+        self,
+        channel: str,
+        *,
+        max_queue: int | None = None,
+        policy: SubscriberPolicy = "drop_oldest",
+    ) -> AsyncIterator[Subscription]:
+        """Read ``channel``'s messages in Python, as published on any worker::
+
+            async with hub.subscribe("news") as messages:
+                async for message in messages:
+                    ...
+
+        Only published messages arrive (not the join/leave results of
+        ``generate_object_to_send``, nor targeted sends); on channels with history each is
+        ``{"id": ..., "data": ...}``. A subscriber is not a member of the channel. At most
+        ``max_queue`` messages (default ``send_queue_size``) wait unread; then
+        ``"drop_oldest"`` drops the oldest (counted in ``messages.dropped``) and ``"error"``
+        ends the iteration with :class:`~fastapi_pubsub_cluster.errors.SubscriberOverflowError`.
+        Fan-out never waits for a subscriber. The iteration ends when the block is left
+        or the hub stops.
+        """
+        if self._state != "started":
+            await self.start_on_first_use()
+        async with self.fanout.subscribe(channel, max_queue=max_queue, policy=policy) as messages:
+            yield messages
 
     def get(self, channel: str) -> frozenset[str]:
         """Cluster-wide connection ids of ``channel`` from this worker's mirror (no I/O)."""
         return self.fanout.get(channel)
+
+    def presence_of(self, channel: str) -> dict[str, Any]:
+        """Cluster-wide connection id -> presence metadata (None without) of ``channel``,
+        from this worker's mirror (no I/O; empty unless this worker hears the channel)."""
+        return self.fanout.presence_of(channel)
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """Cluster-wide connection id -> presence metadata (None without) of ``channel``,
+        read from the source of truth."""
+        return await self.fanout.presence(channel)
 
     async def members(self, channel: str) -> frozenset[str]:
         """Cluster-wide connection ids of ``channel`` read from the source of truth."""

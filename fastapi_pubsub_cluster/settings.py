@@ -81,6 +81,8 @@ class PubSubSettings(BaseSettings):
     max_channel_id_length: int = 200
     #: Characters allowed in a channel id (a full-match regular expression).
     channel_id_pattern: str = r"[A-Za-z0-9_.:@/+=-]+"
+    #: Largest presence metadata a connection may register (its JSON, in bytes).
+    max_presence_metadata_bytes: int = 1024
     #: Messages that may wait for one client before the slow-client policy applies.
     send_queue_size: int = 512
     #: ``"disconnect"`` closes a slow client with 1008; ``"drop_oldest"`` drops its oldest message.
@@ -156,6 +158,7 @@ class PubSubSettings(BaseSettings):
         "heartbeat_ttl",
         "max_message_bytes",
         "max_channel_id_length",
+        "max_presence_metadata_bytes",
         "send_queue_size",
         "redis_timeout",
         "reconnect_delay_initial",

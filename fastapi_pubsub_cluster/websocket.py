@@ -9,7 +9,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from .backends.redis import RedisCredentialsLike, redis_url_from
-from .codec import OutgoingFrame, decode_client_binary, decode_client_text
+from .codec import OutgoingFrame
 from .core.client import ClientConnection, ConnectionState
 from .core.fanout import FanOut
 from .errors import (
@@ -18,10 +18,12 @@ from .errors import (
     InvalidChannelError,
     MalformedMessageError,
     MessageTooLargeError,
+    PresenceMetadataError,
     PubSubError,
 )
 from .hub import PubSubHub, hub_for, implicit_hub, settings_from_environment
-from .limits import InboundLimiter
+from .inbound import decode_client_binary, decode_client_text
+from .limits import InboundLimiter, checked_presence_metadata, checked_user_id
 from .origins import origin_allowed
 from .redaction import redact_url
 from .settings import WireFormat
@@ -66,8 +68,11 @@ class BasePubSubWebSocket:
         *,
         hub: PubSubHub | None = None,
         wire_format: WireFormat | None = None,
+        user_id: str | None = None,
     ) -> None:
         self.websocket = websocket
+        #: The user this socket belongs to, for ``hub.send_to_user`` (see :meth:`get_user_id`).
+        self.user_id = user_id
         self.channel_id = channel_id
         self.hub = hub if hub is not None else _find_hub(websocket, redis_credentials)
         self.connection_id = f"{self.hub.fanout.worker_id}:{uuid.uuid4().hex}"
@@ -105,6 +110,18 @@ class BasePubSubWebSocket:
         its channel (read ``self.websocket`` headers, query, cookies); False closes with 1008
         and registers nothing."""
         return True
+
+    async def get_user_id(self) -> str | None:
+        """Override to say which user this socket belongs to (``hub.send_to_user`` reaches
+        all of a user's sockets); called after :meth:`authorize`, before joining. The
+        default returns ``self.user_id`` (the ``user_id`` argument)."""
+        return self.user_id
+
+    async def presence_metadata(self) -> dict[str, Any] | None:
+        """Override to register a small JSON object with this socket's presence (e.g. a
+        name), which ``hub.presence()`` returns; at most ``max_presence_metadata_bytes``, or
+        the socket is closed with 1008 before joining. Called after :meth:`authorize`."""
+        return None
 
     async def on_connect(self) -> None:
         """Override to act once the socket is registered in its channel."""
@@ -157,9 +174,11 @@ class BasePubSubWebSocket:
         if payload is not None:
             await self.hub.publish(self.channel_id, payload)
 
-    async def publish(self, payload: Any) -> None:
-        """Send ``payload`` to every client of this socket's channel, on every worker."""
-        await self.hub.publish(self.channel_id, payload)
+    async def publish(self, payload: Any, *, exclude_self: bool = False) -> None:
+        """Send ``payload`` to every client of this socket's channel, on every worker
+        (except this socket with ``exclude_self``)."""
+        exclude = self.connection_id if exclude_self else None
+        await self.hub.publish(self.channel_id, payload, exclude=exclude)
 
     # -- the connection loop -----------------------------------------------------------
 
@@ -188,6 +207,15 @@ class BasePubSubWebSocket:
             logger.info("socket not authorized for channel %r", self.channel_id)
             await self._refuse("not authorized")
             return
+        try:
+            self.user_id = checked_user_id(await self.get_user_id(), settings.max_channel_id_length)
+            metadata = checked_presence_metadata(
+                await self.presence_metadata(), settings.max_presence_metadata_bytes
+            )
+        except PresenceMetadataError as exc:
+            logger.info("rejected a socket: %s", exc)
+            await self._refuse(_reason(str(exc)))
+            return
         fanout = self.hub.fanout
         # Joined before the handshake completes, with messages held until then: a client
         # that sees itself accepted misses nothing published afterwards.
@@ -198,6 +226,8 @@ class BasePubSubWebSocket:
             hooks=self,
             wire_format=self.wire_format,
             resume_from=self.resume_from,
+            user_id=self.user_id,
+            metadata=metadata,
         )
         self._connection = connection
         close_code: int = CloseCode.NORMAL

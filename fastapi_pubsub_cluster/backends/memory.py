@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..codec import Envelope, EventKind, encode_payload, stream_id_order
+import msgpack  # type: ignore[import-untyped]
+
+from ..codec import Envelope, EventKind, encode_payload, membership_payload, stream_id_order
 from ..core.backend import ChannelDropped, ChannelLoaded, FanOutSink, HistorySlice, new_worker_id
 from ..errors import HubClosedError
 from ..settings import PubSubSettings
@@ -29,6 +32,9 @@ class MemoryBackend:
         # Never restarts: a channel's events keep their order across emptying.
         self._seq: dict[str, int] = {}
         self._histories: dict[str, LocalHistory] = {}
+        self._metadata: dict[str, dict[str, Any]] = {}
+        self._users: dict[str, set[str]] = {}
+        self._user_of: dict[str, str] = {}
 
     async def start(self, sink: FanOutSink) -> None:
         """Take the core's door; nothing to open."""
@@ -38,46 +44,80 @@ class MemoryBackend:
         """Forget presence (no other worker can see it anyway)."""
         self._sink = None
         self._members.clear()
+        self._metadata.clear()
+        self._users.clear()
+        self._user_of.clear()
 
     def _door(self) -> FanOutSink:
         if self._sink is None:
             raise HubClosedError("the in-memory backend is not started")
         return self._sink
 
-    async def join(self, channel: str, connection_id: str, *, notify: bool) -> None:
-        """Add a connection and announce it."""
+    async def join(
+        self,
+        channel: str,
+        connection_id: str,
+        *,
+        notify: bool,
+        user_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add a connection (to its user, with its metadata) and announce it."""
         sink = self._door()
+        if user_id is not None:
+            self._users.setdefault(user_id, set()).add(connection_id)
+            self._user_of[connection_id] = user_id
         members = self._members.get(channel)
         if members is None:
             members = self._members[channel] = set()
             sink.receive(ChannelLoaded(channel, frozenset(), self._seq.get(channel, 0)))
         if connection_id not in members:
             members.add(connection_id)
-            self._announce(sink, EventKind.JOIN, channel, connection_id, notify)
+            if metadata is not None:
+                self._metadata.setdefault(channel, {})[connection_id] = dict(metadata)
+            self._announce(sink, EventKind.JOIN, channel, connection_id, notify, metadata)
 
     async def leave(self, channel: str, connection_id: str, *, notify: bool) -> None:
         """Remove a connection and announce it; does nothing after :meth:`stop`."""
         sink = self._sink
         members = self._members.get(channel)
+        user_id = self._user_of.pop(connection_id, None)
+        if user_id is not None:
+            of_user = self._users.get(user_id, set())
+            of_user.discard(connection_id)
+            if not of_user:
+                self._users.pop(user_id, None)
         if sink is None or members is None or connection_id not in members:
             return
         members.discard(connection_id)
-        self._announce(sink, EventKind.LEAVE, channel, connection_id, notify)
+        metadata = self._metadata.get(channel, {}).pop(connection_id, None)
+        self._announce(sink, EventKind.LEAVE, channel, connection_id, notify, metadata)
         if not members:
             del self._members[channel]
+            self._metadata.pop(channel, None)
             sink.receive(ChannelDropped(channel))
 
     def _announce(
-        self, sink: FanOutSink, kind: EventKind, channel: str, connection_id: str, notify: bool
+        self,
+        sink: FanOutSink,
+        kind: EventKind,
+        channel: str,
+        connection_id: str,
+        notify: bool,
+        metadata: Mapping[str, Any] | None,
     ) -> None:
         seq = self._seq[channel] = self._seq.get(channel, 0) + 1
-        sink.receive(Envelope(kind, channel, self.worker_id, connection_id, seq, notify))
+        payload = membership_payload(notify, metadata)
+        sink.receive(Envelope(kind, channel, self.worker_id, connection_id, seq, payload))
 
-    async def publish(self, channel: str, payload: Any) -> None:
-        """Deliver ``payload`` to the channel's clients in this process."""
+    async def publish(self, channel: str, payload: Any, *, exclude: str | None = None) -> None:
+        """Deliver ``payload`` to the channel's clients in this process (but ``exclude``)."""
         sink = self._door()
-        # Check encodability and size once, as the Redis backend does before PUBLISH.
-        self.settings.check_message_size(len(encode_payload(payload)))
+        # Check encodability and size once, as the Redis backend does before PUBLISH, and
+        # hand on a copy, as Redis does: the caller may change its object afterwards.
+        encoded = encode_payload(payload)
+        self.settings.check_message_size(len(encoded))
+        payload = msgpack.unpackb(encoded, raw=False, strict_map_key=False)
         sent_at = time.time()
         if self.settings.has_history(channel):
             history = self._histories.get(channel)
@@ -86,15 +126,49 @@ class MemoryBackend:
                 self._histories[channel] = history
             stream_id = history.append(payload)
             sink.receive(
-                Envelope(EventKind.STORED, channel, self.worker_id, stream_id, 0, payload, sent_at)
+                Envelope(
+                    EventKind.STORED,
+                    channel,
+                    self.worker_id,
+                    stream_id,
+                    0,
+                    payload,
+                    sent_at,
+                    exclude,
+                )
             )
             return
         publication_id = uuid.uuid4().hex
         sink.receive(
             Envelope(
-                EventKind.MESSAGE, channel, self.worker_id, publication_id, 0, payload, sent_at
+                EventKind.MESSAGE,
+                channel,
+                self.worker_id,
+                publication_id,
+                0,
+                payload,
+                sent_at,
+                exclude,
             )
         )
+
+    async def send(self, worker_id: str, connection_ids: Sequence[str], payload: Any) -> int:
+        """No other worker exists: nothing to send to."""
+        self._door()
+        return 0
+
+    async def user_connections(self, user_id: str) -> frozenset[str]:
+        """Ids of ``user_id``'s connections."""
+        return frozenset(self._users.get(user_id, ()))
+
+    async def follow(self, channel: str) -> None:
+        """Nothing to subscribe: every envelope comes back through the door."""
+        self._door()
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """Connection id -> presence metadata (None without) in ``channel``."""
+        metadata = self._metadata.get(channel, {})
+        return {cid: metadata.get(cid) for cid in self._members.get(channel, ())}
 
     async def members(self, channel: str) -> frozenset[str]:
         """Connection ids in ``channel``."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..codec import Envelope
@@ -22,12 +22,14 @@ from ..codec import Envelope
 class ChannelLoaded:
     """The backend now hears ``channel``: its members as of membership event ``seq``.
 
-    Membership events with a sequence number up to ``seq`` are part of ``members``.
+    Membership events with a sequence number up to ``seq`` are part of ``members``;
+    ``metadata`` holds the presence metadata of the members that have some.
     """
 
     channel: str
     members: frozenset[str]
     seq: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +77,26 @@ class FanOutSink(Protocol):
     def local_channels(self) -> Collection[str]:
         """Channels with at least one live connection on this worker."""
 
+    def local_user_ids(self) -> Mapping[str, str | None]:
+        """This worker's live connection ids, each with its user id (None without one)."""
+
+    def local_metadata(self, channel: str) -> Mapping[str, Any]:
+        """Presence metadata of this worker's live connections in ``channel`` that have
+        some."""
+
+    def listens(self, channel: str) -> bool:
+        """True while this worker needs ``channel``'s envelopes: it holds sockets there, or
+        server-side subscribers."""
+
 
 class Backend(Protocol):
     """Moves publications and presence between workers.
 
     ``join`` and ``leave`` register a local connection cluster-wide (a backend starts
     hearing a channel when its first local connection joins, reporting
-    :class:`ChannelLoaded`, and stops after the last one leaves). Every envelope it hears,
-    its own included, goes to :meth:`FanOutSink.receive`.
+    :class:`ChannelLoaded`, and stops after the last one leaves; :meth:`follow` does the
+    same for server-side subscribers). Every envelope it hears, its own included, goes to
+    :meth:`FanOutSink.receive`, and so do the DIRECT envelopes sent to this worker.
     """
 
     #: An id unique to this worker process across hosts and restarts.
@@ -94,18 +108,44 @@ class Backend(Protocol):
     async def stop(self) -> None:
         """Remove this worker's presence, stop background work, close connections."""
 
-    async def publish(self, channel: str, payload: Any) -> None:
+    async def publish(self, channel: str, payload: Any, *, exclude: str | None = None) -> None:
         """Deliver ``payload`` to every worker hearing ``channel``, stored first if the
-        channel keeps history."""
+        channel keeps history; connection ``exclude`` (if any) is skipped."""
 
-    async def join(self, channel: str, connection_id: str, *, notify: bool) -> None:
-        """Register a local connection (already in the sink's local truth)."""
+    async def join(
+        self,
+        channel: str,
+        connection_id: str,
+        *,
+        notify: bool,
+        user_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Register a local connection (already in the sink's local truth), with the user
+        it belongs to and its presence metadata, if any."""
 
     async def leave(self, channel: str, connection_id: str, *, notify: bool) -> None:
         """Unregister a connection (already gone from the sink's local truth)."""
 
     async def members(self, channel: str) -> frozenset[str]:
         """Connection ids in ``channel`` read from the source of truth."""
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """Connection id -> presence metadata (None without) in ``channel``, read from the
+        source of truth."""
+
+    async def follow(self, channel: str) -> None:
+        """Hear ``channel`` while :meth:`FanOutSink.listens` says so, stop after; call it
+        when server-side subscribers come or go (one subscription per channel per worker,
+        shared with sockets)."""
+
+    async def send(self, worker_id: str, connection_ids: Sequence[str], payload: Any) -> int:
+        """Hand ``payload`` to worker ``worker_id`` (not this one) for those of
+        ``connection_ids`` it holds, as a DIRECT envelope; how many it holds (0 if the
+        worker is gone)."""
+
+    async def user_connections(self, user_id: str) -> frozenset[str]:
+        """Ids of ``user_id``'s connections on every worker."""
 
     async def history(self, channel: str, since: str) -> HistorySlice:
         """What ``channel`` stored after stream id ``since``."""

@@ -66,8 +66,10 @@ class ClientConnection:
         "dropped_messages",
         "hooks",
         "id",
+        "metadata",
         "resume_from",
         "state",
+        "user_id",
         "websocket",
         "wire_format",
     )
@@ -83,10 +85,16 @@ class ClientConnection:
         settings: PubSubSettings,
         wire_format: WireFormat,
         resume_from: str | None = None,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         self.websocket = websocket
         self.channel = channel
         self.id = connection_id
+        #: The user this connection belongs to (``send_to_user``), if the socket said.
+        self.user_id = user_id
+        #: Small JSON-serialisable presence metadata, if the socket gave any.
+        self.metadata = metadata
         self.hooks = hooks
         self.wire_format = wire_format
         #: Stream id the client asked to resume after (``?since=``), on channels with history.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -13,9 +14,7 @@ from ..codec import (
     Envelope,
     EventKind,
     OutgoingFrame,
-    history_gap_frame,
-    stored_message_frame,
-    stream_id_order,
+    membership_notify,
 )
 from ..errors import CloseCode, MalformedMessageError
 from ..metrics import Metrics
@@ -24,36 +23,17 @@ from ..tasks import TaskSupervisor
 from .backend import Backend, BackendEvent, ChannelDropped, ChannelLoaded, LinkRestored
 from .client import ClientConnection
 from .mirror import MembershipMirror
-from .regeneration import HOOK_TIMEOUT, Regenerator
+from .recent import SEEN_PUBLICATIONS, RecentIds
+from .regeneration import Regenerator
 from .registry import LocalRegistry
+from .replay import StoredDelivery, resync
 from .sockets import SocketHooks
+from .subscription import SubscriberPolicy, Subscribers, Subscription
+from .targeted import TargetedSender
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
 ReconnectHook = Callable[[], Awaitable[None]]
-
-#: Publication ids remembered to drop repeats (a publish retried after a timeout).
-SEEN_PUBLICATIONS = 16_384
-
-
-class RecentIds:
-    """The last ``capacity`` ids seen, in arrival order."""
-
-    __slots__ = ("_capacity", "_ids")
-
-    def __init__(self, capacity: int) -> None:
-        self._ids: dict[str, None] = {}
-        self._capacity = capacity
-
-    def add(self, item: str) -> bool:
-        """Remember ``item``; False if it was seen already."""
-        ids = self._ids
-        if item in ids:
-            return False
-        ids[item] = None
-        if len(ids) > self._capacity:
-            del ids[next(iter(ids))]
-        return True
 
 
 class FanOut:
@@ -77,13 +57,13 @@ class FanOut:
         self._local = LocalRegistry()
         self.metrics.bind(lambda: len(self._local), lambda: len(self._local.channels()))
         self._mirror = MembershipMirror()
-        # Newest stored message delivered per history channel: replays start there, and
-        # older or repeated ids are never delivered twice.
-        self._last_stored: dict[str, str] = {}
         self._seen = RecentIds(SEEN_PUBLICATIONS)
         self._reconnect_hooks: list[ReconnectHook] = []
         self._tasks = TaskSupervisor("fan-out")
         self._regenerator = Regenerator(self._local, self._deliver, self._tasks)
+        self._subscribers = Subscribers(backend.follow, self._tasks)
+        self._targeted = TargetedSender(self._local, backend, settings, self.metrics)
+        self._stored = StoredDelivery(backend, settings, self._deliver, self._subscribers.feed)
 
     @property
     def worker_id(self) -> str:
@@ -106,10 +86,11 @@ class FanOut:
             ),
             return_exceptions=True,
         )
+        self._subscribers.close_all()
         await self._tasks.close()
         self._local.clear()
         self._mirror.clear()
-        self._last_stored.clear()
+        self._stored.clear()
 
     # -- local connections -------------------------------------------------------------
 
@@ -122,6 +103,8 @@ class FanOut:
         hooks: SocketHooks,
         wire_format: WireFormat,
         resume_from: str | None = None,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> ClientConnection:
         """A connection for ``websocket``, holding messages until released."""
         return ClientConnection(
@@ -133,6 +116,8 @@ class FanOut:
             settings=self.settings,
             wire_format=wire_format,
             resume_from=resume_from,
+            user_id=user_id,
+            metadata=metadata,
         )
 
     async def connect(self, connection: ClientConnection, *, notify: bool = True) -> None:
@@ -146,9 +131,15 @@ class FanOut:
         self._local.add(connection)
         self.metrics.connection_opened("direct" if connection.has_direct_path else "asgi")
         try:
-            await self.backend.join(channel, connection.id, notify=notify)
+            await self.backend.join(
+                channel,
+                connection.id,
+                notify=notify,
+                user_id=connection.user_id,
+                metadata=connection.metadata,
+            )
             if connection.resume_from is not None:
-                await self._prepare_replay(connection, connection.resume_from)
+                await self._stored.prepare_replay(connection, connection.resume_from)
         except BaseException:
             if self._local.remove(connection):
                 self._spawn_leave(connection, notify)
@@ -193,6 +184,20 @@ class FanOut:
         """Channels with at least one connection on this worker."""
         return self._local.channels()
 
+    def local_user_ids(self) -> Mapping[str, str | None]:
+        """Every connection id on this worker, with its user id (None without one)."""
+        return self._local.user_ids()
+
+    def local_metadata(self, channel: str) -> Mapping[str, Any]:
+        """Presence metadata of this worker's connections in ``channel`` that have some."""
+        return {
+            c.id: c.metadata for c in self._local.connections(channel) if c.metadata is not None
+        }
+
+    def listens(self, channel: str) -> bool:
+        """True while this worker has sockets or server-side subscribers in ``channel``."""
+        return channel in self._local or self._subscribers.listens(channel)
+
     def local_connections(self, channel: str) -> list[ClientConnection]:
         """This worker's connections in ``channel``."""
         return self._local.connections(channel)
@@ -222,6 +227,16 @@ class FanOut:
         """
         return self._mirror.get(channel)
 
+    def presence_of(self, channel: str) -> dict[str, Any]:
+        """Connection id -> presence metadata (None without) in ``channel`` on every
+        worker, from this worker's mirror (no I/O)."""
+        return self._mirror.presence(channel)
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """Connection id -> presence metadata (None without) in ``channel``, read from the
+        source of truth."""
+        return await self.backend.presence(channel)
+
     async def members(self, channel: str) -> frozenset[str]:
         """Connection ids in ``channel`` read from the source of truth (not the mirror)."""
         return await self.backend.members(channel)
@@ -230,11 +245,39 @@ class FanOut:
         """Number of connections in ``channel`` read from the source of truth."""
         return len(await self.backend.members(channel))
 
-    async def publish(self, channel: str, payload: Any) -> None:
-        """Deliver ``payload`` to every client of ``channel`` on every worker."""
+    async def publish(self, channel: str, payload: Any, *, exclude: str | None = None) -> None:
+        """Deliver ``payload`` to every client of ``channel`` on every worker, except
+        connection ``exclude``."""
         self.settings.validate_channel_id(channel)
-        await self.backend.publish(channel, payload)
+        await self.backend.publish(channel, payload, exclude=exclude)
         self.metrics.published()
+
+    async def send_to(self, connection_id: str, payload: Any) -> int:
+        """Send ``payload`` to one connection on whatever worker holds it; how many
+        sockets took it (0 for an unknown or absent connection: no error)."""
+        return await self._targeted.send_to(connection_id, payload)
+
+    async def send_to_user(self, user_id: str, payload: Any) -> int:
+        """Send ``payload`` to every connection of ``user_id`` on every worker; how many
+        sockets took it (0 if the user has none)."""
+        return await self._targeted.send_to_user(user_id, payload)
+
+    def subscribe(
+        self,
+        channel: str,
+        *,
+        max_queue: int | None = None,
+        policy: SubscriberPolicy = "drop_oldest",
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """Read ``channel``'s published messages from Python, on every worker's behalf:
+        ``async with fanout.subscribe(channel) as messages: async for m in messages``.
+
+        At most ``max_queue`` (default ``send_queue_size``) wait unread; beyond that
+        ``policy`` applies (see :class:`Subscription`).
+        """
+        self.settings.validate_channel_id(channel)
+        size = max_queue if max_queue is not None else self.settings.send_queue_size
+        return self._subscribers.subscribe(channel, size, policy)
 
     def add_reconnect_hook(self, hook: ReconnectHook) -> None:
         """Call ``hook`` after the backend's link comes back (messages in the gap were lost)."""
@@ -248,11 +291,21 @@ class FanOut:
             kind = event.kind
             if kind is EventKind.MESSAGE:
                 if self._seen.add(event.ref):  # a retried publish arrives twice
-                    self._deliver(event.channel, OutgoingFrame(event.payload), event.sent_at)
+                    channel = event.channel
+                    frame = OutgoingFrame(event.payload)
+                    self._deliver(channel, frame, event.sent_at, event.exclude)
+                    self._subscribers.feed(channel, event.payload)
             elif kind is EventKind.STORED:
-                self._deliver_stored(event.channel, event.ref, event.payload, event.sent_at)
+                self._stored.deliver(
+                    event.channel, event.ref, event.payload, event.sent_at, event.exclude
+                )
+            elif kind is EventKind.DIRECT:
+                if self._seen.add(event.ref):
+                    connection_ids, payload = event.payload
+                    self._targeted.deliver(connection_ids, OutgoingFrame(payload))
             elif self._mirror.is_loaded(event.channel):
-                if self._mirror.apply(event, self._local.intern) and event.payload:
+                applied = self._mirror.apply(event, self._local.intern)
+                if applied and membership_notify(event.payload):
                     self._regenerator.schedule(event.channel)
             elif event.channel in self._local:
                 self._mirror.hold_early(event)
@@ -260,14 +313,26 @@ class FanOut:
             self._mirror.load(event, self._local.intern)
         elif isinstance(event, ChannelDropped):
             self._mirror.drop(event.channel)
-            self._last_stored.pop(event.channel, None)
+            self._stored.forget(event.channel)
         elif isinstance(event, LinkRestored):
-            self._tasks.spawn(self._resync(event.channels), name="pubsub-resync")
+            resyncing = resync(
+                event.channels,
+                stored=self._stored,
+                regenerator=self._regenerator,
+                hooks=self._reconnect_hooks,
+                connections=self.local_connections,
+                settings=self.settings,
+                metrics=self.metrics,
+            )
+            self._tasks.spawn(resyncing, name="pubsub-resync")
 
     # -- delivery ----------------------------------------------------------------------
 
-    def _deliver(self, channel: str, frame: OutgoingFrame, sent_at: float = 0.0) -> int:
-        """Hand ``frame`` to every local client of ``channel``; returns how many took it."""
+    def _deliver(
+        self, channel: str, frame: OutgoingFrame, sent_at: float = 0.0, exclude: str | None = None
+    ) -> int:
+        """Hand ``frame`` to every local client of ``channel`` but ``exclude``; returns how
+        many took it."""
         conns = self._local.in_channel(channel)
         if not conns:
             return 0
@@ -275,6 +340,8 @@ class FanOut:
         failed = False
         # A copy: a client that falls behind is removed while we iterate.
         for connection in list(conns.values()):
+            if connection.id == exclude:
+                continue
             try:
                 delivered += connection.offer(frame)
             except MalformedMessageError as exc:
@@ -286,69 +353,3 @@ class FanOut:
                 logger.exception("delivery to %s failed", connection.id)
         self.metrics.delivered(delivered, sent_at)
         return delivered
-
-    def _deliver_stored(self, channel: str, stream_id: str, payload: Any, sent_at: float) -> None:
-        last = self._last_stored.get(channel)
-        if last is not None and stream_id_order(stream_id) <= stream_id_order(last):
-            return  # already delivered (a replay, or heard twice)
-        self._last_stored[channel] = stream_id
-        self._deliver(channel, stored_message_frame(stream_id, payload), sent_at)
-
-    async def _prepare_replay(self, connection: ClientConnection, since: str) -> None:
-        """Set aside what the channel stored after ``since``, to go before live messages."""
-        channel = connection.channel
-        if not self.settings.has_history(channel):
-            connection.set_replay([history_gap_frame(since, None)], None)
-            return
-        stored = await self.backend.history(channel, since)
-        frames = [] if stored.complete else [history_gap_frame(since, stored.oldest)]
-        frames.extend(
-            stored_message_frame(stream_id, payload) for stream_id, payload in stored.entries
-        )
-        connection.set_replay(frames, stored.entries[-1][0] if stored.entries else since)
-
-    # -- after a lost link -------------------------------------------------------------
-
-    async def _resync(self, channels: tuple[str, ...]) -> None:
-        """Replay what history channels stored in the gap, regenerate, tell the app."""
-        self.metrics.redis_reconnected()
-        for channel in channels:
-            try:
-                await self._replay_missed(channel)
-            except Exception as exc:
-                logger.warning("could not replay missed messages on %r: %r", channel, exc)
-            self._regenerator.schedule(channel)
-        # Concurrently: one slow hook must not hold up the others.
-        await asyncio.gather(
-            *(self._run_hook(h(), "reconnect hook") for h in self._reconnect_hooks)
-        )
-        conns = [c for channel in channels for c in self.local_connections(channel)]
-        if self.settings.close_clients_on_reconnect:
-            reason = "pub/sub link was lost; reconnect to resync"
-            await asyncio.gather(
-                *(c.close(CloseCode.SERVICE_RESTART, reason) for c in conns),
-                return_exceptions=True,
-            )
-            return
-        await asyncio.gather(
-            *(self._run_hook(c.hooks.on_reconnect(), "on_reconnect") for c in conns)
-        )
-
-    async def _replay_missed(self, channel: str) -> None:
-        last = self._last_stored.get(channel)
-        if last is None or not self.settings.has_history(channel):
-            return
-        stored = await self.backend.history(channel, last)
-        for stream_id, payload in stored.entries:
-            self._deliver_stored(channel, stream_id, payload, 0.0)
-        if stored.entries:
-            logger.info("replayed %d missed messages on %r", len(stored.entries), channel)
-
-    @staticmethod
-    async def _run_hook(call: Awaitable[None], what: str) -> None:
-        """Await an application hook within its time limit; its failure is logged only."""
-        try:
-            async with asyncio.timeout(HOOK_TIMEOUT):
-                await call
-        except Exception:
-            logger.exception("%s failed", what)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from ..codec import Envelope, EventKind
+from ..codec import Envelope, EventKind, membership_metadata
 from .backend import ChannelLoaded
 
 
@@ -14,19 +15,26 @@ class MembershipMirror:
     A channel is loaded from a snapshot (members as of sequence number ``seq``); later
     join and leave events apply only if their sequence number is newer, so an event that
     is part of the snapshot, or heard twice, changes nothing. Events heard before the
-    snapshot are kept aside and applied after it.
+    snapshot are kept aside and applied after it. Presence metadata is kept beside, for
+    the members that have some.
     """
 
-    __slots__ = ("_early", "_members", "_seq")
+    __slots__ = ("_early", "_members", "_metadata", "_seq")
 
     def __init__(self) -> None:
         self._members: dict[str, set[str]] = {}
+        self._metadata: dict[str, dict[str, Any]] = {}
         self._seq: dict[str, int] = {}
         self._early: dict[str, list[Envelope]] = {}
 
     def get(self, channel: str) -> frozenset[str]:
         """Connection ids in ``channel`` on every worker (empty if not mirrored)."""
         return frozenset(self._members.get(channel, ()))
+
+    def presence(self, channel: str) -> dict[str, Any]:
+        """Connection id -> presence metadata (None without) in ``channel``."""
+        metadata = self._metadata.get(channel, {})
+        return {member: metadata.get(member) for member in self._members.get(channel, ())}
 
     def channels(self) -> list[str]:
         """Channels mirrored now."""
@@ -45,6 +53,11 @@ class MembershipMirror:
         channel = snapshot.channel
         self._members[channel] = {intern(channel, member) for member in snapshot.members}
         self._seq[channel] = snapshot.seq
+        self._metadata[channel] = {
+            member: value
+            for member, value in snapshot.metadata.items()
+            if member in self._members[channel]
+        }
         for envelope in self._early.pop(channel, []):
             self.apply(envelope, intern)
 
@@ -59,20 +72,28 @@ class MembershipMirror:
         if members is None or envelope.seq <= self._seq.get(channel, 0):
             return False
         self._seq[channel] = envelope.seq
+        metadata = self._metadata.setdefault(channel, {})
         if envelope.kind is EventKind.JOIN:
-            members.add(intern(channel, envelope.ref))
+            member = intern(channel, envelope.ref)
+            members.add(member)
+            value = membership_metadata(envelope.payload)
+            if value is not None:
+                metadata[member] = value
         else:
             members.discard(envelope.ref)
+            metadata.pop(envelope.ref, None)
         return True
 
     def drop(self, channel: str) -> None:
         """Forget ``channel`` (no longer heard)."""
         self._members.pop(channel, None)
         self._seq.pop(channel, None)
+        self._metadata.pop(channel, None)
         self._early.pop(channel, None)
 
     def clear(self) -> None:
         """Forget everything."""
         self._members.clear()
         self._seq.clear()
+        self._metadata.clear()
         self._early.clear()

@@ -8,16 +8,22 @@ from .client import ClientConnection
 
 
 class LocalRegistry:
-    """``channel -> {connection id: ClientConnection}``, in joining order."""
+    """``channel -> {connection id: ClientConnection}``, in joining order, with indexes by
+    connection id and by user id (for targeted sends)."""
 
-    __slots__ = ("_channels",)
+    __slots__ = ("_by_id", "_by_user", "_channels")
 
     def __init__(self) -> None:
         self._channels: dict[str, dict[str, ClientConnection]] = {}
+        self._by_id: dict[str, ClientConnection] = {}
+        self._by_user: dict[str, dict[str, ClientConnection]] = {}
 
     def add(self, connection: ClientConnection) -> None:
         """Hold ``connection`` in its channel."""
         self._channels.setdefault(connection.channel, {})[connection.id] = connection
+        self._by_id[connection.id] = connection
+        if connection.user_id is not None:
+            self._by_user.setdefault(connection.user_id, {})[connection.id] = connection
 
     def remove(self, connection: ClientConnection) -> bool:
         """Let go of ``connection``; True if it was held."""
@@ -26,7 +32,27 @@ class LocalRegistry:
             return False
         if not conns:
             del self._channels[connection.channel]
+        self._by_id.pop(connection.id, None)
+        user = connection.user_id
+        if user is not None:
+            of_user = self._by_user.get(user)
+            if of_user is not None:
+                of_user.pop(connection.id, None)
+                if not of_user:
+                    del self._by_user[user]
         return True
+
+    def by_id(self, connection_id: str) -> ClientConnection | None:
+        """The connection with ``connection_id``, if held."""
+        return self._by_id.get(connection_id)
+
+    def of_user(self, user_id: str) -> list[ClientConnection]:
+        """The connections of ``user_id`` held here."""
+        return list(self._by_user.get(user_id, {}).values())
+
+    def user_ids(self) -> dict[str, str | None]:
+        """Every connection id held, with its user id (None without one)."""
+        return {cid: c.user_id for cid, c in self._by_id.items()}
 
     def in_channel(self, channel: str) -> dict[str, ClientConnection] | None:
         """The live dict of ``channel``'s connections (None if there is none): for the
@@ -70,3 +96,5 @@ class LocalRegistry:
     def clear(self) -> None:
         """Let go of everything."""
         self._channels.clear()
+        self._by_id.clear()
+        self._by_user.clear()

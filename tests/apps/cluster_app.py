@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -23,9 +24,56 @@ class CountingSocket(BasePubSubWebSocket):
         await self.publish({"echo": data, "via": os.getpid()})
 
 
+class IdentifiedSocket(CountingSocket):
+    """Tells its client its connection id; user and presence name from ``?user=``/``?name=``."""
+
+    async def get_user_id(self) -> str | None:
+        return self.websocket.query_params.get("user")
+
+    async def presence_metadata(self) -> dict[str, Any] | None:
+        name = self.websocket.query_params.get("name")
+        return {"name": name} if name is not None else None
+
+    async def on_connect(self) -> None:
+        await self.send_json({"me": self.connection_id, "pid": os.getpid()})
+
+
 @app.websocket("/ws/{channel}")
 async def channel_socket(websocket: WebSocket, channel: str) -> None:
     await CountingSocket(websocket, channel).run()
+
+
+@app.websocket("/id/{channel}")
+async def identified_socket(websocket: WebSocket, channel: str) -> None:
+    await IdentifiedSocket(websocket, channel).run()
+
+
+@app.post("/send/{connection_id}")
+async def send_to(connection_id: str, body: dict[str, Any]) -> dict[str, int]:
+    return {"sent": await hub.send_to(connection_id, body), "pid": os.getpid()}
+
+
+@app.post("/send_user/{user_id}")
+async def send_to_user(user_id: str, body: dict[str, Any]) -> dict[str, int]:
+    return {"sent": await hub.send_to_user(user_id, body), "pid": os.getpid()}
+
+
+@app.get("/presence/{channel}")
+async def presence(channel: str) -> dict[str, Any]:
+    return {"presence": await hub.presence(channel), "pid": os.getpid()}
+
+
+@app.post("/subscribe/{channel}")
+async def subscribe_and_wait(channel: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Subscribe server-side, say so on the channel, and return the first message published
+    after that (within ``body["timeout"]`` seconds)."""
+    async with asyncio.timeout(float(body.get("timeout", 10))):
+        async with hub.subscribe(channel) as messages:
+            await hub.publish(channel, {"subscribed": os.getpid()})
+            async for message in messages:
+                if "subscribed" not in message:
+                    return {"message": message, "pid": os.getpid()}
+    return {"message": None, "pid": os.getpid()}
 
 
 @app.post("/publish/{channel}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
@@ -24,6 +25,31 @@ class CountingSocket(BasePubSubWebSocket):
         await self.publish({"echo": data})
 
 
+class IdentifiedSocket(CountingSocket):
+    """Tells its client its connection id; its user and presence name come from the query
+    (``?user=``, ``?name=``, or ``?meta=`` as raw JSON); ``{"others": x}`` from the client is
+    published to everybody but itself."""
+
+    async def get_user_id(self) -> str | None:
+        return self.websocket.query_params.get("user")
+
+    async def presence_metadata(self) -> dict[str, Any] | None:
+        raw = self.websocket.query_params.get("meta")
+        if raw is not None:
+            return dict(json.loads(raw))
+        name = self.websocket.query_params.get("name")
+        return {"name": name} if name is not None else None
+
+    async def on_connect(self) -> None:
+        await self.send_json({"me": self.connection_id})
+
+    async def on_message(self, data: Any) -> None:
+        if isinstance(data, dict) and "others" in data:
+            await self.publish({"from_other": data["others"]}, exclude_self=True)
+        else:
+            await super().on_message(data)
+
+
 class DenyingSocket(CountingSocket):
     async def authorize(self) -> bool:
         return self.websocket.query_params.get("token") == "secret"
@@ -35,6 +61,10 @@ def build_app(hub: PubSubHub, socket_class: type[CountingSocket] = CountingSocke
     @app.websocket("/ws/{channel}")
     async def channel_socket(websocket: WebSocket, channel: str) -> None:
         await socket_class(websocket, channel, hub=hub).run()
+
+    @app.websocket("/id/{channel}")
+    async def identified_socket(websocket: WebSocket, channel: str) -> None:
+        await IdentifiedSocket(websocket, channel, hub=hub).run()
 
     @app.websocket("/guarded/{channel}")
     async def guarded_socket(websocket: WebSocket, channel: str) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from ...codec import decode_envelope
+from ...codec import EventKind, decode_envelope
 from ...core.backend import (
     ChannelDropped,
     ChannelLoaded,
@@ -26,6 +27,7 @@ from ...errors import (
     HubClosedError,
     MalformedMessageError,
     PresenceError,
+    PublishError,
 )
 from ...metrics import Metrics
 from ...settings import PubSubSettings
@@ -90,6 +92,8 @@ class RedisBackend:
         self._subscription_lock = asyncio.Lock()
         self._started: _Started | None = None
         self._endpoint: RedisEndpoint | None = None
+        # The user of each local connection that has one (to remove it from the directory).
+        self._user_of: dict[str, str] = {}
 
     # -- introspection -----------------------------------------------------------------
 
@@ -160,6 +164,7 @@ class RedisBackend:
                 await presence.beat()
                 if not endpoint.is_cluster:
                     await links.open_main()
+                await links.subscribe_topic(presence.directory.inbox)
         except REDIS_DOWN as exc:
             await self._close(started)
             raise BackendUnavailableError(
@@ -194,16 +199,30 @@ class RedisBackend:
 
     # -- the backend contract ----------------------------------------------------------
 
-    async def publish(self, channel: str, payload: Any) -> None:
+    async def publish(self, channel: str, payload: Any, *, exclude: str | None = None) -> None:
         """Encode once and publish once (stored first on a history channel)."""
-        await self._running().publisher.publish(channel, payload)
+        await self._running().publisher.publish(channel, payload, exclude)
 
-    async def join(self, channel: str, connection_id: str, *, notify: bool) -> None:
-        """Hear ``channel`` (first local connection), then register the connection."""
+    async def join(
+        self,
+        channel: str,
+        connection_id: str,
+        *,
+        notify: bool,
+        user_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Note the connection in the directory, hear ``channel`` (first local
+        connection), then register the connection in the channel."""
         started = self._running()
+        if user_id is not None:
+            self._user_of[connection_id] = user_id
         try:
+            await started.presence.directory.register(connection_id, user_id)
             await self._sync_subscription(started, channel)
-            await started.presence.register(channel, connection_id, notify=notify)
+            await started.presence.register(
+                channel, connection_id, notify=notify, metadata=metadata, user_id=user_id
+            )
         except REDIS_DOWN as exc:
             raise PresenceError(
                 f"cannot register the connection, Redis unavailable: {exc!r}"
@@ -214,7 +233,9 @@ class RedisBackend:
         started = self._started
         if started is None:
             return  # stopped: the whole presence of this worker is gone already
-        await started.presence.unregister(channel, connection_id, notify=notify)
+        user_id = self._user_of.pop(connection_id, None)
+        await started.presence.unregister(channel, connection_id, notify=notify, user_id=user_id)
+        await started.presence.directory.unregister(connection_id, user_id)
         try:
             await self._sync_subscription(started, channel)
         except REDIS_DOWN as exc:
@@ -224,6 +245,35 @@ class RedisBackend:
         """Connection ids in ``channel``, read from Redis."""
         try:
             return await self._running().presence.members(channel)
+        except REDIS_DOWN as exc:
+            raise PresenceError(f"cannot read presence, Redis unavailable: {exc!r}") from exc
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """Connection id -> presence metadata (None without) in ``channel``, from Redis."""
+        try:
+            return await self._running().presence.presence(channel)
+        except REDIS_DOWN as exc:
+            raise PresenceError(f"cannot read presence, Redis unavailable: {exc!r}") from exc
+
+    async def follow(self, channel: str) -> None:
+        """Hear ``channel`` while the core listens to it (sockets or subscribers)."""
+        started = self._running()
+        try:
+            await self._sync_subscription(started, channel)
+        except REDIS_DOWN as exc:
+            raise BackendUnavailableError(f"cannot subscribe, Redis unavailable: {exc!r}") from exc
+
+    async def send(self, worker_id: str, connection_ids: Sequence[str], payload: Any) -> int:
+        """A DIRECT envelope to ``worker_id``'s inbox, if it holds any of the connections."""
+        try:
+            return await self._running().presence.directory.send(worker_id, connection_ids, payload)
+        except REDIS_DOWN as exc:
+            raise PublishError(f"cannot send, Redis unavailable: {exc!r}") from exc
+
+    async def user_connections(self, user_id: str) -> frozenset[str]:
+        """Ids of ``user_id``'s connections on every worker, from Redis."""
+        try:
+            return await self._running().presence.directory.user_connections(user_id)
         except REDIS_DOWN as exc:
             raise PresenceError(f"cannot read presence, Redis unavailable: {exc!r}") from exc
 
@@ -257,7 +307,7 @@ class RedisBackend:
         their subscribe and unsubscribe.
         """
         async with self._subscription_lock:
-            wanted = channel in started.sink.local_channels()
+            wanted = started.sink.listens(channel)
             links = started.links
             if wanted and not links.is_subscribed(channel):
                 try:
@@ -274,8 +324,8 @@ class RedisBackend:
                 await started.presence.forget_channel(channel)
 
     async def _load(self, started: _Started, channel: str) -> None:
-        members, seq = await started.presence.snapshot(channel)
-        started.sink.receive(ChannelLoaded(channel, members, seq))
+        members, seq, metadata = await started.presence.snapshot(channel)
+        started.sink.receive(ChannelLoaded(channel, members, seq, metadata))
 
     def _on_topic_message(self, topic: str, data: bytes) -> None:
         started = self._started
@@ -285,6 +335,12 @@ class RedisBackend:
             envelope = decode_envelope(data)
         except MalformedMessageError as exc:
             logger.warning("ignored a payload on %s that is not an envelope: %s", topic, exc)
+            return
+        if envelope.kind is EventKind.DIRECT:
+            if topic == started.presence.directory.inbox:
+                started.sink.receive(envelope)
+            else:
+                logger.warning("ignored a direct envelope on %s", topic)
             return
         if topic != self.keys.topic(envelope.channel):
             logger.warning("ignored an envelope for %r on topic %s", envelope.channel, topic)

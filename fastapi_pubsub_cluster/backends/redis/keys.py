@@ -16,6 +16,7 @@ class RedisKeys:
 
     ``<prefix>:{<id>}:members``   set of connection ids in a channel (cluster-wide presence)
     ``<prefix>:{<id>}:owners``    hash connection id -> worker id, for reaping dead workers
+    ``<prefix>:{<id>}:meta``      hash connection id -> presence metadata (JSON), if any
     ``<prefix>:{<id>}:seq``       counter of the channel's membership events
     ``<prefix>:{<id>}:topic``     (sharded) pub/sub topic carrying the channel's envelopes
     ``<prefix>:{<id>}:history``   stream of the channel's messages, if it keeps history
@@ -24,6 +25,13 @@ class RedisKeys:
     ``<prefix>:workers``          set of worker instances that hold presence
     ``<prefix>:worker:{<w>}:alive``     heartbeat of worker instance ``w``, with a TTL
     ``<prefix>:worker:{<w>}:channels``  channels instance ``w`` has held sockets in
+    ``<prefix>:worker:{<w>}:inbox``     (sharded) topic of worker ``w``'s targeted sends
+    ``<prefix>:worker:{<w>}:connections``  hash connection id -> "<instance> <user id>"
+                                  for every connection worker ``w`` holds
+    ``<prefix>:user:{<u>}:connections``  set of the ids of user ``u``'s connections
+
+    (``w`` is a worker instance, its id and epoch, for the heartbeat and the channels; the
+    worker id alone for its inbox and connections, which a connection id starts with.)
     """
 
     prefix: str
@@ -37,6 +45,9 @@ class RedisKeys:
     def owners(self, channel: str) -> str:
         return self._channel_key(channel, "owners")
 
+    def meta(self, channel: str) -> str:
+        return self._channel_key(channel, "meta")
+
     def seq(self, channel: str) -> str:
         return self._channel_key(channel, "seq")
 
@@ -44,8 +55,8 @@ class RedisKeys:
         return self._channel_key(channel, "topic")
 
     def presence(self, channel: str) -> list[str]:
-        """The KEYS of every presence script: members set, seq counter, owners hash."""
-        return [self.members(channel), self.seq(channel), self.owners(channel)]
+        """The KEYS of every membership script: members, seq, owners, metadata."""
+        return [self.members(channel), self.seq(channel), self.owners(channel), self.meta(channel)]
 
     def history(self, channel: str) -> str:
         return self._channel_key(channel, "history")
@@ -66,6 +77,15 @@ class RedisKeys:
 
     def worker_channels(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{{{worker_id}}}:channels"
+
+    def inbox(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{{{worker_id}}}:inbox"
+
+    def worker_connections(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{{{worker_id}}}:connections"
+
+    def user_connections(self, user_id: str) -> str:
+        return f"{self.prefix}:user:{{{user_id}}}:connections"
 
     def probe_topic(self, worker_id: str, tag: str) -> str:
         """A topic for a worker's link probes; ``tag`` picks its slot (and so its shard)."""

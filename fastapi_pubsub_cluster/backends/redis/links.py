@@ -84,9 +84,15 @@ class Links:
         endpoint = self._endpoint
         await self._open(MAIN_LINK, endpoint.link_client, self._worker_id)
 
+    async def subscribe_topic(self, topic: str) -> None:
+        """Subscribe the link that serves ``topic`` (not a channel's: a worker's inbox) for
+        as long as the links are open; it is subscribed again after each reconnect."""
+        link = await self._link_for(topic)
+        await link.subscribe(topic)
+
     async def subscribe(self, channel: str) -> None:
         """Subscribe the serving link to ``channel``'s topic."""
-        link = await self._link_for(channel)
+        link = await self._link_for(self._keys.topic(channel))
         self._channel_links[channel] = link
         try:
             await link.subscribe(self._keys.topic(channel))
@@ -125,14 +131,14 @@ class Links:
         link.start()
         return link
 
-    async def _link_for(self, channel: str) -> TopicLink:
-        """The link that carries ``channel``'s topic (on a cluster: its shard's)."""
+    async def _link_for(self, topic: str) -> TopicLink:
+        """The link that carries ``topic`` (on a cluster: its shard's)."""
         client = self._client
         if not isinstance(client, RedisCluster):
             return self._links[MAIN_LINK]
-        node = client.get_node_from_key(self._keys.topic(channel))
+        node = client.get_node_from_key(topic)
         if node is None:
-            raise BackendUnavailableError(f"no cluster node serves channel {channel!r}")
+            raise BackendUnavailableError(f"no cluster node serves topic {topic!r}")
         link = self._links.get(node.name)
         if link is not None:
             return link

@@ -10,18 +10,24 @@ next heartbeat; every channel is reconciled now and then regardless.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from redis.commands.core import AsyncScript
 
+from ...codec import encode_json
 from ...core.backend import FanOutSink
 from ...metrics import Metrics
 from ...settings import PubSubSettings
 from . import scripts
 from .clients import REDIS_DOWN, CommandClient
+from .directory import Directory
+from .gate import ChannelGate
 from .keys import RedisKeys
+from .reaping import Reaper
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -69,9 +75,7 @@ class Presence:
         self._join = client.register_script(scripts.JOIN)
         self._leave = client.register_script(scripts.LEAVE)
         self._reconcile = client.register_script(scripts.RECONCILE)
-        self._reap_channel = client.register_script(scripts.REAP_CHANNEL)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
-        self._claim = client.register_script(scripts.CLAIM)
         self._epoch = 1
         self._beating = False
         self._recorded_channels: set[str] = set()
@@ -81,6 +85,23 @@ class Presence:
         self._retired: list[str] = []
         self._sweep: deque[str] = deque()
         self._beats_since_sweep = BEATS_PER_SWEEP
+        #: Keeps reconciliations from racing this worker's own joins and leaves.
+        self.gate = ChannelGate()
+        #: Which worker holds which connection, and whose it is (targeted sends).
+        self.directory = Directory(
+            client,
+            keys,
+            worker_id=worker_id,
+            instance=lambda: self.instance,
+            publish_command=publish_command,
+            local=local,
+            gate=self.gate,
+            inline=publish_command == "PUBLISH",
+        )
+        #: Removes what dead worker instances registered.
+        self.reaper = Reaper(
+            client, keys, publish_command=publish_command, directory=self.directory
+        )
 
     @property
     def instance(self) -> str:
@@ -98,47 +119,79 @@ class Presence:
 
     # -- entries -----------------------------------------------------------------------
 
-    async def register(self, channel: str, connection_id: str, *, notify: bool) -> None:
-        """Add a connection to its channel and announce it (once). Raises if Redis does not
-        answer; the channel is then reconciled at the next heartbeat (the join may have run)."""
+    async def register(
+        self,
+        channel: str,
+        connection_id: str,
+        *,
+        notify: bool,
+        metadata: Mapping[str, Any] | None = None,
+        user_id: str | None = None,
+    ) -> None:
+        """Add a connection to its channel, with its metadata, and announce it (once); on
+        a single Redis, add its directory entries in the same script. Raises if Redis does
+        not answer; the channel is then reconciled at the next heartbeat (the join may have
+        run)."""
+        meta = encode_json(dict(metadata)) if metadata is not None else ""
         try:
-            await self._membership_script(self._join, channel, connection_id, notify)
+            await self._membership_script(self._join, channel, connection_id, notify, meta, user_id)
         except REDIS_DOWN:
             self._in_doubt.add(channel)
+            self.directory.doubt()
             raise
 
-    async def unregister(self, channel: str, connection_id: str, *, notify: bool) -> None:
-        """Remove a connection and announce it; if Redis does not answer, the next
-        heartbeat reconciles the channel (and so removes it)."""
+    async def unregister(
+        self, channel: str, connection_id: str, *, notify: bool, user_id: str | None = None
+    ) -> None:
+        """Remove a connection (and on a single Redis its directory entries) and announce
+        it; if Redis does not answer, the next heartbeat reconciles the channel."""
         try:
-            await self._membership_script(self._leave, channel, connection_id, notify)
+            await self._membership_script(self._leave, channel, connection_id, notify, "", user_id)
         except REDIS_DOWN as exc:
             self._in_doubt.add(channel)
+            self.directory.doubt()
             logger.warning("leave of %s not recorded yet (%r); retrying", connection_id, exc)
 
     async def _membership_script(
-        self, script: AsyncScript, channel: str, connection_id: str, notify: bool
+        self,
+        script: AsyncScript,
+        channel: str,
+        connection_id: str,
+        notify: bool,
+        meta: str,
+        user_id: str | None,
     ) -> None:
         keys = self._keys
-        await script(
-            keys=keys.presence(channel),
-            args=[
-                self._publish_command,
-                keys.topic(channel),
-                channel,
-                self.instance,
-                connection_id,
-                "1" if notify else "0",
-                scripts.SEQ_IDLE_TTL_MS,
-            ],
-        )
+        directory = self.directory
+        async with self.gate.change(channel), directory.changing():
+            await script(
+                keys=[*self._keys.presence(channel), *directory.script_keys(user_id)],
+                args=[
+                    self._publish_command,
+                    keys.topic(channel),
+                    channel,
+                    self.instance,
+                    connection_id,
+                    "1" if notify else "0",
+                    scripts.SEQ_IDLE_TTL_MS,
+                    meta,
+                    directory.entry(user_id),
+                ],
+            )
 
-    async def snapshot(self, channel: str) -> tuple[frozenset[str], int]:
-        """The members of ``channel`` and its sequence number, read at one instant."""
-        raw_members, raw_seq = await self._snapshot(
-            keys=[self._keys.members(channel), self._keys.seq(channel)]
+    async def snapshot(self, channel: str) -> tuple[frozenset[str], int, dict[str, Any]]:
+        """The members of ``channel``, its sequence number and its members' metadata, read
+        at one instant."""
+        keys = self._keys
+        raw_members, raw_seq, raw_meta = await self._snapshot(
+            keys=[keys.members(channel), keys.seq(channel), keys.meta(channel)]
         )
-        return frozenset(text(m) for m in raw_members), int(raw_seq or 0)
+        return frozenset(text(m) for m in raw_members), int(raw_seq or 0), _metadata(raw_meta)
+
+    async def presence(self, channel: str) -> dict[str, Any]:
+        """Connection id -> metadata (None without) in ``channel``."""
+        members, _, metadata = await self.snapshot(channel)
+        return {member: metadata.get(member) for member in members}
 
     async def members(self, channel: str) -> frozenset[str]:
         """Connection ids in ``channel``."""
@@ -160,12 +213,21 @@ class Presence:
     async def reconcile(self, channel: str) -> int:
         """Make this worker's entries in ``channel`` match its live connections there;
         how many entries changed (each announced)."""
+        async with self.gate.reconciliation(channel):
+            return await self._reconcile_alone(channel)
+
+    async def _reconcile_alone(self, channel: str) -> int:
         live = list(self._local.local_members(channel))
         if live and channel not in self._recorded_channels:
             await self.record_channel(channel)
+        metadata = self._local.local_metadata(channel)
+        live_with_meta: list[str] = []
+        for connection_id in live:
+            meta = metadata.get(connection_id)
+            live_with_meta += [connection_id, encode_json(meta) if meta is not None else ""]
         keys = self._keys
         changed = await self._reconcile(
-            keys=keys.presence(channel),
+            keys=self._keys.presence(channel),
             args=[
                 self._publish_command,
                 keys.topic(channel),
@@ -173,7 +235,7 @@ class Presence:
                 self.instance,
                 f"{self._worker_id}#",
                 scripts.SEQ_IDLE_TTL_MS,
-                *live,
+                *live_with_meta,
             ],
         )
         if changed:
@@ -217,6 +279,7 @@ class Presence:
             self._retired.append(retired)
             self._recorded_channels.clear()
             self._in_doubt.update(self._local.local_channels())
+            self.directory.doubt()
             logger.warning(
                 "presence of %s was lost (stalled past its TTL, or Redis lost it); "
                 "registering it again as %s",
@@ -242,6 +305,7 @@ class Presence:
         await self.beat()
         await self.reconcile_in_doubt()
         await self._sweep_some()
+        await self.directory.keep()
         while self._retired and not self._in_doubt:
             # What an earlier instance still owns is not live (or was given to this one).
             await self.reap(self._retired[0], force=True)
@@ -270,55 +334,24 @@ class Presence:
 
     async def instances_of(self, worker_id: str) -> list[str]:
         """The instances of ``worker_id`` that the cluster lists."""
-        workers = [text(w) for w in await self._client.smembers(self._keys.workers)]
-        return [w for w in workers if w.startswith(f"{worker_id}#")]
+        return await self.reaper.instances_of(worker_id)
 
     async def reap_dead_workers(self) -> None:
         """Remove the presence of every worker instance whose heartbeat expired."""
-        client = self._client
-        workers = [text(w) for w in await client.smembers(self._keys.workers)]
-        others = [w for w in workers if w != self.instance and w not in self._retired]
-        if not others:
-            return
-        async with client.pipeline(transaction=False) as pipe:
-            for worker in others:
-                pipe.exists(self._keys.heartbeat(worker))
-            alive = await pipe.execute()
-        for worker, is_alive in zip(others, alive, strict=True):
-            if not is_alive:
-                removed = await self.reap(worker)
-                if removed >= 0:
-                    logger.warning("reaped %d connections of dead worker %s", removed, worker)
+        await self.reaper.reap_dead(self.instance, spare=self._retired)
 
     async def reap(self, instance: str, *, force: bool = False) -> int:
-        """Remove what a worker instance registered, in every channel it held; -1 if it
-        turned out alive (``force`` removes it all the same: a worker's own shutdown).
+        """Remove what a worker instance registered; -1 if it turned out alive (``force``
+        removes it all the same: a worker's own shutdown). See :class:`Reaper`."""
+        return await self.reaper.reap(instance, by=self.instance, force=force)
 
-        The claim is atomic on the instance's own slot; the per-channel removals are not
-        (they live on other slots), and remove only entries the claimed instance owns.
-        """
-        keys = self._keys
-        channels = await self._claim(
-            keys=[keys.heartbeat(instance), keys.worker_channels(instance)],
-            args=["1" if force else "0"],
-        )
-        if channels is None:
-            return -1
-        removed = 0
-        for raw in channels:
-            channel = text(raw)
-            removed += int(
-                await self._reap_channel(
-                    keys=keys.presence(channel),
-                    args=[
-                        self._publish_command,
-                        keys.topic(channel),
-                        channel,
-                        self.instance,
-                        instance,
-                        scripts.SEQ_IDLE_TTL_MS,
-                    ],
-                )
-            )
-        await self._client.srem(keys.workers, instance)
-        return removed
+
+def _metadata(raw: list[Any]) -> dict[str, Any]:
+    """A metadata hash's HGETALL reply (flat pairs of id, JSON) as a dict."""
+    metadata: dict[str, Any] = {}
+    for i in range(0, len(raw) - 1, 2):
+        try:
+            metadata[text(raw[i])] = json.loads(raw[i + 1])
+        except ValueError:
+            continue  # not ours: ignored
+    return metadata

@@ -19,6 +19,7 @@ from ...codec import (
     encode_envelope,
     encode_payload,
     envelope_overhead,
+    excluding_payload,
     packed_timestamp,
     stored_envelope_head,
 )
@@ -71,7 +72,7 @@ class PublishPath:
         """Decide history, sizes and time limits by ``settings`` from now on."""
         self._settings = settings
 
-    def prepare(self, channel: str, payload: Any) -> Publication:
+    def prepare(self, channel: str, payload: Any, exclude: str | None = None) -> Publication:
         """Validate and encode; raises InvalidChannelError, MalformedMessageError or
         MessageTooLargeError."""
         settings = self._settings
@@ -80,7 +81,14 @@ class PublishPath:
         publication_id = uuid.uuid4().hex
         if not settings.has_history(channel):
             envelope = Envelope(
-                EventKind.MESSAGE, channel, self._origin, publication_id, 0, payload, time.time()
+                EventKind.MESSAGE,
+                channel,
+                self._origin,
+                publication_id,
+                0,
+                payload,
+                time.time(),
+                exclude,
             )
             data = encode_envelope(envelope)
             # The limit applies to the payload, not to the envelope around it.
@@ -88,10 +96,10 @@ class PublishPath:
             return Publication(channel, topic, data)
         data = encode_payload(payload)
         settings.check_message_size(len(data))
-        args = (
+        args: tuple[str | bytes | int, ...] = (
             self._endpoint.publish_command,
             topic,
-            stored_envelope_head(channel, self._origin),
+            stored_envelope_head(channel, self._origin, excluding=exclude is not None),
             data,
             settings.history_size,
             int(settings.history_ttl * 1000),
@@ -99,6 +107,8 @@ class PublishPath:
             publication_id,
             scripts.STORED_IDS_WINDOW_MS,
         )
+        if exclude is not None:
+            args += (excluding_payload(exclude, data),)
         keys = (self._keys.history(channel), self._keys.stored_ids(channel))
         return Publication(channel, topic, data, keys, args)
 
@@ -179,9 +189,9 @@ class PublishPath:
             pipe.publish(publication.topic, publication.data)
         return await pipe.execute(raise_on_error=False)
 
-    async def publish(self, channel: str, payload: Any) -> int:
+    async def publish(self, channel: str, payload: Any, exclude: str | None = None) -> int:
         """:meth:`prepare` and :meth:`send`."""
-        return await self.send(self.prepare(channel, payload))
+        return await self.send(self.prepare(channel, payload, exclude))
 
 
 def _copy_error(exc: BaseException) -> BaseException:

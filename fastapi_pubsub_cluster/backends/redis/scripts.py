@@ -15,7 +15,8 @@ and an epoch, which a worker bumps when it finds a peer claimed its presence), s
 reaper removes only what the instance it claimed had registered, never a newer entry.
 
 Envelopes are msgpack arrays ``[1, kind, channel, origin, ref, seq, payload, sent_at]``
-(see ``codec.Envelope``).
+(see ``codec.Envelope``). A join or leave's payload is ``notify``, or ``[notify, metadata]``
+when the connection has presence metadata (JSON text, kept in the channel's ``meta`` hash).
 """
 
 SEQ_IDLE_TTL_MS = 3_600_000
@@ -23,34 +24,47 @@ SEQ_IDLE_TTL_MS = 3_600_000
 #: store retried after a timeout (the first attempt may have run) is not stored twice.
 STORED_IDS_WINDOW_MS = 300_000
 
-# KEYS: members set, seq counter, owners hash
+# KEYS: members set, seq counter, owners hash, metadata hash, and on a single Redis (where
+#       keys of several slots may meet in one script) the worker's connections hash and, if
+#       the connection has a user, the user's connections set
 # ARGV: publish command, topic, channel, owner instance, connection id, notify ("1"/"0"),
-#       idle TTL in ms
+#       idle TTL in ms, metadata JSON ("" for none), the directory entry's value
 # A join is announced even when the connection is a member already (a reconciliation
 # registered it first, or a retry ran twice): every join is an event its socket waits on.
 JOIN = """
+if KEYS[5] then redis.call('HSET', KEYS[5], ARGV[5], ARGV[9]) end
+if KEYS[6] then redis.call('SADD', KEYS[6], ARGV[5]) end
 redis.call('HSET', KEYS[3], ARGV[5], ARGV[4])
+local payload = ARGV[6] == '1'
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[5], ARGV[8])
+  payload = {ARGV[6] == '1', ARGV[8]}
+end
 redis.call('SADD', KEYS[1], ARGV[5])
 local seq = redis.call('INCR', KEYS[2])
 redis.call('PERSIST', KEYS[2])
-redis.call(ARGV[1], ARGV[2],
-  cmsgpack.pack({1, 'j', ARGV[3], ARGV[4], ARGV[5], seq, ARGV[6] == '1', 0}))
+redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, 'j', ARGV[3], ARGV[4], ARGV[5], seq, payload, 0}))
 return seq
 """
 
-# Same KEYS and ARGV as JOIN.
+# Same KEYS and ARGV as JOIN (the metadata and the directory value are not used).
 LEAVE = """
+if KEYS[6] then redis.call('SREM', KEYS[6], ARGV[5]) end
+if KEYS[5] then redis.call('HDEL', KEYS[5], ARGV[5]) end
 redis.call('HDEL', KEYS[3], ARGV[5])
+local meta = redis.call('HGET', KEYS[4], ARGV[5])
+redis.call('HDEL', KEYS[4], ARGV[5])
 if redis.call('SREM', KEYS[1], ARGV[5]) == 0 then return 0 end
 local seq = redis.call('INCR', KEYS[2])
 if redis.call('SCARD', KEYS[1]) == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[7]) end
-redis.call(ARGV[1], ARGV[2],
-  cmsgpack.pack({1, 'l', ARGV[3], ARGV[4], ARGV[5], seq, ARGV[6] == '1', 0}))
+local payload = ARGV[6] == '1'
+if meta then payload = {ARGV[6] == '1', meta} end
+redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, 'l', ARGV[3], ARGV[4], ARGV[5], seq, payload, 0}))
 return seq
 """
 
 # Removes every connection that a dead worker instance holds in one channel, announcing each.
-# KEYS: members set, seq counter, owners hash
+# KEYS: members set, seq counter, owners hash, metadata hash
 # ARGV: publish command, topic, channel, reaping worker, dead instance, idle TTL in ms
 REAP_CHANNEL = """
 local owners = redis.call('HGETALL', KEYS[3])
@@ -59,11 +73,14 @@ for i = 1, #owners, 2 do
   local conn, owner = owners[i], owners[i + 1]
   if owner == ARGV[5] then
     redis.call('HDEL', KEYS[3], conn)
+    local meta = redis.call('HGET', KEYS[4], conn)
+    redis.call('HDEL', KEYS[4], conn)
     if redis.call('SREM', KEYS[1], conn) == 1 then
       removed = removed + 1
       local seq = redis.call('INCR', KEYS[2])
-      redis.call(ARGV[1], ARGV[2],
-        cmsgpack.pack({1, 'l', ARGV[3], ARGV[4], conn, seq, true, 0}))
+      local payload = true
+      if meta then payload = {true, meta} end
+      redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, 'l', ARGV[3], ARGV[4], conn, seq, payload, 0}))
     end
   end
 end
@@ -73,10 +90,10 @@ end
 return removed
 """
 
-# The members of a channel and its sequence number, read at one instant.
-# KEYS: members set, seq counter
+# The members of a channel, its sequence number and its metadata, read at one instant.
+# KEYS: members set, seq counter, metadata hash
 SNAPSHOT = """
-return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2])}
+return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2]), redis.call('HGETALL', KEYS[3])}
 """
 
 # Stores a message in the channel's stream and announces it with the id it got, in one step;
@@ -84,7 +101,8 @@ return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2])}
 # KEYS: the channel's stream, the channel's recently stored publication ids (sorted set)
 # ARGV: publish command, topic, envelope head (see codec.stored_envelope_head), payload
 #       msgpack bytes, approximate length to keep, TTL in ms, msgpack of the publish time,
-#       publication id, window in ms
+#       publication id, window in ms, and optionally the payload as announced (an excluding
+#       envelope's ``[excluded id, payload]``)
 STORE = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -94,8 +112,9 @@ redis.call('ZADD', KEYS[2], now_ms, ARGV[8])
 redis.call('PEXPIRE', KEYS[2], ARGV[9])
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'p', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
+local announced = ARGV[10] or ARGV[4]
 local receivers = redis.call(ARGV[1], ARGV[2],
-  ARGV[3] .. cmsgpack.pack(id) .. cmsgpack.pack(0) .. ARGV[4] .. ARGV[7])
+  ARGV[3] .. cmsgpack.pack(id) .. cmsgpack.pack(0) .. announced .. ARGV[7])
 return {id, receivers}
 """
 
@@ -113,17 +132,19 @@ return channels
 # Makes a channel's entries owned by one worker match its live connections: removes (and
 # announces) entries of any of its instances that are not live, adds (and announces) live
 # ones that are missing, and gives every live one to the current instance.
-# KEYS: members set, seq counter, owners hash
+# KEYS: members set, seq counter, owners hash, metadata hash
 # ARGV: publish command, topic, channel, current instance, the worker's instance prefix,
-#       idle TTL in ms, then the live connection ids
+#       idle TTL in ms, then each live connection id followed by its metadata ("" for none)
 RECONCILE = """
 local prefix = ARGV[5]
 local live = {}
-for i = 7, #ARGV do live[ARGV[i]] = true end
+for i = 7, #ARGV, 2 do live[ARGV[i]] = true end
 local changed = 0
-local function announce(kind, conn)
+local function announce(kind, conn, meta)
   local seq = redis.call('INCR', KEYS[2])
-  redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, kind, ARGV[3], ARGV[4], conn, seq, true, 0}))
+  local payload = true
+  if meta and meta ~= '' then payload = {true, meta} end
+  redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, kind, ARGV[3], ARGV[4], conn, seq, payload, 0}))
   changed = changed + 1
 end
 local owners = redis.call('HGETALL', KEYS[3])
@@ -131,18 +152,77 @@ for i = 1, #owners, 2 do
   local conn, owner = owners[i], owners[i + 1]
   if not live[conn] and string.sub(owner, 1, #prefix) == prefix then
     redis.call('HDEL', KEYS[3], conn)
-    if redis.call('SREM', KEYS[1], conn) == 1 then announce('l', conn) end
+    local meta = redis.call('HGET', KEYS[4], conn)
+    redis.call('HDEL', KEYS[4], conn)
+    if redis.call('SREM', KEYS[1], conn) == 1 then announce('l', conn, meta) end
   end
 end
-for i = 7, #ARGV do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[4])
-  if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
+for i = 7, #ARGV, 2 do
+  local conn, meta = ARGV[i], ARGV[i + 1]
+  redis.call('HSET', KEYS[3], conn, ARGV[4])
+  if meta ~= '' then redis.call('HSET', KEYS[4], conn, meta) end
+  if redis.call('SADD', KEYS[1], conn) == 1 then
     redis.call('PERSIST', KEYS[2])
-    announce('j', ARGV[i])
+    announce('j', conn, meta)
   end
 end
 if changed > 0 and redis.call('SCARD', KEYS[1]) == 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[6])
 end
 return changed
+"""
+
+# -- the directory: which worker holds which connection, and whose it is -------------------
+
+# Hands an envelope to a worker's inbox if it holds any of the connections it is for.
+# KEYS: the worker's connections hash
+# ARGV: publish command, the worker's inbox topic, envelope bytes, then the connection ids
+# Returns how many of the connections the worker holds, 0 if its inbox has no subscriber.
+SEND = """
+local held = 0
+for i = 4, #ARGV do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then held = held + 1 end
+end
+if held == 0 then return 0 end
+if redis.call(ARGV[1], ARGV[2], ARGV[3]) == 0 then return 0 end
+return held
+"""
+
+# Makes a worker's connections hash equal its live connections, all owned by its current
+# instance. KEYS: the worker's connections hash
+# ARGV: current instance, then each live connection id followed by its user id ("" if none)
+# Returns the entries it removed, as connection id, value pairs.
+RECONCILE_CONNECTIONS = """
+local live = {}
+for i = 2, #ARGV, 2 do live[ARGV[i]] = true end
+local removed = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  if not live[entries[i]] then
+    redis.call('HDEL', KEYS[1], entries[i])
+    removed[#removed + 1] = entries[i]
+    removed[#removed + 1] = entries[i + 1]
+  end
+end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[1] .. ' ' .. ARGV[i + 1])
+end
+return removed
+"""
+
+# Removes the entries a (dead) worker instance owns in its worker's connections hash.
+# KEYS: the worker's connections hash; ARGV: the instance
+# Returns the entries it removed, as connection id, value pairs.
+REAP_CONNECTIONS = """
+local prefix = ARGV[1] .. ' '
+local removed = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  if string.sub(entries[i + 1], 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[1], entries[i])
+    removed[#removed + 1] = entries[i]
+    removed[#removed + 1] = entries[i + 1]
+  end
+end
+return removed
 """

@@ -1,0 +1,132 @@
+"""Messages of channels with history: delivered once, in order, and replayed after a gap;
+and the whole resync after a lost link."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from ..codec import OutgoingFrame, history_gap_frame, stored_message_frame, stream_id_order
+from ..errors import CloseCode
+from ..metrics import Metrics
+from ..settings import PubSubSettings
+from .backend import Backend
+from .client import ClientConnection
+from .regeneration import HOOK_TIMEOUT, Regenerator
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+
+class StoredDelivery:
+    """Delivers stored messages at most once each, in stream order, per channel.
+
+    The newest stored message delivered per channel is remembered: replays start there, and
+    older or repeated ids are never delivered twice.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        settings: PubSubSettings,
+        deliver: Callable[[str, OutgoingFrame, float, str | None], int],
+        feed: Callable[[str, Any], None],
+    ) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._deliver = deliver
+        self._feed = feed
+        self._last: dict[str, str] = {}
+
+    def deliver(
+        self,
+        channel: str,
+        stream_id: str,
+        payload: Any,
+        sent_at: float,
+        exclude: str | None = None,
+    ) -> None:
+        """Deliver a stored message to sockets (but ``exclude``) and subscribers, unless it
+        is not newer than the last one delivered."""
+        last = self._last.get(channel)
+        if last is not None and stream_id_order(stream_id) <= stream_id_order(last):
+            return  # already delivered (a replay, or heard twice)
+        self._last[channel] = stream_id
+        frame = stored_message_frame(stream_id, payload)
+        self._deliver(channel, frame, sent_at, exclude)
+        self._feed(channel, frame.payload)
+
+    def forget(self, channel: str) -> None:
+        """``channel`` is no longer heard."""
+        self._last.pop(channel, None)
+
+    def clear(self) -> None:
+        """Forget every channel."""
+        self._last.clear()
+
+    async def prepare_replay(self, connection: ClientConnection, since: str) -> None:
+        """Set aside what the channel stored after ``since``, to go before live messages."""
+        channel = connection.channel
+        if not self._settings.has_history(channel):
+            connection.set_replay([history_gap_frame(since, None)], None)
+            return
+        stored = await self._backend.history(channel, since)
+        frames = [] if stored.complete else [history_gap_frame(since, stored.oldest)]
+        frames.extend(
+            stored_message_frame(stream_id, payload) for stream_id, payload in stored.entries
+        )
+        connection.set_replay(frames, stored.entries[-1][0] if stored.entries else since)
+
+    async def replay_missed(self, channel: str) -> None:
+        """Deliver what ``channel`` stored after the last message delivered (a lost link)."""
+        last = self._last.get(channel)
+        if last is None or not self._settings.has_history(channel):
+            return
+        stored = await self._backend.history(channel, last)
+        for stream_id, payload in stored.entries:
+            self.deliver(channel, stream_id, payload, 0.0)
+        if stored.entries:
+            logger.info("replayed %d missed messages on %r", len(stored.entries), channel)
+
+
+async def resync(
+    channels: Sequence[str],
+    *,
+    stored: StoredDelivery,
+    regenerator: Regenerator,
+    hooks: Sequence[Callable[[], Awaitable[None]]],
+    connections: Callable[[str], list[ClientConnection]],
+    settings: PubSubSettings,
+    metrics: Metrics,
+) -> None:
+    """After a lost link: replay what history channels stored in the gap, regenerate, and
+    tell the app (its reconnect hooks, then each socket's ``on_reconnect``, or close the
+    sockets with 1012 if ``close_clients_on_reconnect``)."""
+    metrics.redis_reconnected()
+    for channel in channels:
+        try:
+            await stored.replay_missed(channel)
+        except Exception as exc:
+            logger.warning("could not replay missed messages on %r: %r", channel, exc)
+        regenerator.schedule(channel)
+    # Concurrently: one slow hook must not hold up the others.
+    await asyncio.gather(*(run_hook(h(), "reconnect hook") for h in hooks))
+    conns = [c for channel in channels for c in connections(channel)]
+    if settings.close_clients_on_reconnect:
+        reason = "pub/sub link was lost; reconnect to resync"
+        await asyncio.gather(
+            *(c.close(CloseCode.SERVICE_RESTART, reason) for c in conns),
+            return_exceptions=True,
+        )
+        return
+    await asyncio.gather(*(run_hook(c.hooks.on_reconnect(), "on_reconnect") for c in conns))
+
+
+async def run_hook(call: Awaitable[None], what: str) -> None:
+    """Await an application hook within its time limit; its failure is logged only."""
+    try:
+        async with asyncio.timeout(HOOK_TIMEOUT):
+            await call
+    except Exception:
+        logger.exception("%s failed", what)

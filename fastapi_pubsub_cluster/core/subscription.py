@@ -1,0 +1,156 @@
+"""Server-side subscribers: Python code that reads a channel's messages, bounded like a
+client socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from ..errors import HubClosedError, SubscriberOverflowError
+from ..tasks import TaskSupervisor
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+#: ``"drop_oldest"`` drops the oldest queued message (counted in ``dropped``) when the queue
+#: is full; ``"error"`` ends the iteration with :class:`SubscriberOverflowError`.
+SubscriberPolicy = Literal["drop_oldest", "error"]
+
+
+class Subscription:
+    """The messages published on one channel after it was subscribed, as an async iterator.
+
+    Fan-out hands each message over without waiting (:meth:`offer`): at most ``max_queue``
+    wait here, and beyond that the policy applies to this subscriber alone. On channels with
+    history, each message is ``{"id": ..., "data": ...}``, as clients receive it. The
+    iteration ends when the ``async with`` block is left or the hub stops.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_overflowed",
+        "_queue",
+        "_wakeup",
+        "channel",
+        "dropped",
+        "max_queue",
+        "policy",
+    )
+
+    def __init__(self, channel: str, max_queue: int, policy: SubscriberPolicy) -> None:
+        self.channel = channel
+        self.max_queue = max_queue
+        self.policy: SubscriberPolicy = policy
+        #: Messages dropped because the subscriber did not keep up (``drop_oldest``).
+        self.dropped = 0
+        self._queue: deque[Any] = deque()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._overflowed = False
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting to be read."""
+        return len(self._queue)
+
+    def offer(self, payload: Any) -> None:
+        """Queue ``payload`` without waiting; the policy applies if the queue is full."""
+        if self._closed or self._overflowed:
+            return
+        queue = self._queue
+        if len(queue) >= self.max_queue:
+            if self.policy == "error":
+                self._overflowed = True
+                queue.clear()
+                self._wakeup.set()
+                return
+            queue.popleft()
+            self.dropped += 1
+        queue.append(payload)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """End the iteration once what is queued was read."""
+        self._closed = True
+        self._wakeup.set()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._queue:
+            if self._overflowed:
+                raise SubscriberOverflowError(
+                    f"server-side subscriber of {self.channel!r} fell {self.max_queue} "
+                    "messages behind"
+                )
+            if self._closed:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._queue.popleft()
+
+
+class Subscribers:
+    """This worker's server-side subscribers, by channel.
+
+    ``follow(channel)`` is the backend's: it makes the backend hear a channel while
+    :meth:`listens` says so, and stop after.
+    """
+
+    def __init__(self, follow: Callable[[str], Awaitable[None]], tasks: TaskSupervisor) -> None:
+        self._follow = follow
+        self._tasks = tasks
+        self._channels: dict[str, set[Subscription]] = {}
+
+    def listens(self, channel: str) -> bool:
+        """True while ``channel`` has a subscriber here."""
+        return channel in self._channels
+
+    def feed(self, channel: str, payload: Any) -> None:
+        """Offer ``payload`` to ``channel``'s subscribers (never waits)."""
+        subscribers = self._channels.get(channel)
+        if subscribers:
+            for subscription in list(subscribers):
+                subscription.offer(payload)
+
+    def close_all(self) -> None:
+        """End every subscriber's iteration (the hub stops)."""
+        for subscribers in self._channels.values():
+            for subscription in subscribers:
+                subscription.close()
+        self._channels.clear()
+
+    @asynccontextmanager
+    async def subscribe(
+        self, channel: str, max_queue: int, policy: SubscriberPolicy
+    ) -> AsyncIterator[Subscription]:
+        """A :class:`Subscription` of ``channel`` while the block runs."""
+        subscription = Subscription(channel, max_queue, policy)
+        # Registered before any await, so that the backend's subscription sees it.
+        self._channels.setdefault(channel, set()).add(subscription)
+        try:
+            await self._follow(channel)
+            yield subscription
+        finally:
+            subscription.close()
+            subscribers = self._channels.get(channel)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._channels[channel]
+            # A task of the core's: it completes even when the caller is cancelled.
+            await asyncio.shield(
+                self._tasks.spawn(self._unfollow(channel), name=f"pubsub-unfollow-{channel}")
+            )
+
+    async def _unfollow(self, channel: str) -> None:
+        try:
+            await self._follow(channel)
+        except HubClosedError:
+            pass  # stopped: every subscription is gone already
+        except Exception as exc:  # a link that failed drops the topic when it reconnects
+            logger.warning("could not stop hearing %r: %r", channel, exc)

@@ -1,0 +1,177 @@
+"""Presence metadata: a small JSON object per connection, in presence reads, in the mirror
+and in join/leave events; on every backend, and across workers on Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import quote
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from websockets.asyncio.client import ClientConnection
+
+from fastapi_pubsub_cluster import PubSubHub, RedisBackend
+from fastapi_pubsub_cluster.errors import CloseCode
+from tests.apps.local_app import build_app
+from tests.conftest import make_settings
+from tests.live import (
+    close_code_of,
+    connect,
+    recv_until,
+    serve,
+    wait_for_async_condition,
+    wait_for_condition,
+)
+from tools.processes import uvicorn_process
+
+
+@pytest.fixture
+async def server(hub: PubSubHub) -> AsyncIterator[str]:
+    async with serve(build_app(hub)) as url:
+        yield url
+
+
+async def join(url: str) -> tuple[ClientConnection, str]:
+    ws = await connect(url)
+    return ws, str((await recv_until(ws, lambda m: "me" in m))["me"])
+
+
+async def test_presence_returns_each_connections_metadata(server: str, hub: PubSubHub) -> None:
+    ann, ann_id = await join(f"{server}/id/team?name=ann")
+    plain, plain_id = await join(f"{server}/id/team")
+    assert await hub.presence("team") == {ann_id: {"name": "ann"}, plain_id: None}
+    # members() keeps returning ids only.
+    assert await hub.members("team") == {ann_id, plain_id}
+    await wait_for_condition(lambda: len(hub.get("team")) == 2, 5)
+    assert hub.presence_of("team") == {ann_id: {"name": "ann"}, plain_id: None}
+    await ann.close()
+    await wait_for_condition(lambda: len(hub.get("team")) == 1, 5)
+    assert hub.presence_of("team") == {plain_id: None}
+    assert await hub.presence("team") == {plain_id: None}
+    await plain.close()
+
+
+async def test_metadata_over_the_limit_closes_1008_and_registers_nothing(
+    server: str, hub: PubSubHub
+) -> None:
+    big = json.dumps({"bio": "x" * 2000})
+    ws = await connect(f"{server}/id/limits?meta={quote(big)}")
+    assert await close_code_of(ws) == CloseCode.POLICY_VIOLATION
+    assert ws.close_reason is not None and "presence metadata" in ws.close_reason
+    assert await hub.count("limits") == 0
+    assert hub.fanout.local_connection_count == 0
+    just_fits = json.dumps({"bio": "x" * 1000})
+    ws, connection_id = await join(f"{server}/id/limits?meta={quote(just_fits)}")
+    assert await hub.presence("limits") == {connection_id: {"bio": "x" * 1000}}
+    await ws.close()
+
+
+# -- across workers on one Redis ---------------------------------------------------------
+
+
+@pytest.fixture
+async def two_hubs(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
+) -> AsyncIterator[tuple[PubSubHub, PubSubHub]]:
+    settings = make_settings(key_prefix, redis_url)
+    async with PubSubHub(settings=settings) as first, PubSubHub(settings=settings) as second:
+        yield first, second
+
+
+async def test_join_and_leave_events_carry_metadata_to_other_workers(
+    two_hubs: tuple[PubSubHub, PubSubHub], redis_client: aioredis.Redis
+) -> None:
+    here, there = two_hubs
+    async with serve(build_app(here)) as url_here, serve(build_app(there)) as url_there:
+        local, local_id = await join(f"{url_here}/id/hall?name=hugo")
+        # The other worker's mirror is loaded from Redis (the snapshot carries metadata) ...
+        remote, remote_id = await join(f"{url_there}/id/hall?name=iris")
+        await wait_for_condition(lambda: len(there.get("hall")) == 2, 5)
+        assert there.presence_of("hall") == {
+            local_id: {"name": "hugo"},
+            remote_id: {"name": "iris"},
+        }
+        # ... and kept current by join events, which carry it.
+        await wait_for_condition(lambda: len(here.get("hall")) == 2, 5)
+        assert here.presence_of("hall")[remote_id] == {"name": "iris"}
+        await remote.close()
+        await wait_for_condition(lambda: len(here.get("hall")) == 1, 5)
+        assert here.presence_of("hall") == {local_id: {"name": "hugo"}}
+        backend = here.backend
+        assert isinstance(backend, RedisBackend)
+        stored = await redis_client.hgetall(backend.keys.meta("hall"))
+        assert {k.decode(): json.loads(v) for k, v in stored.items()} == {
+            local_id: {"name": "hugo"}
+        }
+        await local.close()
+        await wait_for_async_condition(lambda: _empty(redis_client, backend, "hall"), 5)
+
+
+async def _empty(redis_client: aioredis.Redis, backend: RedisBackend, channel: str) -> bool:
+    return await redis_client.hlen(backend.keys.meta(channel)) == 0
+
+
+async def test_reaping_a_worker_removes_its_metadata(
+    two_hubs: tuple[PubSubHub, PubSubHub], redis_client: aioredis.Redis
+) -> None:
+    here, there = two_hubs
+    async with serve(build_app(there)) as url_there:
+        ws, _ = await join(f"{url_there}/id/gone?name=jo")
+        backend = here.backend
+        assert isinstance(backend, RedisBackend)
+        assert await redis_client.hlen(backend.keys.meta("gone")) == 1
+        assert await backend.reap(there.fanout.worker_id) == 1
+        assert await here.presence("gone") == {}
+        assert await redis_client.hlen(backend.keys.meta("gone")) == 0
+        await ws.close()
+
+
+async def test_lost_metadata_is_restored_by_reconciliation(
+    two_hubs: tuple[PubSubHub, PubSubHub], redis_client: aioredis.Redis
+) -> None:
+    here, there = two_hubs
+    async with serve(build_app(there)) as url_there:
+        ws, connection_id = await join(f"{url_there}/id/heal?name=kim")
+        backend = here.backend
+        assert isinstance(backend, RedisBackend)
+        keys = backend.keys
+        # Redis loses the channel's entries (e.g. a failover to a replica that lagged).
+        await redis_client.delete(keys.members("heal"), keys.owners("heal"), keys.meta("heal"))
+        assert await here.presence("heal") == {}
+        await wait_for_async_condition(lambda: _restored(here, connection_id), 20)
+        assert await here.presence("heal") == {connection_id: {"name": "kim"}}
+        await ws.close()
+
+
+async def _restored(hub: PubSubHub, connection_id: str) -> bool:
+    return connection_id in await hub.presence("heal")
+
+
+# -- two real uvicorn workers ------------------------------------------------------------
+
+
+@pytest.fixture
+def two_workers(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
+) -> Iterator[tuple[str, str]]:
+    env = {"PUBSUB_REDIS_URL": redis_url, "PUBSUB_KEY_PREFIX": key_prefix}
+    with (
+        uvicorn_process("tests.apps.cluster_app:app", env) as a,
+        uvicorn_process("tests.apps.cluster_app:app", env) as b,
+    ):
+        yield a, b
+
+
+@pytest.mark.slow
+async def test_presence_read_on_one_uvicorn_worker_shows_another_workers_metadata(
+    two_workers: tuple[str, str],
+) -> None:
+    a, b = two_workers
+    on_b = await connect(b.replace("http://", "ws://") + "/id/desk?name=lee")
+    me = (await recv_until(on_b, lambda m: "me" in m))["me"]
+    async with httpx.AsyncClient() as http:
+        reply = (await http.get(f"{a}/presence/desk")).json()
+    assert reply["presence"] == {me: {"name": "lee"}}
+    await on_b.close()
