@@ -15,6 +15,7 @@ from .backends.redis import RedisBackend, RedisCredentialsLike, redis_url_from
 from .core.backend import Backend
 from .core.fanout import FanOut
 from .errors import HubClosedError
+from .limits import InboundAllowances
 from .metrics import Metrics
 from .settings import PubSubSettings
 
@@ -61,6 +62,13 @@ class PubSubHub:
             )
         #: The fan-out core: local sockets, the membership mirror, delivery.
         self.fanout = FanOut(backend, settings, metrics)
+        #: What each client address may still send, and the addresses cooling down.
+        self.inbound = InboundAllowances(
+            settings.inbound_messages_per_second,
+            settings.inbound_bytes_per_second,
+            settings.max_message_bytes,
+            settings.inbound_cooldown if settings.inbound_rate_policy == "disconnect" else 0.0,
+        )
         self._state = "new"
         self._start_lock = asyncio.Lock()
 

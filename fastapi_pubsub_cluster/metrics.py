@@ -52,7 +52,11 @@ class Metrics:
         """A background loop (``loop`` names it) failed unexpectedly and was restarted."""
 
     def inbound_limited(self) -> None:
-        """A client went over its inbound message or byte rate (closed or message dropped)."""
+        """A client message went over its inbound message or byte rate (the client closed,
+        the message dropped, or the read delayed)."""
+
+    def inbound_refused(self) -> None:
+        """A handshake was refused: its address is cooling down after flooding."""
 
 
 class PrometheusMetrics(Metrics):
@@ -108,6 +112,11 @@ class PrometheusMetrics(Metrics):
         )
         self._inbound_limited = Counter(
             "inbound_limited", "Client messages over the inbound rate limits", **options
+        )
+        self._inbound_refused = Counter(
+            "inbound_refused",
+            "Handshakes refused during an address's cool-down after flooding",
+            **options,
         )
         self._latency = Histogram(
             "publish_to_deliver_seconds",
@@ -165,6 +174,9 @@ class PrometheusMetrics(Metrics):
 
     def inbound_limited(self) -> None:
         self._inbound_limited.inc()
+
+    def inbound_refused(self) -> None:
+        self._inbound_refused.inc()
 
     def asgi_app(self) -> Any:
         """An ASGI app serving these metrics in the Prometheus text format; in multiprocess
