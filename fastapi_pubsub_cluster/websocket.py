@@ -272,6 +272,10 @@ class BasePubSubWebSocket:
                     if inbound.limited == 0:
                         logger.info("client %s over its inbound rate: throttling", connection.id)
                     await asyncio.sleep(delay)
+                    if connection.state is not ConnectionState.OPEN:
+                        # Closed or lost meanwhile (a failed write tells): what the server
+                        # had read ahead from it is not worth relaying at its rate.
+                        return CloseCode.GOING_AWAY
                 inbound.take(size, limited=delay > 0)
             elif not inbound.admit(size):
                 self.connection_manager.metrics.inbound_limited()
