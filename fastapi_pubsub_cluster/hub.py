@@ -20,6 +20,7 @@ from .core.backend import Backend
 from .core.fanout import FanOut
 from .core.subscription import SubscriberPolicy, Subscription
 from .errors import ConfigurationError, HubClosedError, PubSubError
+from .limits import InboundAllowances
 from .metrics import Metrics
 from .settings import PubSubSettings
 
@@ -67,6 +68,13 @@ class PubSubHub:
         #: The fan-out core: local sockets, the membership mirror, delivery.
         self.fanout = FanOut(backend, settings, metrics)
         _created_hubs.add(self)
+        #: What each client address may still send, and the addresses cooling down.
+        self.inbound = InboundAllowances(
+            settings.inbound_messages_per_second,
+            settings.inbound_bytes_per_second,
+            settings.max_message_bytes,
+            settings.inbound_cooldown if settings.inbound_rate_policy == "disconnect" else 0.0,
+        )
         self._state = "new"
         self._start_lock = asyncio.Lock()
 

@@ -1,17 +1,25 @@
-"""Per-connection limits: on what one client sends (token buckets), and on the user id and
-presence metadata a socket registers."""
+"""Per-connection limits on what one client sends (token buckets), remembered per address.
+
+A client's allowance outlives its connection: when a socket ends, what is left of its buckets
+is kept under the client's address for as long as it takes them to refill, so reconnecting
+does not buy a fresh burst. An address closed for flooding may be refused for a cool-down
+before its next handshake is accepted, which costs the worker far less than a join and a leave.
+Both memories are small LRU maps, bounded by :data:`REMEMBERED_ADDRESSES`.
+"""
 
 from __future__ import annotations
 
-import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
-
-from .errors import PresenceMetadataError
+from typing import Generic, TypeVar
 
 #: Seconds of traffic a bucket holds: the burst a client may send at once.
 BURST_SECONDS = 2.0
+#: Addresses remembered at most (least recently used forgotten first), per map and worker.
+REMEMBERED_ADDRESSES = 10_000
+
+_V = TypeVar("_V")
 
 
 class TokenBucket:
@@ -41,6 +49,19 @@ class TokenBucket:
             return False
         self._tokens -= amount
         return True
+
+    def wait_time(self, amount: float = 1.0) -> float:
+        """Seconds until ``amount`` tokens are available (0 if they are now)."""
+        return max(0.0, (amount - self.refill()) / self.rate)
+
+    def full_in(self) -> float:
+        """Seconds until the bucket is full again."""
+        return (self.capacity - self.refill()) / self.rate
+
+    def restore(self, tokens: float) -> None:
+        """Start from ``tokens`` (at most the capacity) instead of full."""
+        self.refill()
+        self._tokens = min(self.capacity, max(0.0, tokens))
 
 
 class InboundLimiter:
@@ -73,50 +94,151 @@ class InboundLimiter:
             if bytes_per_second > 0
             else None
         )
-        #: Messages refused so far.
+        #: Messages found over a rate so far.
         self.limited = 0
 
     def admit(self, size: int) -> bool:
         """True if a message of ``size`` bytes is within the limits (and count it)."""
-        messages, data = self._messages, self._bytes
-        fits = (messages is None or messages.refill() >= 1) and (
-            data is None or data.refill() >= size
-        )
-        if not fits:
+        if self.delay(size) > 0:
             self.limited += 1
             return False
-        if messages is not None:
-            messages.take(1)
-        if data is not None:
-            data.take(size)
+        self._take(size)
         return True
 
-
-def checked_user_id(user_id: object, max_length: int) -> str | None:
-    """``user_id`` as a socket's user id: None, or a non-empty string of at most
-    ``max_length`` characters; else :class:`PresenceMetadataError`."""
-    if user_id is None:
-        return None
-    if not isinstance(user_id, str) or not user_id:
-        raise PresenceMetadataError("a user id must be a non-empty string")
-    if len(user_id) > max_length:
-        raise PresenceMetadataError(
-            f"user id is {len(user_id)} characters; the limit is {max_length}"
+    def delay(self, size: int) -> float:
+        """Seconds until a message of ``size`` bytes fits within the limits (0: it does now)."""
+        messages, data = self._messages, self._bytes
+        return max(
+            0.0 if messages is None else messages.wait_time(1),
+            0.0 if data is None else data.wait_time(size),
         )
-    return user_id
+
+    def take(self, size: int, *, limited: bool) -> None:
+        """Count a message of ``size`` bytes, however far over the limits (a caller that
+        waited out :meth:`delay`); ``limited``: it had to wait."""
+        self.limited += limited
+        self._take(size)
+
+    def _take(self, size: int) -> None:
+        # After waiting out delay() both buckets hold enough, up to float rounding.
+        if self._messages is not None and not self._messages.take(1):
+            self._messages.restore(0.0)
+        if self._bytes is not None and not self._bytes.take(size):
+            self._bytes.restore(0.0)
+
+    def levels(self) -> tuple[float, float] | None:
+        """What the buckets hold now, or None if they are full (nothing worth remembering)."""
+        messages, data = self._messages, self._bytes
+        if (messages is None or messages.full_in() <= 0) and (data is None or data.full_in() <= 0):
+            return None
+        return (
+            messages.refill() if messages is not None else 0.0,
+            data.refill() if data is not None else 0.0,
+        )
+
+    def full_in(self) -> float:
+        """Seconds until every bucket is full again."""
+        return max(
+            0.0 if self._messages is None else self._messages.full_in(),
+            0.0 if self._bytes is None else self._bytes.full_in(),
+        )
+
+    def restore(self, levels: tuple[float, float]) -> None:
+        """Start from remembered ``levels`` (see :meth:`levels`) instead of full buckets."""
+        if self._messages is not None:
+            self._messages.restore(levels[0])
+        if self._bytes is not None:
+            self._bytes.restore(levels[1])
 
 
-def checked_presence_metadata(metadata: object, max_bytes: int) -> dict[str, Any] | None:
-    """``metadata`` as presence metadata: None, or a JSON object of at most ``max_bytes``
-    (compact JSON); else :class:`PresenceMetadataError`."""
-    if metadata is None:
-        return None
-    if not isinstance(metadata, dict):
-        raise PresenceMetadataError("presence metadata must be a dict (a JSON object)")
-    try:
-        size = len(json.dumps(metadata, separators=(",", ":"), allow_nan=False).encode())
-    except (TypeError, ValueError) as exc:
-        raise PresenceMetadataError(f"presence metadata is not JSON: {exc}") from None
-    if size > max_bytes:
-        raise PresenceMetadataError(f"presence metadata is {size} bytes; the limit is {max_bytes}")
-    return metadata
+class _ExpiringLru(Generic[_V]):
+    """At most ``size`` entries, each forgotten at its deadline or when least recently used."""
+
+    __slots__ = ("_clock", "_entries", "_size")
+
+    def __init__(self, size: int, clock: Callable[[], float]) -> None:
+        self._size = size
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, _V]] = OrderedDict()
+
+    def put(self, key: str, value: _V, lifetime: float) -> None:
+        self._entries[key] = (self._clock() + lifetime, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def get(self, key: str) -> tuple[float, _V] | None:
+        """(seconds left, value), or None if absent or expired."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        left = entry[0] - self._clock()
+        if left <= 0:
+            del self._entries[key]
+            return None
+        return left, entry[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class InboundAllowances:
+    """A worker's memory of client addresses: allowances left and flooding cool-downs.
+
+    One per hub. ``cooldown`` is the seconds an address closed for flooding is refused
+    (0: never refused). Clients without an address (``None``) are never remembered.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_cooldowns",
+        "_levels",
+        "bytes_per_second",
+        "cooldown",
+        "max_message_bytes",
+        "messages_per_second",
+    )
+
+    def __init__(
+        self,
+        messages_per_second: float,
+        bytes_per_second: float,
+        max_message_bytes: int,
+        cooldown: float = 0.0,
+        size: int = REMEMBERED_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.messages_per_second = messages_per_second
+        self.bytes_per_second = bytes_per_second
+        self.max_message_bytes = max_message_bytes
+        self.cooldown = cooldown
+        self._clock = clock
+        self._levels: _ExpiringLru[tuple[float, float]] = _ExpiringLru(size, clock)
+        self._cooldowns: _ExpiringLru[None] = _ExpiringLru(size, clock)
+
+    def limiter(self, address: str | None) -> InboundLimiter:
+        """A limiter for a new connection from ``address``: starting where the address's
+        last connection left off, if its buckets have not refilled since."""
+        limiter = InboundLimiter(
+            self.messages_per_second, self.bytes_per_second, self.max_message_bytes, self._clock
+        )
+        remembered = self._levels.get(address) if address is not None else None
+        if remembered is not None:
+            limiter.restore(remembered[1])
+        return limiter
+
+    def release(self, address: str | None, limiter: InboundLimiter, flooded: bool) -> None:
+        """Remember what ``limiter`` holds as its connection ends; ``flooded``: it went over
+        a rate, which starts the address's cool-down (when ``cooldown`` is set)."""
+        if address is None:
+            return
+        levels = limiter.levels()
+        if levels is not None:
+            self._levels.put(address, levels, limiter.full_in())
+        if flooded and self.cooldown > 0:
+            self._cooldowns.put(address, None, self.cooldown)
+
+    def cooling_down(self, address: str | None) -> float:
+        """Seconds left of ``address``'s cool-down (0: it may connect)."""
+        entry = self._cooldowns.get(address) if address is not None else None
+        return 0.0 if entry is None else entry[0]

@@ -52,7 +52,11 @@ class Metrics:
         """A background loop (``loop`` names it) failed unexpectedly and was restarted."""
 
     def inbound_limited(self) -> None:
-        """A client went over its inbound message or byte rate (closed or message dropped)."""
+        """A client message went over its inbound message or byte rate (the client closed,
+        the message dropped, or the read delayed)."""
+
+    def inbound_refused(self) -> None:
+        """A handshake was refused: its address is cooling down after flooding."""
 
     def connection_opened(self, path: str) -> None:
         """A socket joined; ``path`` is how broadcasts reach it: ``direct`` (the direct-write
@@ -119,6 +123,11 @@ class PrometheusMetrics(Metrics):
         self._inbound_limited = Counter(
             "inbound_limited", "Client messages over the inbound rate limits", **options
         )
+        self._inbound_refused = Counter(
+            "inbound_refused",
+            "Handshakes refused during an address's cool-down after flooding",
+            **options,
+        )
         self._latency = Histogram(
             "publish_to_deliver_seconds",
             "From publish (publisher's clock) to hand-off to this worker's sockets",
@@ -178,6 +187,9 @@ class PrometheusMetrics(Metrics):
 
     def connection_opened(self, path: str) -> None:
         self._paths.labels(path=path).inc()
+
+    def inbound_refused(self) -> None:
+        self._inbound_refused.inc()
 
     def asgi_app(self) -> Any:
         """An ASGI app serving these metrics in the Prometheus text format; in multiprocess

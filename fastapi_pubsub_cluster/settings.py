@@ -31,7 +31,7 @@ from .config_errors import describe_errors
 from .errors import ConfigurationError, InvalidChannelError, MessageTooLargeError
 
 SlowClientPolicy = Literal["disconnect", "drop_oldest"]
-InboundRatePolicy = Literal["disconnect", "drop"]
+InboundRatePolicy = Literal["disconnect", "drop", "throttle"]
 WireFormat = Literal["json", "msgpack"]
 
 ENV_PREFIX = "PUBSUB_"
@@ -119,9 +119,13 @@ class PubSubSettings(BaseSettings):
     inbound_messages_per_second: float = 50.0
     #: Bytes per second one client may send (averaged over a short burst); 0: unlimited.
     inbound_bytes_per_second: int = 1024 * 1024
-    #: ``"disconnect"`` closes a client over an inbound rate with 1008; ``"drop"`` ignores
-    #: its messages until it is back under the rate.
+    #: Over an inbound rate: ``"disconnect"`` closes the client with 1008; ``"throttle"``
+    #: stops reading from it until it is back under the rate (TCP then slows the sender and
+    #: nothing is lost); ``"drop"`` reads and ignores its messages meanwhile (costs the most).
     inbound_rate_policy: InboundRatePolicy = "disconnect"
+    #: Seconds a client address closed for going over an inbound rate is refused (HTTP 429
+    #: before the handshake is accepted); 0: reconnects are not refused.
+    inbound_cooldown: float = 10.0
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -173,7 +177,12 @@ class PubSubSettings(BaseSettings):
             raise ValueError("must be positive")
         return value
 
-    @field_validator("probe_interval", "inbound_messages_per_second", "inbound_bytes_per_second")
+    @field_validator(
+        "probe_interval",
+        "inbound_messages_per_second",
+        "inbound_bytes_per_second",
+        "inbound_cooldown",
+    )
     @classmethod
     def _not_negative(cls, value: float) -> float:
         if value < 0:

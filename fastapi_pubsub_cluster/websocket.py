@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -22,8 +24,9 @@ from .errors import (
     PubSubError,
 )
 from .hub import PubSubHub, hub_for, implicit_hub, settings_from_environment
+from .identity import checked_presence_metadata, checked_user_id
 from .inbound import decode_client_binary, decode_client_text
-from .limits import InboundLimiter, checked_presence_metadata, checked_user_id
+from .limits import InboundLimiter
 from .origins import origin_allowed
 from .redaction import redact_url
 from .settings import WireFormat
@@ -190,6 +193,8 @@ class BasePubSubWebSocket:
         telling the channel.
         """
         settings = self.hub.settings
+        if await self._refused_while_cooling_down():
+            return
         headers = self.websocket.headers
         if not origin_allowed(headers.get("origin"), headers.get("host"), settings.allowed_origins):
             logger.info("refused a socket from origin %r", headers.get("origin", "")[:100])
@@ -256,12 +261,36 @@ class BasePubSubWebSocket:
         await self.websocket.accept()
         await self.close(CloseCode.POLICY_VIOLATION, reason)
 
+    def _address(self) -> str | None:
+        client = self.websocket.client
+        return client.host if client is not None else None
+
+    async def _refused_while_cooling_down(self) -> bool:
+        # Before anything is registered: a flooder that reconnects at once costs a handshake
+        # and a close, not a join, a leave and their broadcasts. Closed with 1008 rather than
+        # refused with an HTTP status, which browsers do not show to the page.
+        wait = self.hub.inbound.cooling_down(self._address())
+        if wait <= 0:
+            return False
+        self.connection_manager.metrics.inbound_refused()
+        logger.debug("refused %s: cooling down after flooding", self._address())
+        await self._refuse(f"sending too fast: try again in {math.ceil(wait)} s")
+        return True
+
     async def _read_until_disconnect(self, connection: ClientConnection) -> int:
+        address = self._address()
+        inbound = self.hub.inbound.limiter(address)
+        try:
+            return await self._read_within_limits(connection, inbound)
+        finally:
+            # Under "disconnect", the first message over a rate closes the socket.
+            self.hub.inbound.release(address, inbound, flooded=inbound.limited > 0)
+
+    async def _read_within_limits(
+        self, connection: ClientConnection, inbound: InboundLimiter
+    ) -> int:
         settings = self.hub.settings
         limit = settings.max_message_bytes
-        inbound = InboundLimiter(
-            settings.inbound_messages_per_second, settings.inbound_bytes_per_second, limit
-        )
         while True:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -273,7 +302,21 @@ class BasePubSubWebSocket:
                 logger.info("client %s sent %d bytes (limit %d)", connection.id, size, limit)
                 await connection.close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes")
                 return CloseCode.MESSAGE_TOO_BIG
-            if not inbound.admit(size):
+            if settings.inbound_rate_policy == "throttle":
+                delay = inbound.delay(size)
+                if delay > 0:
+                    # Not reading meanwhile: the server's buffers fill and TCP slows the
+                    # sender, instead of this worker parsing frames only to refuse them.
+                    self.connection_manager.metrics.inbound_limited()
+                    if inbound.limited == 0:
+                        logger.info("client %s over its inbound rate: throttling", connection.id)
+                    await asyncio.sleep(delay)
+                    if connection.state is not ConnectionState.OPEN:
+                        # Closed or lost meanwhile (a failed write tells): what the server
+                        # had read ahead from it is not worth relaying at its rate.
+                        return CloseCode.GOING_AWAY
+                inbound.take(size, limited=delay > 0)
+            elif not inbound.admit(size):
                 self.connection_manager.metrics.inbound_limited()
                 if settings.inbound_rate_policy == "drop":
                     if inbound.limited == 1:  # once per client: a flood must not flood the log

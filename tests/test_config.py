@@ -157,7 +157,8 @@ def test_a_keyword_error_names_the_field_not_a_variable() -> None:
     with pytest.raises(ConfigurationError) as raised:
         PubSubSettings(inbound_rate_policy="ignore")  # type: ignore[arg-type]
     assert str(raised.value) == (
-        "inbound_rate_policy='ignore' is invalid: allowed values are 'disconnect', 'drop'"
+        "inbound_rate_policy='ignore' is invalid: allowed values are 'disconnect', 'drop', "
+        "'throttle'"
     )
 
 
@@ -261,6 +262,7 @@ def test_the_new_settings_have_their_documented_defaults() -> None:
     assert settings.inbound_messages_per_second == 50.0
     assert settings.inbound_bytes_per_second == 1048576
     assert settings.inbound_rate_policy == "disconnect"
+    assert settings.inbound_cooldown == 10.0
 
 
 def test_allowed_origins_are_read_comma_separated_and_normalised() -> None:
@@ -275,12 +277,14 @@ def test_the_inbound_rate_settings_are_read_from_the_environment() -> None:
         {
             "PUBSUB_INBOUND_MESSAGES_PER_SECOND": "0",
             "PUBSUB_INBOUND_BYTES_PER_SECOND": "2048",
-            "PUBSUB_INBOUND_RATE_POLICY": "drop",
+            "PUBSUB_INBOUND_RATE_POLICY": "throttle",
+            "PUBSUB_INBOUND_COOLDOWN": "2.5",
         }
     )
     assert settings.inbound_messages_per_second == 0
     assert settings.inbound_bytes_per_second == 2048
-    assert settings.inbound_rate_policy == "drop"
+    assert settings.inbound_rate_policy == "throttle"
+    assert settings.inbound_cooldown == 2.5
 
 
 def test_the_repr_does_not_show_the_redis_password() -> None:

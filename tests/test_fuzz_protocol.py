@@ -70,7 +70,14 @@ def live_server() -> Iterator[LiveServer]:
     started = threading.Event()
 
     async def host() -> None:
-        settings = make_settings("fuzz", max_message_bytes=MAX_BYTES)
+        # Every example connects from the same address, whose allowance outlives each
+        # connection: rates are not what this fuzzes (tests/test_inbound_limits.py).
+        settings = make_settings(
+            "fuzz",
+            max_message_bytes=MAX_BYTES,
+            inbound_messages_per_second=0,
+            inbound_bytes_per_second=0,
+        )
         async with PubSubHub(settings=settings) as hub, serve(build_app(hub)) as url:
             server.hub, server.url = hub, url
             server.observer = await connect(f"{url}/ws/observer")

@@ -10,7 +10,7 @@ from collections.abc import Coroutine
 from enum import Enum
 from typing import Any, Protocol
 
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..codec import OutgoingFrame, stream_id_order
 from ..errors import CloseCode
@@ -283,7 +283,7 @@ class ClientConnection:
             await asyncio.wait_for(self.websocket.close(code, reason), self._settings.close_timeout)
         except TimeoutError:  # before OSError, of which it is a subclass
             self._abort(code)
-        except (RuntimeError, OSError) as exc:  # already closed by the peer
+        except (RuntimeError, OSError, WebSocketDisconnect) as exc:  # closed by the peer
             logger.debug("close(%s) of %s did not complete: %r", code, self.id, exc)
 
     def _abort(self, code: int) -> None:
