@@ -22,6 +22,7 @@ from .core.subscription import SubscriberPolicy, Subscription
 from .errors import ConfigurationError, HubClosedError, PubSubError
 from .limits import InboundAllowances
 from .metrics import Metrics
+from .redaction import redact_url
 from .settings import PubSubSettings
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -288,6 +289,27 @@ def current_hub(connection: HTTPConnection) -> PubSubHub:
     if hub is None:
         raise ConfigurationError("no PubSubHub: create one and give it the app's lifespan")
     return hub
+
+
+def hub_for_socket(
+    scope: Mapping[str, Any], redis_credentials: RedisCredentialsLike | None
+) -> PubSubHub:
+    """The hub of a socket that names none: :func:`hub_for`, or the seed's way (a hub per
+    Redis URL in ``redis_credentials``, made on first use; in memory without them)."""
+    app_hub = hub_for(scope)
+    if redis_credentials is None:
+        return app_hub if app_hub is not None else implicit_hub(None)
+    url = redis_url_from(redis_credentials)
+    if app_hub is None:
+        return implicit_hub(url)  # the seed's way: a hub per Redis, made on first use
+    if app_hub.settings.redis_url != url:
+        # Publishing through the app's hub would never reach these sockets.
+        raise ConfigurationError(
+            f"this socket's redis_credentials ({redact_url(url)}) name another Redis than the "
+            f"app's PubSubHub ({redact_url(app_hub.settings.redis_url or 'in memory')}): "
+            "pass hub=... or drop redis_credentials"
+        )
+    return app_hub
 
 
 # Hubs made implicitly for sockets built the seed's way (no hub passed, no lifespan),

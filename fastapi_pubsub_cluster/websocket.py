@@ -10,25 +10,23 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from .backends.redis import RedisCredentialsLike, redis_url_from
+from .backends.redis import RedisCredentialsLike
 from .codec import OutgoingFrame
 from .core.client import ClientConnection, ConnectionState
 from .core.fanout import FanOut
 from .errors import (
     CloseCode,
-    ConfigurationError,
     InvalidChannelError,
     MalformedMessageError,
     MessageTooLargeError,
     PresenceMetadataError,
     PubSubError,
 )
-from .hub import PubSubHub, hub_for, implicit_hub, settings_from_environment
+from .hub import PubSubHub, hub_for_socket, settings_from_environment
 from .identity import checked_presence_metadata, checked_user_id
 from .inbound import decode_client_binary, decode_client_text
 from .limits import InboundLimiter
 from .origins import origin_allowed
-from .redaction import redact_url
 from .settings import WireFormat
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -77,7 +75,7 @@ class BasePubSubWebSocket:
         #: The user this socket belongs to, for ``hub.send_to_user`` (see :meth:`get_user_id`).
         self.user_id = user_id
         self.channel_id = channel_id
-        self.hub = hub if hub is not None else _find_hub(websocket, redis_credentials)
+        self.hub = hub if hub is not None else hub_for_socket(websocket.scope, redis_credentials)
         self.connection_id = f"{self.hub.fanout.worker_id}:{uuid.uuid4().hex}"
         self.wire_format: WireFormat = wire_format or _requested_format(
             websocket, self.hub.settings.wire_format
@@ -347,23 +345,6 @@ class BasePubSubWebSocket:
                 logger.exception("on_message failed for client %s", connection.id)
                 await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return CloseCode.INTERNAL_ERROR
-
-
-def _find_hub(websocket: WebSocket, redis_credentials: RedisCredentialsLike | None) -> PubSubHub:
-    app_hub = hub_for(websocket.scope)
-    if redis_credentials is None:
-        return app_hub if app_hub is not None else implicit_hub(None)
-    url = redis_url_from(redis_credentials)
-    if app_hub is None:
-        return implicit_hub(url)  # the seed's way: a hub per Redis, made on first use
-    if app_hub.settings.redis_url != url:
-        # Publishing through the app's hub would never reach these sockets.
-        raise ConfigurationError(
-            f"this socket's redis_credentials ({redact_url(url)}) name another Redis than the "
-            f"app's PubSubHub ({redact_url(app_hub.settings.redis_url or 'in memory')}): "
-            "pass hub=... or drop redis_credentials"
-        )
-    return app_hub
 
 
 def _requested_format(websocket: WebSocket, default: WireFormat) -> WireFormat:
