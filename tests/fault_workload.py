@@ -396,8 +396,14 @@ class Rig:
             counts = sorted({c.last_count for c in holders}, key=str)
             if in_redis != union or sum(map(len, local)) != len(union):
                 problems.append(f"{channel}: Redis {len(in_redis)} != workers {len(union)}")
-            if any(set(v[channel]["mirror"]) != in_redis for v in views):
-                problems.append(f"{channel}: a mirror differs from Redis")
+            for worker, view in zip((w for w in self.workers if w.alive), views, strict=True):
+                mirror = set(view[channel]["mirror"])
+                # A worker mirrors a channel only while it holds sockets there.
+                if view[channel]["local"] and mirror != in_redis:
+                    problems.append(
+                        f"{channel}: mirror of {worker.worker_id} has {sorted(mirror - in_redis)}"
+                        f" beyond Redis and lacks {sorted(in_redis - mirror)}"
+                    )
             if len(in_redis) != len(holders) or counts != [len(holders)]:
                 problems.append(
                     f"{channel}: Redis {len(in_redis)}, sockets {len(holders)}, counts {counts}"

@@ -11,6 +11,7 @@ Sentinel failover. A longer soak: ``python -m tools.soak --minutes N``.
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -174,5 +175,5 @@ async def test_invariants_hold_under_the_fault(
     fault: Fault, owned_redis: OwnedRedisServer, key_prefix: str
 ) -> None:
     async with rig_on(owned_redis, key_prefix, proxied=fault.name.startswith("proxy")) as rig:
-        figures = await run_case(rig, fault)
+        figures = await run_case(rig, fault, float(os.environ.get("MATRIX_LIMIT", 2 * BEAT)))
     check(figures)
