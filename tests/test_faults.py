@@ -397,3 +397,46 @@ async def test_an_outside_publisher_stores_on_channels_the_workers_keep_history_
 
 async def _gone(admin: aioredis.Redis, key: str) -> bool:
     return not await admin.exists(key)
+
+
+# -- 9. a lost link on a history channel, under load ---------------------------------------
+
+
+async def test_a_lost_link_replays_the_gap_before_newer_messages_under_load(
+    owned_redis: OwnedRedisServer, key_prefix: str, admin: aioredis.Redis
+) -> None:
+    """Messages stored while the worker's link was down are replayed, in order, before the
+    live ones that arrive while the worker reloads its channels (fault matrix, issue 13:
+    newer live messages went first and the replay then started after them)."""
+    settings = make_settings(
+        key_prefix, owned_redis.url, history_channels="kept", heartbeat_ttl=TTL
+    )
+    hub = PubSubHub(settings=settings)
+    reconnected = reconnect_signal(hub)
+    async with hub, serve(build_app(hub)) as url:
+        ws = await connect(f"{url}/ws/kept")
+        # Sockets in many channels: the worker reloads each after the link comes back.
+        others = [await connect(f"{url}/ws/room-{i}") for i in range(50)]
+        await recv_until(ws, lambda m: m == {"count": 1})
+        published: list[int] = []
+
+        async def publish(numbers: range) -> None:
+            for n in numbers:
+                with contextlib.suppress(PublishError):
+                    await hub.publish("kept", {"n": n})
+                    published.append(n)
+
+        await publish(range(20))
+        await admin.client_kill_filter(_type="pubsub")
+        await asyncio.gather(publish(range(20, 400)), asyncio.wait_for(reconnected.wait(), 10))
+        await publish(range(400, 450))
+        received: list[int] = []
+        async with asyncio.timeout(10):
+            while not received or received[-1] != published[-1]:
+                message = await recv_json(ws)
+                if "data" in message:
+                    received.append(message["data"]["n"])
+        missing = sorted(set(published) - set(received))
+        assert received == published, f"missing {missing}, received {len(received)}"
+        for client in [ws, *others]:
+            await client.close()

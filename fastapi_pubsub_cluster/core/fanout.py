@@ -79,6 +79,9 @@ class FanOut:
         # Newest stored message delivered per history channel: replays start there, and
         # older or repeated ids are never delivered twice.
         self._last_stored: dict[str, str] = {}
+        # History channels replaying what a lost link missed: live stored messages wait
+        # here until the replay is done, so that none overtakes it (or moves its start).
+        self._replaying: dict[str, list[tuple[str, Any, float]]] = {}
         self._seen = RecentIds(SEEN_PUBLICATIONS)
         self._reconnect_hooks: list[ReconnectHook] = []
         self._tasks = TaskSupervisor("fan-out")
@@ -109,6 +112,7 @@ class FanOut:
         self._local.clear()
         self._mirror.clear()
         self._last_stored.clear()
+        self._replaying.clear()
 
     # -- local connections -------------------------------------------------------------
 
@@ -259,7 +263,12 @@ class FanOut:
         elif isinstance(event, ChannelDropped):
             self._mirror.drop(event.channel)
             self._last_stored.pop(event.channel, None)
+            self._replaying.pop(event.channel, None)
         elif isinstance(event, LinkRestored):
+            # Now, before the link reads again: the replay starts after what was delivered.
+            for channel in event.channels:
+                if channel in self._last_stored:
+                    self._replaying.setdefault(channel, [])
             self._tasks.spawn(self._resync(event.channels), name="pubsub-resync")
 
     # -- delivery ----------------------------------------------------------------------
@@ -285,7 +294,13 @@ class FanOut:
         self.metrics.delivered(delivered, sent_at)
         return delivered
 
-    def _deliver_stored(self, channel: str, stream_id: str, payload: Any, sent_at: float) -> None:
+    def _deliver_stored(
+        self, channel: str, stream_id: str, payload: Any, sent_at: float, replay: bool = False
+    ) -> None:
+        held = self._replaying.get(channel)
+        if held is not None and not replay:
+            held.append((stream_id, payload, sent_at))
+            return
         last = self._last_stored.get(channel)
         if last is not None and stream_id_order(stream_id) <= stream_id_order(last):
             return  # already delivered (a replay, or heard twice)
@@ -333,14 +348,18 @@ class FanOut:
         )
 
     async def _replay_missed(self, channel: str) -> None:
-        last = self._last_stored.get(channel)
-        if last is None or not self.settings.has_history(channel):
-            return
-        stored = await self.backend.history(channel, last)
-        for stream_id, payload in stored.entries:
-            self._deliver_stored(channel, stream_id, payload, 0.0)
-        if stored.entries:
-            logger.info("replayed %d missed messages on %r", len(stored.entries), channel)
+        try:
+            last = self._last_stored.get(channel)
+            if last is None or not self.settings.has_history(channel):
+                return
+            stored = await self.backend.history(channel, last)
+            for stream_id, payload in stored.entries:
+                self._deliver_stored(channel, stream_id, payload, 0.0, replay=True)
+            if stored.entries:
+                logger.info("replayed %d missed messages on %r", len(stored.entries), channel)
+        finally:  # then what arrived meanwhile (newer ones only), even if the replay failed
+            for stream_id, payload, sent_at in self._replaying.pop(channel, []):
+                self._deliver_stored(channel, stream_id, payload, sent_at, replay=True)
 
     @staticmethod
     async def _run_hook(call: Awaitable[None], what: str) -> None:
