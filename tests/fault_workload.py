@@ -405,11 +405,26 @@ class Rig:
                         f"{channel}: mirror of {worker.worker_id} has {sorted(mirror - in_redis)}"
                         f" beyond Redis and lacks {sorted(in_redis - mirror)}"
                     )
+            hearing = sum(1 for v in views if v[channel]["local"])
+            subscribed = await self.subscribers_of(self.keys.topic(channel))
+            if subscribed != hearing:
+                problems.append(f"{channel}: {subscribed} links subscribed, {hearing} wanted")
             if len(in_redis) != len(holders) or counts != [len(holders)]:
                 problems.append(
                     f"{channel}: Redis {len(in_redis)}, sockets {len(holders)}, counts {counts}"
                 )
         return problems
+
+    async def subscribers_of(self, topic: str) -> int:
+        """How many pub/sub links Redis has subscribed to ``topic`` (one per worker that
+        holds sockets in its channel)."""
+        if isinstance(self.admin, RedisCluster):
+            node = self.admin.get_node_from_key(topic)
+            reply = await self.admin.execute_command(
+                "PUBSUB", "SHARDNUMSUB", topic, target_nodes=node
+            )
+            return int(reply[1])
+        return int((await self.admin.pubsub_numsub(topic))[0][1])
 
     async def converged(self) -> bool:
         try:

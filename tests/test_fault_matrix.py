@@ -276,7 +276,8 @@ async def test_invariants_hold_across_a_sentinel_failover_under_load(
         await wait_until_async(old_primary_demoted, 20)
 
     await wait_until_async(replica_known, 20)
-    admin = Sentinel([("127.0.0.1", sentinel.port)]).master_for(sentinel.service)
+    sentinels = Sentinel([("127.0.0.1", sentinel.port)])
+    admin = sentinels.master_for(sentinel.service)
     try:
         async with running_workers(sentinel.url, key_prefix) as found:
             rig = Rig(found, admin, key_prefix)
@@ -285,7 +286,7 @@ async def test_invariants_hold_across_a_sentinel_failover_under_load(
             finally:
                 await rig.close()
     finally:
-        await admin.aclose()
-        await watcher.aclose()
-        await old.aclose()
+        await admin.aclose(close_connection_pool=True)
+        for client in [*sentinels.sentinels, watcher, old]:
+            await client.aclose()
     check(figures)
