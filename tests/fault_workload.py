@@ -495,13 +495,15 @@ def convergence_limit() -> float:
     return float(os.environ.get("MATRIX_LIMIT", 2 * BEAT))
 
 
-async def run_case(rig: Rig, fault: Fault) -> Figures:
-    """Start the workload, inject the fault, heal it, then measure: presence must converge
-    within ``convergence_limit`` after the fault ends (and the churn stopped), every
-    subscriber must get the final publish, and delivery is counted."""
+async def run_case(rig: Rig, fault: Fault, load: float = 0.0) -> Figures:
+    """Start the workload (and let it run ``load`` seconds), inject the fault, heal it,
+    then measure: presence must converge within ``convergence_limit`` after the fault ends
+    (and the churn stopped), every subscriber must get the final publish, and delivery is
+    counted."""
     figures = Figures(fault.name)
     limit = convergence_limit()
     await rig.start()
+    await asyncio.sleep(load)  # how long the load runs before the fault (a soak's length)
     await fault.run(rig)
     await rig.stop_churn()  # membership stops changing: from now on it must settle
     try:
