@@ -155,6 +155,9 @@ class Subscriber:
     gaps: list[Any] = field(default_factory=list)
     current: Client | None = None
     connections: int = 0
+    #: On ``hist``: (n, stream id, the ``since`` of the socket it came on), for reports.
+    arrivals: list[tuple[int, str, str]] = field(default_factory=list)
+    resumed_from: str = ""
 
     def start(self) -> asyncio.Task[None]:
         return asyncio.create_task(self._run())
@@ -171,6 +174,7 @@ class Subscriber:
         elif self.channel == HIST:
             self.ids.append(message["id"])
             self.seen.append(message["data"]["n"])
+            self.arrivals.append((message["data"]["n"], message["id"], self.resumed_from))
         else:
             self.seen.append(message["n"])
 
@@ -186,6 +190,7 @@ class Subscriber:
                 await asyncio.sleep(0.2)  # a client's reconnect delay
                 continue
             self.connections += 1
+            self.resumed_from = f"{worker.worker_id}{since}#{self.connections}"
             self.current = Client(ws, worker, self._on_data)
             await self.current.closed.wait()
             await asyncio.sleep(0.1)  # a client's reconnect delay
@@ -289,6 +294,8 @@ class Figures:
     losses_plain: int = 0
     out_of_order: int = 0
     converged_s: float = float("nan")
+    #: Seconds from the fault's end until the churn's last operation ended.
+    settle_s: float = float("nan")
     published_ok: int = 0
     publish_failed: int = 0
     reconnects: int = 0
@@ -299,8 +306,9 @@ class Figures:
         return (
             f"{self.name:<28} duplicates {self.duplicates:>3}  hist losses {self.losses_hist:>3}"
             f"  plain losses {self.losses_plain:>3}  converged {self.converged_s:5.2f}s"
+            f" (+{self.settle_s:4.2f}s)"
             f"  published {self.published_ok:>4} ok / {self.publish_failed:>3} failed"
-            f"  reconnects {self.reconnects:>3}  churn ops {self.churn_ops:>4}"
+            f"  resumes {self.reconnects:>3}  churn ops {self.churn_ops:>4}"
         )
 
 
@@ -323,6 +331,7 @@ class Rig:
         self.proxy = proxy
         self.stopping = False
         self.last_problems: list[str] = []
+        self.dropped = 0
         self.subscribers = [
             Subscriber(self, channel, i) for channel in (PLAIN, HIST) for i in range(4)
         ]
@@ -340,6 +349,7 @@ class Rig:
         self._tasks = [s.start() for s in self.subscribers]
         await wait_until(lambda: all(s.connected for s in self.subscribers), 15)
         self._tasks += self.churn.start()
+        self._tasks.append(asyncio.create_task(self._drop_sockets()))
         self._publishing = asyncio.create_task(self.publisher.run())
         await self.publishing_resumed(20)
 
@@ -348,6 +358,17 @@ class Rig:
         ok = self.publisher.ok
         target = {c: len(ok[c]) + successes for c in ok}
         await wait_until(lambda: all(len(ok[c]) >= target[c] for c in ok), timeout)
+
+    async def _drop_sockets(self) -> None:
+        """Subscribers lose their socket now and then (a flaky network): on ``hist`` they
+        resume after their last id, possibly on the other worker."""
+        rng = random.Random(7)
+        while not self.churn.stopping:
+            await asyncio.sleep(0.4)  # how often a subscriber's socket drops
+            current = rng.choice(self.subscribers).current
+            if current is not None and current.open:
+                current.ws.transport.abort()
+                self.dropped += 1
 
     async def stop_churn(self) -> None:
         self.churn.stopping = True
@@ -456,7 +477,11 @@ class Rig:
             else:
                 figures.losses_plain += len(missing)
             if dups:
-                figures.problems.append(f"{s.channel} subscriber {s.index}: {dups} duplicates")
+                twice = {n for n in s.seen if s.seen.count(n) > 1}
+                figures.problems.append(
+                    f"{s.channel} subscriber {s.index}: {dups} duplicates: "
+                    f"{[a for a in s.arrivals if a[0] in twice] or sorted(twice)}"
+                )
             figures.reconnects += s.connections - 1
 
 
@@ -505,7 +530,9 @@ async def run_case(rig: Rig, fault: Fault, load: float = 0.0) -> Figures:
     await rig.start()
     await asyncio.sleep(load)  # how long the load runs before the fault (a soak's length)
     await fault.run(rig)
+    ended = time.monotonic()
     await rig.stop_churn()  # membership stops changing: from now on it must settle
+    figures.settle_s = time.monotonic() - ended
     try:
         figures.converged_s = await wait_until_async(rig.converged, limit)
     except AssertionError:
