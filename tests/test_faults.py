@@ -42,6 +42,7 @@ from tests.live import (
     wait_for_async_condition,
     wait_for_condition,
 )
+from tests.tcp_proxy import DeafeningProxy
 from tests.test_slow_clients import BIG, stalled_client
 from tools.redis_servers import OwnedRedisServer
 
@@ -397,3 +398,85 @@ async def test_an_outside_publisher_stores_on_channels_the_workers_keep_history_
 
 async def _gone(admin: aioredis.Redis, key: str) -> bool:
     return not await admin.exists(key)
+
+
+# -- 9. a lost link on a history channel, under load ---------------------------------------
+
+
+async def test_a_lost_link_replays_the_gap_before_newer_messages_under_load(
+    owned_redis: OwnedRedisServer, key_prefix: str, admin: aioredis.Redis
+) -> None:
+    """Messages stored while the worker's link was down are replayed, in order, before the
+    live ones that arrive while the worker reloads its channels (fault matrix, issue 13:
+    newer live messages went first and the replay then started after them)."""
+    settings = make_settings(
+        key_prefix, owned_redis.url, history_channels="kept", heartbeat_ttl=TTL
+    )
+    hub = PubSubHub(settings=settings)
+    reconnected = reconnect_signal(hub)
+    async with hub, serve(build_app(hub)) as url:
+        ws = await connect(f"{url}/ws/kept")
+        # Sockets in many channels: the worker reloads each after the link comes back.
+        others = [await connect(f"{url}/ws/room-{i}") for i in range(50)]
+        await recv_until(ws, lambda m: m == {"count": 1})
+        published: list[int] = []
+
+        async def publish(numbers: range) -> None:
+            for n in numbers:
+                with contextlib.suppress(PublishError):
+                    await hub.publish("kept", {"n": n})
+                    published.append(n)
+
+        await publish(range(20))
+        await admin.client_kill_filter(_type="pubsub")
+        await asyncio.gather(publish(range(20, 400)), asyncio.wait_for(reconnected.wait(), 10))
+        await publish(range(400, 450))
+        received: list[int] = []
+        async with asyncio.timeout(10):
+            while not received or received[-1] != published[-1]:
+                message = await recv_json(ws)
+                if "data" in message:
+                    received.append(message["data"]["n"])
+        missing = sorted(set(published) - set(received))
+        assert received == published, f"missing {missing}, received {len(received)}"
+        for client in [ws, *others]:
+            await client.close()
+
+
+async def test_a_client_that_resumed_while_the_link_was_deaf_gets_the_gap_once(
+    owned_redis: OwnedRedisServer, key_prefix: str
+) -> None:
+    """A client resumes (its own replay covers the gap) on a worker whose link is deaf;
+    when the link is renewed the worker replays the same gap to its clients: the resumed
+    client must not get it twice (fault matrix, issue 13: it did)."""
+    proxy = DeafeningProxy("127.0.0.1", owned_redis.port)
+    async with proxy.running():
+        url_via_proxy = f"redis://127.0.0.1:{proxy.port}/0"
+        settings = make_settings(
+            key_prefix,
+            url_via_proxy,
+            history_channels="kept",
+            heartbeat_ttl=TTL,
+            probe_interval=0.5,
+            probe_timeout=0.5,
+        )
+        hub = PubSubHub(settings=settings)
+        reconnected = reconnect_signal(hub)
+        async with hub, serve(build_app(hub)) as url:
+            staying = await connect(f"{url}/ws/kept")
+            await recv_until(staying, lambda m: m == {"count": 1})
+            await hub.publish("kept", {"n": 0})
+            first = await recv_until(staying, lambda m: "id" in m)
+            assert proxy.deafen_subscribers() == 1
+            for n in (1, 2, 3):  # stored, not heard by the deaf link
+                await hub.publish("kept", {"n": n})
+            resumed = await connect(f"{url}/ws/kept?since={first['id']}")
+            await asyncio.wait_for(reconnected.wait(), 10)  # the worker replays 1..3
+            await hub.publish("kept", {"n": 4})
+            for ws, expected in ((resumed, [1, 2, 3, 4]), (staying, [1, 2, 3, 4])):
+                got: list[int] = []
+                while not got or got[-1] != 4:
+                    got.append((await recv_until(ws, lambda m: "id" in m))["data"]["n"])
+                assert got == expected
+            for ws in (staying, resumed):
+                await ws.close()

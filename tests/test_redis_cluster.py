@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.crc import key_slot
 
@@ -16,7 +17,7 @@ from fastapi_pubsub_cluster import PubSubHub, RedisBackend, RedisPublisher
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
-from tests.live import connect, recv_until, serve
+from tests.live import connect, reconnect_signal, recv_until, serve
 from tools.processes import uvicorn_process
 from tools.redis_servers import OwnedRedisCluster
 
@@ -153,4 +154,32 @@ async def test_killed_worker_is_reaped_on_a_cluster(
         for ws in victims:
             ws.transport.abort()
         for ws in watchers:
+            await ws.close()
+
+
+async def test_a_shard_link_resubscribes_every_topic_after_it_was_lost(
+    cluster_hub: PubSubHub, redis_cluster: OwnedRedisCluster, key_prefix: str
+) -> None:
+    """A link carries the topics of several slots of its shard; after a loss it subscribes
+    to them again one by one (fault matrix, issue 13: one SSUBSCRIBE for them all was
+    refused with CROSSSLOT, and the link renewed itself forever without hearing anything)."""
+    keys = RedisKeys(key_prefix)
+    by_node: dict[str, list[str]] = {}
+    for channel in CHANNELS:
+        by_node.setdefault(node_of(redis_cluster, keys.topic(channel)), []).append(channel)
+    node, channels = next((n, c) for n, c in by_node.items() if len(c) >= 2)
+    reconnected = reconnect_signal(cluster_hub)
+    async with serve(build_app(cluster_hub)) as url:
+        clients = [await connect(f"{url}/ws/{channel}") for channel in channels]
+        for ws in clients:
+            await recv_until(ws, lambda m: m == {"count": 1})
+        host, port = node.rsplit(":", 1)
+        killer = aioredis.Redis(host=host, port=int(port))
+        assert await killer.client_kill_filter(_type="pubsub") >= 1
+        await killer.aclose()
+        await asyncio.wait_for(reconnected.wait(), 10)
+        for channel, ws in zip(channels, clients, strict=True):
+            await cluster_hub.publish(channel, {"to": channel})
+            assert await recv_until(ws, lambda m: "to" in m, timeout=5) == {"to": channel}
+        for ws in clients:
             await ws.close()

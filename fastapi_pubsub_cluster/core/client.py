@@ -58,6 +58,7 @@ class ClientConnection:
         "_owner",
         "_ready",
         "_replay",
+        "_replayed_to",
         "_settings",
         "_suspended",
         "_writer",
@@ -106,6 +107,9 @@ class ClientConnection:
         self._settings = settings
         self._held: list[OutgoingFrame] = []
         self._replay: tuple[list[OutgoingFrame], str | None] | None = None
+        # Where this client's own replay ended, until a newer stored message went out: the
+        # worker may deliver the same stored messages again (its replay after a lost link).
+        self._replayed_to: tuple[int, int] | None = None
         self._direct: DirectWriter | None = (websocket.scope.get("extensions") or {}).get(
             DIRECT_WRITE_EXTENSION
         )
@@ -141,6 +145,10 @@ class ClientConnection:
         """
         state = self.state
         if state is ConnectionState.OPEN:
+            if self._replayed_to is not None and frame.stream_id:
+                if stream_id_order(frame.stream_id) <= self._replayed_to:
+                    return False  # part of this client's replay already
+                self._replayed_to = None
             return self._push(frame, bounded=True)
         if state is ConnectionState.HOLDING:
             # Before the handshake or a replay: live messages wait, none may overtake.
@@ -170,6 +178,7 @@ class ClientConnection:
         for frame in replayed:
             self._push(frame, bounded=False)  # history is bounded by history_size itself
         cutoff = stream_id_order(last_id) if last_id is not None else None
+        self._replayed_to = cutoff
         for frame in held:
             stream_id = frame.stream_id
             if cutoff is not None and stream_id and stream_id_order(stream_id) <= cutoff:

@@ -315,6 +315,8 @@ class FanOut:
             self._mirror.drop(event.channel)
             self._stored.forget(event.channel)
         elif isinstance(event, LinkRestored):
+            # Now, before the link reads again: the replay starts after what was delivered.
+            self._stored.hold(event.channels)
             resyncing = resync(
                 event.channels,
                 stored=self._stored,

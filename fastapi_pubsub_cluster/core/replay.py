@@ -23,7 +23,9 @@ class StoredDelivery:
     """Delivers stored messages at most once each, in stream order, per channel.
 
     The newest stored message delivered per channel is remembered: replays start there, and
-    older or repeated ids are never delivered twice.
+    older or repeated ids are never delivered twice. While a channel replays what a lost link
+    missed, its live stored messages wait, so that none overtakes the replay (or moves its
+    start).
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class StoredDelivery:
         self._deliver = deliver
         self._feed = feed
         self._last: dict[str, str] = {}
+        self._held: dict[str, list[tuple[str, Any, float, str | None]]] = {}
 
     def deliver(
         self,
@@ -48,7 +51,16 @@ class StoredDelivery:
         exclude: str | None = None,
     ) -> None:
         """Deliver a stored message to sockets (but ``exclude``) and subscribers, unless it
-        is not newer than the last one delivered."""
+        is not newer than the last one delivered; held while the channel replays."""
+        held = self._held.get(channel)
+        if held is not None:
+            held.append((stream_id, payload, sent_at, exclude))
+            return
+        self._deliver_now(channel, stream_id, payload, sent_at, exclude)
+
+    def _deliver_now(
+        self, channel: str, stream_id: str, payload: Any, sent_at: float, exclude: str | None
+    ) -> None:
         last = self._last.get(channel)
         if last is not None and stream_id_order(stream_id) <= stream_id_order(last):
             return  # already delivered (a replay, or heard twice)
@@ -57,13 +69,22 @@ class StoredDelivery:
         self._deliver(channel, frame, sent_at, exclude)
         self._feed(channel, frame.payload)
 
+    def hold(self, channels: Sequence[str]) -> None:
+        """A lost link is back: hold live stored messages of ``channels`` until
+        :meth:`replay_missed` has run (call it before the link reads again)."""
+        for channel in channels:
+            if channel in self._last:
+                self._held.setdefault(channel, [])
+
     def forget(self, channel: str) -> None:
         """``channel`` is no longer heard."""
         self._last.pop(channel, None)
+        self._held.pop(channel, None)
 
     def clear(self) -> None:
         """Forget every channel."""
         self._last.clear()
+        self._held.clear()
 
     async def prepare_replay(self, connection: ClientConnection, since: str) -> None:
         """Set aside what the channel stored after ``since``, to go before live messages."""
@@ -79,15 +100,20 @@ class StoredDelivery:
         connection.set_replay(frames, stored.entries[-1][0] if stored.entries else since)
 
     async def replay_missed(self, channel: str) -> None:
-        """Deliver what ``channel`` stored after the last message delivered (a lost link)."""
-        last = self._last.get(channel)
-        if last is None or not self._settings.has_history(channel):
-            return
-        stored = await self._backend.history(channel, last)
-        for stream_id, payload in stored.entries:
-            self.deliver(channel, stream_id, payload, 0.0)
-        if stored.entries:
-            logger.info("replayed %d missed messages on %r", len(stored.entries), channel)
+        """Deliver what ``channel`` stored after the last message delivered (a lost link),
+        then what was held meanwhile (newer ones only), even if the replay failed."""
+        try:
+            last = self._last.get(channel)
+            if last is None or not self._settings.has_history(channel):
+                return
+            stored = await self._backend.history(channel, last)
+            for stream_id, payload in stored.entries:
+                self._deliver_now(channel, stream_id, payload, 0.0, None)
+            if stored.entries:
+                logger.info("replayed %d missed messages on %r", len(stored.entries), channel)
+        finally:
+            for stream_id, payload, sent_at, exclude in self._held.pop(channel, []):
+                self._deliver_now(channel, stream_id, payload, sent_at, exclude)
 
 
 async def resync(

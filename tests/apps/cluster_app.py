@@ -87,4 +87,17 @@ async def publish(channel: str, body: dict[str, Any]) -> dict[str, int]:
 
 @app.get("/healthz")
 async def healthz() -> dict[str, Any]:
-    return {"pid": os.getpid(), "local_connections": hub.fanout.local_connection_count}
+    return {
+        "pid": os.getpid(),
+        "worker": hub.fanout.worker_id,
+        "local_connections": hub.fanout.local_connection_count,
+    }
+
+
+@app.get("/mirror/{channel}")
+async def mirror(channel: str) -> dict[str, list[str]]:
+    """This worker's own connections in ``channel`` and its mirror of the whole cluster's."""
+    return {
+        "local": sorted(hub.fanout.local_members(channel)),
+        "mirror": sorted(hub.get(channel)),
+    }

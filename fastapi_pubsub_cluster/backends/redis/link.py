@@ -142,7 +142,13 @@ class TopicLink:
         pubsub = self._client.pubsub()
         topics = [self.probe_topic, *self.topics]
         try:
-            await (pubsub.ssubscribe(*topics) if self._sharded else pubsub.subscribe(*topics))
+            if self._sharded:
+                # One SSUBSCRIBE per topic: a link's topics live in several slots of its
+                # shard, and Redis refuses an SSUBSCRIBE across slots (CROSSSLOT).
+                for topic in topics:
+                    await pubsub.ssubscribe(topic)
+            else:
+                await pubsub.subscribe(*topics)
         except BaseException:
             with contextlib.suppress(*REDIS_DOWN):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
