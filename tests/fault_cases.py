@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
-from tests.fault_workload import BEAT, TTL, Fault, Rig, running_workers, wait_until_async
+from tests.fault_workload import BEAT, TTL, Fault, Rig, running_workers
+from tests.live import wait_for_async_condition
 from tests.tcp_proxy import DeafeningProxy
 from tests.test_faults import stalled
 from tools.redis_servers import OwnedRedisServer
@@ -82,7 +83,7 @@ async def worker_paused_past_ttl(rig: Rig) -> None:
 
     paused.server.pause()
     try:
-        await wait_until_async(claimed, TTL + 2 * BEAT + 2)
+        await wait_for_async_condition(claimed, TTL + 2 * BEAT + 2)
     finally:
         paused.server.resume()
 
@@ -97,7 +98,7 @@ async def worker_kill_9(rig: Rig) -> None:
     async def expired() -> bool:
         return not await rig.admin.exists(*(rig.keys.heartbeat(i) for i in instances))
 
-    await wait_until_async(expired, TTL + 1)
+    await wait_for_async_condition(expired, TTL + 1)
 
 
 async def proxy_stall(rig: Rig) -> None:

@@ -25,7 +25,7 @@ from redis.asyncio.cluster import RedisCluster
 from websockets.asyncio.client import ClientConnection
 
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
-from tests.live import connect
+from tests.live import connect, wait_for_async_condition, wait_for_condition
 from tests.tcp_proxy import DeafeningProxy
 from tools.processes import ServerProcess, uvicorn_server
 from tools.redis_servers import OwnedRedisServer
@@ -348,7 +348,7 @@ class Rig:
     async def start(self) -> None:
         """Subscribers connect; then churn and publishing begin."""
         self._tasks = [s.start() for s in self.subscribers]
-        await wait_until(lambda: all(s.connected for s in self.subscribers), 15)
+        await wait_for_condition(lambda: all(s.connected for s in self.subscribers), 15)
         self._tasks += self.churn.start()
         self._tasks.append(asyncio.create_task(self._drop_sockets()))
         self._publishing = asyncio.create_task(self.publisher.run())
@@ -358,7 +358,7 @@ class Rig:
         """Wait until ``successes`` more publishes succeeded on each channel."""
         ok = self.publisher.ok
         target = {c: len(ok[c]) + successes for c in ok}
-        await wait_until(lambda: all(len(ok[c]) >= target[c] for c in ok), timeout)
+        await wait_for_condition(lambda: all(len(ok[c]) >= target[c] for c in ok), timeout)
 
     async def _drop_sockets(self) -> None:
         """Subscribers lose their socket now and then (a flaky network): on ``hist`` they
@@ -489,24 +489,6 @@ class Rig:
             figures.reconnects += s.connections - 1
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.02)
-
-
-async def wait_until_async(check: Callable[[], Awaitable[bool]], timeout: float) -> float:
-    """Seconds until ``await check()`` held; raises after ``timeout``."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
-
-
 Step = Callable[[Rig], Awaitable[None]]
 
 
@@ -538,7 +520,7 @@ async def run_case(rig: Rig, fault: Fault, load: float = 0.0) -> Figures:
     await rig.stop_churn()  # membership stops changing: from now on it must settle
     figures.settle_s = time.monotonic() - ended
     try:
-        figures.converged_s = await wait_until_async(rig.converged, limit)
+        figures.converged_s = await wait_for_async_condition(rig.converged, limit)
     except AssertionError:
         figures.problems.append(
             f"presence did not converge within {limit:.1f}s: {rig.last_problems}"
@@ -547,7 +529,7 @@ async def run_case(rig: Rig, fault: Fault, load: float = 0.0) -> Figures:
     await rig.stop_publishing()
     final = await rig.publisher.final()
     try:
-        await wait_until(lambda: all(final in s.seen for s in rig.subscribers), 10)
+        await wait_for_condition(lambda: all(final in s.seen for s in rig.subscribers), 10)
     except AssertionError:
         figures.problems.append("a subscriber never got the final publish")
     rig.delivery(figures)

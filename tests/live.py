@@ -54,13 +54,15 @@ async def wait_for_condition(predicate: Callable[[], bool], timeout: float) -> N
         await asyncio.sleep(0.01)
 
 
-async def wait_for_async_condition(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    """Return as soon as ``await check()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+async def wait_for_async_condition(check: Callable[[], Awaitable[bool]], timeout: float) -> float:
+    """Return, as soon as ``await check()`` holds, the seconds it took; fail after
+    ``timeout`` seconds."""
+    started = time.monotonic()
     while not await check():
-        if time.monotonic() > deadline:
+        if time.monotonic() - started > timeout:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.05)
+    return time.monotonic() - started
 
 
 def reconnect_signal(hub: Any) -> asyncio.Event:

@@ -29,8 +29,8 @@ from tests.fault_workload import (
     Rig,
     run_case,
     running_workers,
-    wait_until_async,
 )
+from tests.live import wait_for_async_condition
 from tools.redis_servers import OwnedRedisCluster, OwnedRedisServer, OwnedSentinel
 
 pytestmark = pytest.mark.slow
@@ -162,13 +162,13 @@ async def test_invariants_hold_across_a_sentinel_failover_under_load(
     async def failover(rig: Rig) -> None:
         if how == "primary-killed":
             await asyncio.to_thread(primary.stop)  # kill -9; the Sentinel fails over
-            await wait_until_async(replica_promoted, 20)
+            await wait_for_async_condition(replica_promoted, 20)
             return
         await watcher.execute_command("SENTINEL", "FAILOVER", sentinel.service)
-        await wait_until_async(replica_promoted, 20)
-        await wait_until_async(old_primary_demoted, 20)
+        await wait_for_async_condition(replica_promoted, 20)
+        await wait_for_async_condition(old_primary_demoted, 20)
 
-    await wait_until_async(replica_known, 20)
+    await wait_for_async_condition(replica_known, 20)
     sentinels = Sentinel([("127.0.0.1", sentinel.port)])
     admin = sentinels.master_for(sentinel.service)
     try:
