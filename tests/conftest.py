@@ -9,6 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
+from tests.apps.local_app import build_app
+from tests.live import serve
+from tools.processes import uvicorn_process
 from tools.redis_servers import OwnedRedisServer, session_redis_url
 
 
@@ -83,3 +86,23 @@ async def hub(settings: PubSubSettings) -> AsyncIterator[PubSubHub]:
     """A started hub on the parametrised backend, stopped after the test."""
     async with PubSubHub(settings=settings) as started:
         yield started
+
+
+@pytest.fixture
+async def server(hub: PubSubHub) -> AsyncIterator[str]:
+    """The local test app around the parametrised hub, served by uvicorn in this process."""
+    async with serve(build_app(hub)) as url:
+        yield url
+
+
+@pytest.fixture
+def two_workers(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
+) -> Iterator[tuple[str, str]]:
+    """Two real uvicorn processes of the cluster test app on one Redis; their base URLs."""
+    env = {"PUBSUB_REDIS_URL": redis_url, "PUBSUB_KEY_PREFIX": key_prefix}
+    with (
+        uvicorn_process("tests.apps.cluster_app:app", env) as a,
+        uvicorn_process("tests.apps.cluster_app:app", env) as b,
+    ):
+        yield a, b

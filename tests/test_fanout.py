@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
@@ -27,12 +26,6 @@ from tests.live import (
     serve,
     wait_for_condition,
 )
-
-
-@pytest.fixture
-async def server(hub: PubSubHub) -> AsyncIterator[str]:
-    async with serve(build_app(hub)) as url:
-        yield url
 
 
 async def test_every_client_sees_the_count_after_joins_and_leaves(server: str) -> None:

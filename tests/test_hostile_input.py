@@ -27,12 +27,6 @@ from tests.conftest import make_settings
 from tests.live import close_code_of, connect, recv_until, serve
 
 
-@pytest.fixture
-async def server(hub: PubSubHub) -> AsyncIterator[str]:
-    async with serve(build_app(hub)) as url:  # its sockets relay {"echo": data}
-        yield url
-
-
 async def joined(url: str) -> Any:
     ws = await connect(url)
     await recv_until(ws, lambda m: "count" in m)

@@ -4,7 +4,7 @@ and in join/leave events; on every backend, and across workers on Redis."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import httpx
@@ -24,13 +24,6 @@ from tests.live import (
     wait_for_async_condition,
     wait_for_condition,
 )
-from tools.processes import uvicorn_process
-
-
-@pytest.fixture
-async def server(hub: PubSubHub) -> AsyncIterator[str]:
-    async with serve(build_app(hub)) as url:
-        yield url
 
 
 async def join(url: str) -> tuple[ClientConnection, str]:
@@ -150,18 +143,6 @@ async def _restored(hub: PubSubHub, connection_id: str) -> bool:
 
 
 # -- two real uvicorn workers ------------------------------------------------------------
-
-
-@pytest.fixture
-def two_workers(
-    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
-) -> Iterator[tuple[str, str]]:
-    env = {"PUBSUB_REDIS_URL": redis_url, "PUBSUB_KEY_PREFIX": key_prefix}
-    with (
-        uvicorn_process("tests.apps.cluster_app:app", env) as a,
-        uvicorn_process("tests.apps.cluster_app:app", env) as b,
-    ):
-        yield a, b
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ worker, bounded like a client; on every backend and across workers on Redis."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -19,7 +19,6 @@ from fastapi_pubsub_cluster import (
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import connect, recv_until, serve, wait_for_async_condition
-from tools.processes import uvicorn_process
 
 
 async def test_a_subscriber_receives_what_is_published(hub: PubSubHub) -> None:
@@ -184,18 +183,6 @@ async def test_many_concurrent_first_subscribers_all_hear(
 
 
 # -- two real uvicorn workers ------------------------------------------------------------
-
-
-@pytest.fixture
-def two_workers(
-    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
-) -> Iterator[tuple[str, str]]:
-    env = {"PUBSUB_REDIS_URL": redis_url, "PUBSUB_KEY_PREFIX": key_prefix}
-    with (
-        uvicorn_process("tests.apps.cluster_app:app", env) as a,
-        uvicorn_process("tests.apps.cluster_app:app", env) as b,
-    ):
-        yield a, b
 
 
 @pytest.mark.slow

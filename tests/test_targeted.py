@@ -4,7 +4,7 @@ channel minus its sender; on every backend, and across workers on Redis."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -23,13 +23,6 @@ from tests.live import (
     wait_for_async_condition,
     wait_for_condition,
 )
-from tools.processes import uvicorn_process
-
-
-@pytest.fixture
-async def server(hub: PubSubHub) -> AsyncIterator[str]:
-    async with serve(build_app(hub)) as url:
-        yield url
 
 
 async def join(url: str) -> tuple[ClientConnection, str]:
@@ -229,18 +222,6 @@ async def test_user_entries_converge_after_they_were_lost(
 
 
 # -- two real uvicorn workers ------------------------------------------------------------
-
-
-@pytest.fixture
-def two_workers(
-    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
-) -> Iterator[tuple[str, str]]:
-    env = {"PUBSUB_REDIS_URL": redis_url, "PUBSUB_KEY_PREFIX": key_prefix}
-    with (
-        uvicorn_process("tests.apps.cluster_app:app", env) as a,
-        uvicorn_process("tests.apps.cluster_app:app", env) as b,
-    ):
-        yield a, b
 
 
 @pytest.mark.slow
