@@ -12,7 +12,12 @@ from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
 from tests.apps.local_app import build_app
 from tests.live import serve
 from tools.processes import uvicorn_process
-from tools.redis_servers import OwnedRedisServer, session_redis_url
+from tools.redis_servers import (
+    OwnedRedisCluster,
+    OwnedRedisServer,
+    OwnedSentinel,
+    session_redis_url,
+)
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +111,41 @@ def two_workers(
         uvicorn_process("tests.apps.cluster_app:app", env) as b,
     ):
         yield a, b
+
+
+@pytest.fixture
+async def two_hubs(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
+) -> AsyncIterator[tuple[PubSubHub, PubSubHub]]:
+    """Two started hubs on one Redis: two workers in this process."""
+    settings = make_settings(key_prefix, redis_url)
+    async with PubSubHub(settings=settings) as first, PubSubHub(settings=settings) as second:
+        yield first, second
+
+
+@pytest.fixture
+def sentinel_setup() -> Iterator[tuple[OwnedRedisServer, OwnedRedisServer, OwnedSentinel]]:
+    """A primary, a replica of it, and a Sentinel watching them, all on loopback."""
+    primary = OwnedRedisServer()
+    primary.start()
+    replica = OwnedRedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
+    replica.start()
+    sentinel = OwnedSentinel(primary_port=primary.port)
+    sentinel.start()
+    try:
+        yield primary, replica, sentinel
+    finally:
+        sentinel.close()
+        replica.close()
+        primary.close()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[OwnedRedisCluster]:
+    """A 3-master Redis Cluster of its own, for the tests of one module."""
+    cluster = OwnedRedisCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()

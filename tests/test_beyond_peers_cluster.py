@@ -4,7 +4,7 @@ directory and the metadata live in their own slots, topics are shard channels.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.crc import key_slot
@@ -33,16 +33,6 @@ def test_a_workers_inbox_and_directory_share_one_slot_and_metadata_its_channels(
     worker = {key_slot(k.encode()) for k in (keys.inbox("w"), keys.worker_connections("w"))}
     assert len(worker) == 1
     assert key_slot(keys.meta("x").encode()) == key_slot(keys.members("x").encode())
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[OwnedRedisCluster]:
-    cluster = OwnedRedisCluster()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture

@@ -100,23 +100,6 @@ async def test_invariants_hold_when_a_cluster_shard_master_fails_over(
     check(figures)
 
 
-@pytest.fixture
-def sentinel_setup() -> Iterator[tuple[OwnedRedisServer, OwnedRedisServer, OwnedSentinel]]:
-    """A primary, a replica of it, and a Sentinel watching them, all on loopback."""
-    primary = OwnedRedisServer()
-    primary.start()
-    replica = OwnedRedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
-    replica.start()
-    sentinel = OwnedSentinel(primary_port=primary.port)
-    sentinel.start()
-    try:
-        yield primary, replica, sentinel
-    finally:
-        sentinel.close()
-        replica.close()
-        primary.close()
-
-
 SPLIT_BRAIN = (
     "SENTINEL FAILOVER leaves the old primary a primary until the Sentinel demotes it "
     "(seconds later); a worker whose pooled connections still reach it has its publishes "

@@ -32,7 +32,7 @@ from tests.live import (
 )
 from tests.tcp_proxy import DeafeningProxy
 from tools.processes import uvicorn_process
-from tools.redis_servers import OwnedRedisServer, OwnedSentinel
+from tools.redis_servers import OwnedRedisServer
 
 
 async def publish_until_received(
@@ -145,23 +145,6 @@ async def test_option_closes_clients_with_1012_after_the_link_was_lost(
         again = await connect(f"{url}/ws/restartme")
         await recv_until(again, lambda m: m == {"count": 1})
         await again.close()
-
-
-@pytest.fixture
-def sentinel_setup() -> Any:
-    """A primary, a replica of it, and a Sentinel watching them, all on loopback."""
-    primary = OwnedRedisServer()
-    primary.start()
-    replica = OwnedRedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
-    replica.start()
-    sentinel = OwnedSentinel(primary_port=primary.port)
-    sentinel.start()
-    try:
-        yield primary, replica, sentinel
-    finally:
-        sentinel.close()
-        replica.close()
-        primary.close()
 
 
 async def test_sentinel_failover_broadcasts_resume_on_the_new_primary(

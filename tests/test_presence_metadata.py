@@ -4,7 +4,6 @@ and in join/leave events; on every backend, and across workers on Redis."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import httpx
@@ -15,7 +14,6 @@ from websockets.asyncio.client import ClientConnection
 from fastapi_pubsub_cluster import PubSubHub, RedisBackend
 from fastapi_pubsub_cluster.errors import CloseCode
 from tests.apps.local_app import build_app
-from tests.conftest import make_settings
 from tests.live import (
     close_code_of,
     connect,
@@ -62,15 +60,6 @@ async def test_metadata_over_the_limit_closes_1008_and_registers_nothing(
 
 
 # -- across workers on one Redis ---------------------------------------------------------
-
-
-@pytest.fixture
-async def two_hubs(
-    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
-) -> AsyncIterator[tuple[PubSubHub, PubSubHub]]:
-    settings = make_settings(key_prefix, redis_url)
-    async with PubSubHub(settings=settings) as first, PubSubHub(settings=settings) as second:
-        yield first, second
 
 
 async def test_join_and_leave_events_carry_metadata_to_other_workers(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -24,16 +24,6 @@ from tools.redis_servers import OwnedRedisCluster
 pytestmark = pytest.mark.slow
 
 CHANNELS = [f"shard-test-{i}" for i in range(8)]
-
-
-@pytest.fixture(scope="module")
-def redis_cluster() -> Iterator[OwnedRedisCluster]:
-    cluster = OwnedRedisCluster()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture

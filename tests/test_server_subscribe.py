@@ -4,11 +4,9 @@ worker, bounded like a client; on every backend and across workers on Redis."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from fastapi_pubsub_cluster import (
     PubSubHub,
@@ -17,7 +15,6 @@ from fastapi_pubsub_cluster import (
     SubscriberOverflowError,
 )
 from tests.apps.local_app import build_app
-from tests.conftest import make_settings
 from tests.live import connect, recv_until, serve, wait_for_async_condition
 
 
@@ -96,15 +93,6 @@ async def test_stopping_the_hub_ends_the_iteration(settings: PubSubSettings) -> 
 
 
 # -- across workers on one Redis ---------------------------------------------------------
-
-
-@pytest.fixture
-async def two_hubs(
-    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
-) -> AsyncIterator[tuple[PubSubHub, PubSubHub]]:
-    settings = make_settings(key_prefix, redis_url)
-    async with PubSubHub(settings=settings) as first, PubSubHub(settings=settings) as second:
-        yield first, second
 
 
 def subscribed(hub: PubSubHub) -> list[str]:

@@ -4,7 +4,6 @@ channel minus its sender; on every backend, and across workers on Redis."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,7 +13,6 @@ from websockets.asyncio.client import ClientConnection
 
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings, RedisBackend
 from tests.apps.local_app import build_app
-from tests.conftest import make_settings
 from tests.live import (
     connect,
     recv_json,
@@ -139,15 +137,6 @@ async def test_a_burst_of_users_coming_and_going_leaves_no_entry_behind(
 
 
 # -- across workers on one Redis ---------------------------------------------------------
-
-
-@pytest.fixture
-async def two_hubs(
-    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
-) -> AsyncIterator[tuple[PubSubHub, PubSubHub]]:
-    settings = make_settings(key_prefix, redis_url)
-    async with PubSubHub(settings=settings) as first, PubSubHub(settings=settings) as second:
-        yield first, second
 
 
 async def test_targeted_sends_reach_sockets_of_another_worker(
