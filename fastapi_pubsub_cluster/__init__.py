@@ -6,6 +6,7 @@ from .core import Backend, FanOut
 from .core.subscription import Subscription
 from .errors import (
     BackendUnavailableError,
+    ChannelLimitError,
     CloseCode,
     ConfigurationError,
     HistoryError,
@@ -13,6 +14,7 @@ from .errors import (
     InvalidChannelError,
     MalformedMessageError,
     MessageTooLargeError,
+    NotJoinedError,
     PresenceError,
     PresenceMetadataError,
     PublishError,
@@ -28,6 +30,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BasePubSubWebSocket",
+    "ChannelLimitError",
     "CloseCode",
     "ConfigurationError",
     "FanOut",
@@ -38,6 +41,7 @@ __all__ = [
     "MemoryBackend",
     "MessageTooLargeError",
     "Metrics",
+    "NotJoinedError",
     "PresenceError",
     "PresenceMetadataError",
     "PrometheusMetrics",
