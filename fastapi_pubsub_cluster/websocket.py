@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import uuid
@@ -11,33 +10,24 @@ from typing import Any, ClassVar
 from starlette.websockets import WebSocket, WebSocketState
 
 from .backends.redis import RedisCredentialsLike
-from .codec import OutgoingFrame, event_frame
+from .channel_requests import answer_channel_request, is_channel_request
+from .codec import OutgoingFrame
 from .core.client import ClientConnection, ConnectionState
 from .core.fanout import FanOut
 from .errors import (
-    BackendUnavailableError,
-    ChannelLimitError,
     CloseCode,
     InvalidChannelError,
-    MalformedMessageError,
-    MessageTooLargeError,
     NotJoinedError,
     PresenceMetadataError,
     PubSubError,
 )
 from .hub import PubSubHub, hub_for_socket, settings_from_environment
 from .identity import checked_presence_metadata, checked_user_id
-from .inbound import decode_client_binary, decode_client_text
-from .limits import InboundLimiter
 from .origins import origin_allowed
+from .reading import close_reason, read_until_disconnect
 from .settings import WireFormat
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
-
-_CONTENT_CLOSE_CODES = {
-    MalformedMessageError: CloseCode.INVALID_PAYLOAD,
-    MessageTooLargeError: CloseCode.MESSAGE_TOO_BIG,
-}
 
 
 class BasePubSubWebSocket:
@@ -254,7 +244,7 @@ class BasePubSubWebSocket:
                 settings.validate_stream_id(self.resume_from)
         except InvalidChannelError as exc:
             logger.info("rejected a socket: %s", exc)
-            await self._refuse(_reason(str(exc)))
+            await self._refuse(close_reason(str(exc)))
             return
         if not await self.authorize():
             logger.info("socket not authorized for channel %r", self.channel_id)
@@ -267,7 +257,7 @@ class BasePubSubWebSocket:
             )
         except PresenceMetadataError as exc:
             logger.info("rejected a socket: %s", exc)
-            await self._refuse(_reason(str(exc)))
+            await self._refuse(close_reason(str(exc)))
             return
         fanout = self.hub.fanout
         # Joined before the handshake completes, with messages held until then: a client
@@ -300,42 +290,19 @@ class BasePubSubWebSocket:
                 await self.send_json(self._welcome())
             connection.release()
             await self.on_connect()
-            close_code = await self._read_until_disconnect(connection)
+            close_code = await read_until_disconnect(
+                self.websocket, connection, self.hub, self._handle
+            )
         finally:
             await fanout.disconnect(connection, notify=send_message_on_exception)
             await connection.stop_writer()
             await self.on_disconnect(close_code)
 
-    async def _control(self, connection: ClientConnection, data: dict[str, Any]) -> None:
-        """A client's ``join`` or ``leave``: answered ``joined``/``left``, or ``refused``
-        with the reason; the socket stays open either way."""
-        action = "join" if "join" in data else "leave"
-        channel = data[action]
-        since = data.get("since")
-        allowed = {"join", "since"} if action == "join" else {"leave"}
-        label = channel[:200] if isinstance(channel, str) else ""
-        reason: str | None = None
-        if not isinstance(channel, str) or data.keys() - allowed or not _optional_str(since):
-            reason = 'expected {"join": channel} (with "since": id) or {"leave": channel}'
+    async def _handle(self, connection: ClientConnection, data: Any) -> None:
+        if self.client_joins and is_channel_request(data):
+            await answer_channel_request(self, connection, data, self.hub.settings)
         else:
-            try:
-                if action == "leave":
-                    if not await self.leave(channel):
-                        connection.send_event(event_frame("left", channel))  # idempotent
-                else:
-                    self.hub.settings.validate_channel_id(channel)
-                    if not await self.authorize_join(channel):
-                        reason = "not authorized"
-                    else:
-                        await self.join(channel, since=since)
-            except (InvalidChannelError, ChannelLimitError, NotJoinedError) as exc:
-                reason = str(exc)
-            except BackendUnavailableError as exc:
-                logger.warning("socket %s could not join %r: %s", self.connection_id, label, exc)
-                reason = "pub/sub backend unavailable; try again"
-        if reason is not None:
-            logger.info("refused %s of %r by %s: %s", action, label, self.connection_id, reason)
-            connection.send_event(event_frame("refused", label, reason=reason))
+            await self.on_message(data)
 
     def _welcome(self) -> dict[str, str]:
         return {"event": "welcome", "connection_id": self.connection_id, "channel": self.channel_id}
@@ -362,94 +329,7 @@ class BasePubSubWebSocket:
         await self._refuse(f"sending too fast: try again in {math.ceil(wait)} s")
         return True
 
-    async def _read_until_disconnect(self, connection: ClientConnection) -> int:
-        address = self._address()
-        inbound = self.hub.inbound.limiter(address)
-        try:
-            return await self._read_within_limits(connection, inbound)
-        finally:
-            # Under "disconnect", the first message over a rate closes the socket.
-            self.hub.inbound.release(address, inbound, flooded=inbound.limited > 0)
-
-    async def _read_within_limits(
-        self, connection: ClientConnection, inbound: InboundLimiter
-    ) -> int:
-        settings = self.hub.settings
-        limit = settings.max_message_bytes
-        while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return int(message.get("code") or CloseCode.NORMAL)
-            text: str | None = message.get("text")
-            raw: bytes | None = message.get("bytes")
-            size = len(text.encode()) if text is not None else len(raw or b"")
-            if size > limit:
-                logger.info("client %s sent %d bytes (limit %d)", connection.id, size, limit)
-                await connection.close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes")
-                return CloseCode.MESSAGE_TOO_BIG
-            if settings.inbound_rate_policy == "throttle":
-                delay = inbound.delay(size)
-                if delay > 0:
-                    # Not reading meanwhile: the server's buffers fill and TCP slows the
-                    # sender, instead of this worker parsing frames only to refuse them.
-                    self.connection_manager.metrics.inbound_limited()
-                    if inbound.limited == 0:
-                        logger.info("client %s over its inbound rate: throttling", connection.id)
-                    await asyncio.sleep(delay)
-                    if connection.state is not ConnectionState.OPEN:
-                        # Closed or lost meanwhile (a failed write tells): what the server
-                        # had read ahead from it is not worth relaying at its rate.
-                        return CloseCode.GOING_AWAY
-                inbound.take(size, limited=delay > 0)
-            elif not inbound.admit(size):
-                self.connection_manager.metrics.inbound_limited()
-                if settings.inbound_rate_policy == "drop":
-                    if inbound.limited == 1:  # once per client: a flood must not flood the log
-                        logger.info("client %s over its inbound rate: dropping", connection.id)
-                    continue
-                logger.info("client %s over its inbound rate: closing", connection.id)
-                await connection.close(CloseCode.POLICY_VIOLATION, "sending too fast")
-                return CloseCode.POLICY_VIOLATION
-            try:
-                data = (
-                    decode_client_text(text)
-                    if text is not None
-                    else decode_client_binary(raw or b"")
-                )
-            except MalformedMessageError as exc:
-                logger.info("client %s sent a malformed frame: %s", connection.id, exc)
-                await connection.close(CloseCode.INVALID_PAYLOAD, _reason(str(exc)))
-                return CloseCode.INVALID_PAYLOAD
-            if self.client_joins and _is_control(data):
-                await self._control(connection, data)
-                continue
-            try:
-                await self.on_message(data)
-            except (MalformedMessageError, MessageTooLargeError) as exc:
-                # What the client sent cannot be relayed: its fault, not the server's.
-                code = _CONTENT_CLOSE_CODES[type(exc)]
-                logger.info("client %s: its message could not be published: %s", connection.id, exc)
-                await connection.close(code, _reason(str(exc)))
-                return code
-            except Exception:
-                logger.exception("on_message failed for client %s", connection.id)
-                await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
-                return CloseCode.INTERNAL_ERROR
-
-
-def _optional_str(value: Any) -> bool:
-    return value is None or isinstance(value, str)
-
-
-def _is_control(data: Any) -> bool:
-    return isinstance(data, dict) and ("join" in data or "leave" in data)
-
 
 def _requested_format(websocket: WebSocket, default: WireFormat) -> WireFormat:
     requested = websocket.query_params.get("format")
     return "msgpack" if requested == "msgpack" else "json" if requested == "json" else default
-
-
-def _reason(text: str) -> str:
-    # A close reason must fit in a control frame (123 bytes of UTF-8).
-    return text.encode()[:120].decode(errors="ignore")

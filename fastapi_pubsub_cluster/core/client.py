@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections import deque
 from collections.abc import Coroutine
@@ -13,15 +12,14 @@ from typing import Any, Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..codec import OutgoingFrame, stream_id_order
+from ..codec import OutgoingFrame
 from ..errors import CloseCode
 from ..settings import PubSubSettings, WireFormat
+from .flow import ChannelFlow
+from .sends import SuspendedSend, finish_send, start_send, task_started, warn_cannot_abort
 from .sockets import DIRECT_WRITE_EXTENSION, DirectWriter, SocketHooks
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
-
-# The warning that a stuck client cannot be cut off is given once per process.
-_ABORT_WARNED = False
 
 
 class ConnectionOwner(Protocol):
@@ -32,24 +30,6 @@ class ConnectionOwner(Protocol):
 
     def message_dropped(self, connection: ClientConnection) -> None:
         """``connection`` lost its oldest queued message (``drop_oldest`` policy)."""
-
-
-def _started(task: asyncio.Task[None]) -> bool:
-    """True once ``task``'s coroutine ran: a task cancelled before that never runs any of
-    its body, not even its exception handlers."""
-    return inspect.getcoroutinestate(task.get_coro()) != inspect.CORO_CREATED  # type: ignore[arg-type]
-
-
-class FurtherChannel:
-    """A channel a connection joined at runtime, beyond its own."""
-
-    __slots__ = ("held", "replayed_to")
-
-    def __init__(self) -> None:
-        # Live messages wait here until the join (and its replay) is complete.
-        self.held: list[OutgoingFrame] | None = []
-        # Where the channel's replay ended, until a newer stored message went out.
-        self.replayed_to: tuple[int, int] | None = None
 
 
 class ConnectionState(Enum):
@@ -73,12 +53,10 @@ class ClientConnection:
     __slots__ = (
         "_direct",
         "_extra",
-        "_held",
         "_outbox",
+        "_own",
         "_owner",
         "_ready",
-        "_replay",
-        "_replayed_to",
         "_settings",
         "_suspended",
         "_writer",
@@ -127,16 +105,12 @@ class ClientConnection:
         self.tagged = tagged
         self.dropped_messages = 0
         # Further channels joined at runtime; None until the first (most sockets have none).
-        self._extra: dict[str, FurtherChannel] | None = None
+        self._extra: dict[str, ChannelFlow] | None = None
         # Registered before the handshake completes: live messages wait until release().
         self.state = ConnectionState.HOLDING
         self._owner = owner
         self._settings = settings
-        self._held: list[OutgoingFrame] = []
-        self._replay: tuple[list[OutgoingFrame], str | None] | None = None
-        # Where this client's own replay ended, until a newer stored message went out: the
-        # worker may deliver the same stored messages again (its replay after a lost link).
-        self._replayed_to: tuple[int, int] | None = None
+        self._own = ChannelFlow()  # its own channel: held until the handshake completes
         self._direct: DirectWriter | None = (websocket.scope.get("extensions") or {}).get(
             DIRECT_WRITE_EXTENSION
         )
@@ -146,7 +120,7 @@ class ClientConnection:
         self._ready: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         # A send started in the caller's task that had to wait, and what it waits on.
-        self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None
+        self._suspended: SuspendedSend | None = None
         self._writing = False
 
     @property
@@ -172,18 +146,15 @@ class ClientConnection:
         """
         state = self.state
         if state is ConnectionState.OPEN:
-            if self._replayed_to is not None and frame.stream_id:
-                if stream_id_order(frame.stream_id) <= self._replayed_to:
-                    return False  # part of this client's replay already
-                self._replayed_to = None
+            own = self._own
+            if own.replayed_to is not None and own.is_repeat(frame):
+                return False  # part of this client's replay already
             return self._push(frame, bounded=True)
         if state is ConnectionState.HOLDING:
             # Before the handshake or a replay: live messages wait, none may overtake.
-            if len(self._held) >= self._settings.send_queue_size:
-                self._evict()
-                return False
-            self._held.append(frame)
-            return True
+            if self._own.hold(frame, self._settings.send_queue_size):
+                return True
+            self._evict()
         return False
 
     @property
@@ -201,21 +172,17 @@ class ClientConnection:
         expects that, and held while the channel's join is not complete."""
         if channel == self.channel:
             return self.offer(frame.tagged(channel) if self.tagged else frame)
-        further = self._extra.get(channel) if self._extra is not None else None
-        if further is None or self.state is not ConnectionState.OPEN:
+        flow = self._extra.get(channel) if self._extra is not None else None
+        if flow is None or self.state is not ConnectionState.OPEN:
             return False
         frame = frame.tagged(channel)
-        held = further.held
-        if held is not None:
-            if len(held) >= self._settings.send_queue_size:
-                self._evict()
-                return False
-            held.append(frame)
-            return True
-        if further.replayed_to is not None and frame.stream_id:
-            if stream_id_order(frame.stream_id) <= further.replayed_to:
-                return False
-            further.replayed_to = None
+        if flow.held is not None:
+            if flow.hold(frame, self._settings.send_queue_size):
+                return True
+            self._evict()
+            return False
+        if flow.is_repeat(frame):
+            return False
         return self._push(frame, bounded=True)
 
     def send_event(self, frame: OutgoingFrame) -> bool:
@@ -228,25 +195,24 @@ class ClientConnection:
         """Be in ``channel`` too; its messages are held until :meth:`release_channel`."""
         if self._extra is None:
             self._extra = {}
-        self._extra[channel] = FurtherChannel()
+        self._extra[channel] = ChannelFlow()
 
     def release_channel(
         self, channel: str, first: list[OutgoingFrame], replayed_to: str | None
     ) -> None:
         """Send ``first`` (the ``joined`` event, then the channel's replay up to stream id
         ``replayed_to``), then the messages held meanwhile that are newer."""
-        further = self._extra.get(channel) if self._extra is not None else None
-        if further is None or further.held is None or self.state is not ConnectionState.OPEN:
+        flow = self._extra.get(channel) if self._extra is not None else None
+        if flow is None or flow.held is None or self.state is not ConnectionState.OPEN:
             return
-        held, further.held = further.held, None
-        for frame in first:
+        flow.replay = (first, replayed_to)
+        self._release(flow)
+
+    def _release(self, flow: ChannelFlow) -> None:
+        replayed, held = flow.release()
+        for frame in replayed:
             self._push(frame, bounded=False)  # history is bounded by history_size itself
-        cutoff = stream_id_order(replayed_to) if replayed_to is not None else None
-        further.replayed_to = cutoff
         for frame in held:
-            stream_id = frame.stream_id
-            if cutoff is not None and stream_id and stream_id_order(stream_id) <= cutoff:
-                continue
             if not self._push(frame, bounded=True):
                 return
 
@@ -262,7 +228,7 @@ class ClientConnection:
     def set_replay(self, replayed: list[OutgoingFrame], last_id: str | None) -> None:
         """What :meth:`release` sends before the held live messages, and the stream id up to
         which held messages are already part of it."""
-        self._replay = (replayed, last_id)
+        self._own.replay = (replayed, last_id)
 
     def release(self) -> None:
         """Open the flow: the replay in order, then the held live messages that are newer."""
@@ -271,20 +237,8 @@ class ClientConnection:
             return
         if self.state is not ConnectionState.HOLDING:
             return
-        held, self._held = self._held, []
-        replayed, last_id = self._replay or ([], None)
-        self._replay = None
         self.state = ConnectionState.OPEN
-        for frame in replayed:
-            self._push(frame, bounded=False)  # history is bounded by history_size itself
-        cutoff = stream_id_order(last_id) if last_id is not None else None
-        self._replayed_to = cutoff
-        for frame in held:
-            stream_id = frame.stream_id
-            if cutoff is not None and stream_id and stream_id_order(stream_id) <= cutoff:
-                continue  # already part of the replay
-            if not self.offer(frame):
-                return
+        self._release(self._own)
 
     def _push(self, frame: OutgoingFrame, *, bounded: bool) -> bool:
         text = self.wire_format == "json"
@@ -317,16 +271,14 @@ class ClientConnection:
         (the client is not reading fast enough), the suspended send is handed to this
         client's writer task, and later frames queue behind it in the bounded outbox.
         """
-        send = self._send_coroutine(data)
         try:
-            waiting_on = send.send(None)
-        except StopIteration:
-            return True
+            suspended = start_send(self._send_coroutine(data))
         except Exception as exc:  # the client vanished, or the socket is closing
             self._lost(exc)
             return False
-        self._suspended = (send, waiting_on)
-        self._wake_writer()
+        if suspended is not None:
+            self._suspended = suspended
+            self._wake_writer()
         return True
 
     def _send_coroutine(self, data: str | bytes) -> Coroutine[Any, Any, None]:
@@ -361,7 +313,7 @@ class ClientConnection:
         self._outbox = None
         self._owner.connection_evicted(self)
         writer = self._writer
-        if writer is not None and not writer.done() and _started(writer):
+        if writer is not None and not writer.done() and task_started(writer):
             # Blocked in a send that the client does not read: interrupt it, then close.
             writer.cancel()
         elif not holding or writer is not None:
@@ -404,18 +356,8 @@ class ClientConnection:
                 "client %s did not take its close frame (%d); connection aborted", self.id, code
             )
             self._direct.abort()
-            return
-        global _ABORT_WARNED
-        if not _ABORT_WARNED:
-            _ABORT_WARNED = True
-            logger.warning(
-                "client %s did not take its close frame (%d) and this server offers no way to "
-                "abort its connection; serve with "
-                "--ws fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol "
-                "(or the gunicorn worker class PubSubUvicornWorker) to cut such clients off",
-                self.id,
-                code,
-            )
+        else:
+            warn_cannot_abort(self.id, code)
 
     async def _write_until_closed(self) -> None:
         try:
@@ -442,28 +384,13 @@ class ClientConnection:
             ready.clear()
             self._writing = True
             try:
-                if self._suspended is not None:
-                    await self._finish_suspended()
+                suspended = self._suspended
+                if suspended is not None:
+                    try:
+                        await finish_send(suspended)
+                    finally:
+                        self._suspended = None
                 while self._outbox:
                     await self._send_coroutine(self._outbox.popleft())
             finally:
                 self._writing = False
-
-    async def _finish_suspended(self) -> None:
-        """Drive the send that :meth:`_send_now` started to its end."""
-        assert self._suspended is not None
-        send, waiting_on = self._suspended
-        try:
-            while True:
-                if waiting_on is None:
-                    await asyncio.sleep(0)  # a bare yield: just let the loop run
-                else:
-                    await asyncio.wait((waiting_on,))
-                waiting_on = send.send(None)
-        except StopIteration:
-            pass
-        except BaseException:
-            send.close()
-            raise
-        finally:
-            self._suspended = None

@@ -14,15 +14,15 @@ from ..codec import (
     Envelope,
     EventKind,
     OutgoingFrame,
-    event_frame,
     membership_notify,
 )
-from ..errors import CloseCode, MalformedMessageError
+from ..errors import CloseCode
 from ..metrics import Metrics
 from ..settings import PubSubSettings, WireFormat
 from ..tasks import TaskSupervisor
 from .backend import Backend, BackendEvent, ChannelDropped, ChannelLoaded, LinkRestored
 from .client import ClientConnection
+from .delivery import LocalDelivery
 from .joins import RuntimeJoins
 from .mirror import MembershipMirror
 from .recent import SEEN_PUBLICATIONS, RecentIds
@@ -62,8 +62,10 @@ class FanOut:
         self._seen = RecentIds(SEEN_PUBLICATIONS)
         self._reconnect_hooks: list[ReconnectHook] = []
         self._tasks = TaskSupervisor("fan-out")
+        self._delivery = LocalDelivery(self._local, self._mirror, settings, self.metrics)
+        self._deliver = self._delivery.to_channel
         self._regenerator = Regenerator(
-            self._local, self._deliver, self._tasks, announce=self._announce_presence
+            self._local, self._deliver, self._tasks, announce=self._delivery.presence
         )
         self._subscribers = Subscribers(backend.follow, self._tasks)
         self._targeted = TargetedSender(self._local, backend, settings, self.metrics)
@@ -366,48 +368,3 @@ class FanOut:
                 metrics=self.metrics,
             )
             self._tasks.spawn(resyncing, name="pubsub-resync")
-
-    # -- delivery ----------------------------------------------------------------------
-
-    def _deliver(
-        self, channel: str, frame: OutgoingFrame, sent_at: float = 0.0, exclude: str | None = None
-    ) -> int:
-        """Hand ``frame`` to every local client of ``channel`` but ``exclude``; returns how
-        many took it."""
-        conns = self._local.in_channel(channel)
-        if not conns:
-            return 0
-        delivered = 0
-        failed = False
-        # A copy: a client that falls behind is removed while we iterate.
-        for connection in list(conns.values()):
-            if connection.id == exclude:
-                continue
-            try:
-                if connection.channel == channel and not connection.tagged:
-                    delivered += connection.offer(frame)
-                else:  # a further channel, or a client that wants frames tagged
-                    delivered += connection.offer_in(channel, frame)
-            except MalformedMessageError as exc:
-                # This client's wire format cannot carry the payload; others' may.
-                if not failed:
-                    logger.error("cannot deliver a message on %r: %s", channel, exc)
-                failed = True
-            except Exception:  # one client's failure never stops the others
-                logger.exception("delivery to %s failed", connection.id)
-        self.metrics.delivered(delivered, sent_at)
-        return delivered
-
-    def _announce_presence(self, channel: str) -> None:
-        """Tell the tagged clients of ``channel`` its count (and members, while few)."""
-        conns = self._local.in_channel(channel)
-        tagged = [c for c in (conns or {}).values() if c.tagged or c.channel != channel]
-        if not tagged:
-            return
-        members = self._mirror.get(channel)
-        fields: dict[str, Any] = {"count": len(members)}
-        if len(members) <= self.settings.presence_event_max_members:
-            fields["members"] = self._mirror.presence(channel)
-        frame = event_frame("presence", channel, **fields)
-        for connection in tagged:
-            connection.send_event(frame)

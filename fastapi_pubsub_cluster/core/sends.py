@@ -1,0 +1,69 @@
+"""Driving one ASGI send by hand: started in the caller's task, finished by a writer task
+only when it has to wait; and what a connection says when it cannot be cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+#: A send that had to wait, and the future it waits on (None: a bare yield).
+SuspendedSend = tuple[Coroutine[Any, Any, None], Any]
+
+# The warning that a stuck client cannot be cut off is given once per process.
+_ABORT_WARNED = False
+
+
+def start_send(send: Coroutine[Any, Any, None]) -> SuspendedSend | None:
+    """Run ``send`` until it first has to wait: None if it completed at once (a server's
+    send normally does: the socket's buffer takes the frame, no task switch). Raises what
+    ``send`` raises."""
+    try:
+        waiting_on = send.send(None)
+    except StopIteration:
+        return None
+    return send, waiting_on
+
+
+async def finish_send(suspended: SuspendedSend) -> None:
+    """Drive a send that :func:`start_send` suspended to its end (closed if interrupted)."""
+    send, waiting_on = suspended
+    try:
+        while True:
+            if waiting_on is None:
+                await asyncio.sleep(0)  # a bare yield: just let the loop run
+            else:
+                await asyncio.wait((waiting_on,))
+            waiting_on = send.send(None)
+    except StopIteration:
+        pass
+    except BaseException:
+        send.close()
+        raise
+
+
+def task_started(task: asyncio.Task[None]) -> bool:
+    """True once ``task``'s coroutine ran: a task cancelled before that never runs any of
+    its body, not even its exception handlers."""
+    coroutine = task.get_coro()
+    assert inspect.iscoroutine(coroutine)
+    return inspect.getcoroutinestate(coroutine) != inspect.CORO_CREATED
+
+
+def warn_cannot_abort(connection_id: str, code: int) -> None:
+    """Say once per process that a stuck client could not be cut off, and how to fix it."""
+    global _ABORT_WARNED
+    if not _ABORT_WARNED:
+        _ABORT_WARNED = True
+        logger.warning(
+            "client %s did not take its close frame (%d) and this server offers no way to "
+            "abort its connection; serve with "
+            "--ws fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol "
+            "(or the gunicorn worker class PubSubUvicornWorker) to cut such clients off",
+            connection_id,
+            code,
+        )
