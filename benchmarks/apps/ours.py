@@ -18,6 +18,19 @@ async def channel_socket(websocket: WebSocket, channel: str) -> None:
     await BasePubSubWebSocket(websocket, channel).run()
 
 
+class RoomsSocket(BasePubSubWebSocket):
+    """A socket that also joins the channels listed in ``?also=`` (comma-separated)."""
+
+    async def on_connect(self) -> None:
+        for channel in filter(None, self.websocket.query_params.get("also", "").split(",")):
+            await self.join(channel)
+
+
+@app.websocket("/rooms/{channel}")
+async def rooms_socket(websocket: WebSocket, channel: str) -> None:
+    await RoomsSocket(websocket, channel).run()
+
+
 @app.websocket(CONTROL_PATH)
 async def control(websocket: WebSocket) -> None:
     """Publications from the driver, for the in-memory manager (no Redis to publish into)."""
