@@ -276,3 +276,67 @@ def test_random_urls_and_frames_get_a_relay_or_a_documented_close_code(
     event(live_server.run(exchange(live_server, channel, since, frame)))
     live_server.run(observer_still_receives(live_server, hash((channel, since, frame))))
     assert not live_server.errors, [r.getMessage() for r in live_server.errors]
+
+
+# Values a client can send at all (64-bit integers): the requests are what is fuzzed here.
+sendable = json_values.filter(_fits_msgpack)
+requests = st.one_of(
+    st.fixed_dictionaries({"join": channels | sendable}),
+    st.fixed_dictionaries({"join": channels, "since": resume_ids | sendable}),
+    st.fixed_dictionaries({"leave": channels | sendable}),
+    st.dictionaries(st.sampled_from(["join", "leave", "since", "x"]), sendable, min_size=1),
+).filter(lambda r: "join" in r or "leave" in r)
+
+
+def join_is_valid(request: dict[str, Any]) -> bool:
+    channel, since = request.get("join"), request.get("since")
+    if set(request) - {"join", "since"} or not isinstance(channel, str):
+        return False
+    if since is not None and not isinstance(since, str):
+        return False
+    return url_is_valid(channel, since) and not channel.startswith("secret")
+
+
+async def ask(server: LiveServer, request: dict[str, Any]) -> str:
+    """Send a join or leave request from a rooms socket; check the answer and membership."""
+    assert server.hub is not None
+    ws = await connect(f"{server.url}/rooms/fuzz-home", max_size=None)
+    try:
+        async with asyncio.timeout(10):
+            me = None
+            while me is None:
+                me = json.loads(await ws.recv()).get("me")
+            await ws.send(json.dumps(request))
+            answer = json.loads(await ws.recv())
+            while answer.get("event") not in ("joined", "left", "refused"):
+                answer = json.loads(await ws.recv())
+            channel = request.get("join", request.get("leave"))
+            if "join" in request and join_is_valid(request):
+                assert answer == {"event": "joined", "channel": channel}, (request, answer)
+                assert me in await server.hub.members(channel)
+            elif "join" not in request and isinstance(channel, str) and set(request) == {"leave"}:
+                expected = "refused" if channel == "fuzz-home" else "left"
+                assert answer["event"] == expected, (request, answer)
+            else:
+                assert answer["event"] == "refused", (request, answer)
+                assert answer["reason"], answer
+            # Still open and relaying.
+            await ws.send(json.dumps({"after": 1}))
+            while json.loads(await ws.recv()) != {"echo": {"after": 1}}:
+                pass
+            return str(answer["event"])
+    finally:
+        await ws.close()
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(request=requests)
+def test_random_join_and_leave_requests_are_answered_and_keep_the_socket_open(
+    live_server: LiveServer, request: dict[str, Any]
+) -> None:
+    event(live_server.run(ask(live_server, request)))
+    assert not live_server.errors, [r.getMessage() for r in live_server.errors]
