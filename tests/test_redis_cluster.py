@@ -17,7 +17,7 @@ from fastapi_pubsub_cluster import PubSubHub, RedisBackend, RedisPublisher
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
-from tests.live import connect, reconnect_signal, recv_until, serve
+from tests.live import connect, reconnect_signal, recv_until, serve, wait_for_async_condition
 from tools.processes import uvicorn_process
 from tools.redis_servers import OwnedRedisCluster
 
@@ -173,3 +173,29 @@ async def test_a_shard_link_resubscribes_every_topic_after_it_was_lost(
             assert await recv_until(ws, lambda m: "to" in m, timeout=5) == {"to": channel}
         for ws in clients:
             await ws.close()
+
+
+async def test_one_socket_in_channels_on_every_shard(
+    cluster_hub: PubSubHub, redis_cluster: OwnedRedisCluster, key_prefix: str
+) -> None:
+    async with serve(build_app(cluster_hub)) as url:
+        ws = await connect(f"{url}/rooms/{CHANNELS[0]}?also={','.join(CHANNELS[1:])}")
+        me = (await recv_until(ws, lambda m: "me" in m))["me"]
+        await recv_until(ws, lambda m: m.get("event") == "joined" and m["channel"] == CHANNELS[-1])
+        for channel in CHANNELS[1:]:
+            assert await cluster_hub.members(channel) == {me}
+            await cluster_hub.publish(channel, {"to": channel})
+            tagged = await recv_until(ws, lambda m, c=channel: m.get("data") == {"to": c})
+            assert tagged["channel"] == channel
+        backend = cluster_hub.backend
+        assert isinstance(backend, RedisBackend) and backend.link_count == 3
+        # A user's sends still reach it once (the directory is not touched by further joins).
+        assert await cluster_hub.send_to(me, {"direct": 1}) == 1
+        assert await recv_until(ws, lambda m: m == {"direct": 1}) == {"direct": 1}
+        await ws.close()
+        for channel in CHANNELS:
+            await wait_for_async_condition(lambda c=channel: _empty(cluster_hub, c), 10)
+
+
+async def _empty(hub: PubSubHub, channel: str) -> bool:
+    return await hub.count(channel) == 0
