@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -201,6 +202,31 @@ async def test_a_join_that_timed_out_but_ran_leaves_no_member(
         )
         print(f"joins that ran late were undone {time.monotonic() - ended:.2f}s after the stall")
         await watcher.close()
+
+
+async def test_a_client_join_that_timed_out_but_ran_is_refused_and_leaves_no_member(
+    owned_redis: OwnedRedisServer, key_prefix: str, admin: aioredis.Redis
+) -> None:
+    # The same for a further channel a running socket asks to join: it is told "refused",
+    # stays open and in its own channel, and the join that ran late is undone.
+    settings = make_settings(key_prefix, owned_redis.url, heartbeat_ttl=TTL, redis_timeout=0.5)
+    async with PubSubHub(settings=settings) as hub, serve(build_app(hub)) as url:
+        ws = await connect(f"{url}/rooms/home")
+        me = (await recv_until(ws, lambda m: "me" in m))["me"]
+        async with stalled(owned_redis):
+            await ws.send(json.dumps({"join": "late-room"}))
+            answer = await recv_until(ws, lambda m: m.get("event") in ("joined", "refused"))
+        assert answer["event"] == "refused" and "unavailable" in answer["reason"]
+        ended = time.monotonic()
+        await wait_for_async_condition(
+            lambda: _equals(members(admin, key_prefix, "late-room"), set(), 0), 2 * BEAT
+        )
+        print(f"a client join that ran late was undone {time.monotonic() - ended:.2f}s after")
+        assert await members(admin, key_prefix, "home") == {me}
+        await ws.send(json.dumps({"join": "late-room"}))  # once Redis answers, it joins
+        await recv_until(ws, lambda m: m.get("event") == "joined")
+        assert await members(admin, key_prefix, "late-room") == {me}
+        await ws.close()
 
 
 # -- 4. a worker paused past its TTL -----------------------------------------------------
