@@ -344,20 +344,15 @@ export function decode(input) {
     const object = {};
     for (let i = 0; i < n; i++) {
       const key = String(value());
-      // Own property even for "__proto__", as JSON.parse makes it.
-      Object.defineProperty(object, key, {
-        value: value(),
-        enumerable: true,
-        writable: true,
-        configurable: true,
-      });
+      // An own property even for "__proto__", as JSON.parse makes it.
+      const item = { value: value(), enumerable: true, writable: true, configurable: true };
+      Object.defineProperty(object, key, item);
     }
     return object;
   };
-  const ext = (n) => {
-    const type = view.getInt8(take(1));
-    return { type, data: bin(n) };
-  };
+  const ext = (n) => ({ type: view.getInt8(take(1)), data: bin(n) });
+  // Lengths of the 8-, 16- and 32-bit forms of str, bin, ext, array and map.
+  const size = (form) => (form === 0 ? u8() : form === 1 ? u16() : u32());
   function value() {
     const b = u8();
     if (b <= 0x7f) return b;
@@ -365,16 +360,14 @@ export function decode(input) {
     if (b <= 0x9f) return array(b & 0x0f);
     if (b <= 0xbf) return str(b & 0x1f);
     if (b >= 0xe0) return b - 0x100;
+    if (b >= 0xc4 && b <= 0xc6) return bin(size(b - 0xc4));
+    if (b >= 0xc7 && b <= 0xc9) return ext(size(b - 0xc7));
+    if (b >= 0xd4 && b <= 0xd8) return ext(1 << (b - 0xd4)); // fixext 1, 2, 4, 8, 16
+    if (b >= 0xd9 && b <= 0xdb) return str(size(b - 0xd9));
     switch (b) {
       case 0xc0: return null;
       case 0xc2: return false;
       case 0xc3: return true;
-      case 0xc4: return bin(u8());
-      case 0xc5: return bin(u16());
-      case 0xc6: return bin(u32());
-      case 0xc7: return ext(u8());
-      case 0xc8: return ext(u16());
-      case 0xc9: return ext(u32());
       case 0xca: return view.getFloat32(take(4));
       case 0xcb: return view.getFloat64(take(8));
       case 0xcc: return u8();
@@ -385,14 +378,6 @@ export function decode(input) {
       case 0xd1: return view.getInt16(take(2));
       case 0xd2: return view.getInt32(take(4));
       case 0xd3: return int64(true);
-      case 0xd4: return ext(1);
-      case 0xd5: return ext(2);
-      case 0xd6: return ext(4);
-      case 0xd7: return ext(8);
-      case 0xd8: return ext(16);
-      case 0xd9: return str(u8());
-      case 0xda: return str(u16());
-      case 0xdb: return str(u32());
       case 0xdc: return array(u16());
       case 0xdd: return array(u32());
       case 0xde: return map(u16());
