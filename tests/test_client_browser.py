@@ -16,7 +16,7 @@ from playwright.async_api import Page
 from fastapi_pubsub_cluster import PublishError, PubSubHub, PubSubSettings, RedisPublisher
 from tests.apps.client_app import build_app
 from tests.browser import chromium, client_page, events, requires_chromium, wait_for_event
-from tests.live import serve
+from tests.live import serve, wait_for_condition
 from tools.processes import ServerProcess, gunicorn_server
 from tools.redis_servers import OwnedRedisServer
 
@@ -65,9 +65,10 @@ class NumberedPublisher:
         self.acked: dict[str, list[int]] = {channel: [] for channel in channels}
         self.failed: dict[str, list[int]] = {channel: [] for channel in channels}
         self.next = 0
+        self._stop = asyncio.Event()
 
     async def run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             n = self.next
             for channel in self.channels:
                 try:
@@ -82,13 +83,13 @@ class NumberedPublisher:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
+        """Publishing meanwhile; after, the last round is finished (nothing left in flight)."""
         task = asyncio.create_task(self.run())
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self._stop.set()
+            await asyncio.wait_for(task, 30)
 
 
 async def wait_until_seen(page: Page, channel: str, n: int) -> None:
@@ -141,8 +142,18 @@ async def test_page_resumes_history_channels_across_a_killed_worker_and_a_redis_
             assert await page.evaluate("() => window.client.connectionId") != first_id
             assert await page.evaluate("() => window.pids.at(-1)") != pid
 
-            # 2. Redis crashes and comes back with its data; the page's socket may stay.
-            durable_redis.restart()
+            # 2. Redis crashes, stays down while publishes fail, and comes back with its
+            # data; the page's socket may stay open meanwhile.
+            durable_redis.stop()
+            failed_before = [len(f) for f in numbered.failed.values()]
+            await wait_for_condition(
+                lambda: all(
+                    len(f) >= n + 3
+                    for f, n in zip(numbered.failed.values(), failed_before, strict=True)
+                ),
+                timeout=15,
+            )
+            durable_redis.start()
             mark = numbered.next
             for channel in channels:
                 await wait_until_seen(page, channel, mark + 20)
@@ -213,6 +224,16 @@ async def test_msgpack_frames_decode_and_client_messages_encode_in_the_browser(
         echoes = [m for m in await events(page, "message") if "echo" in m["data"]]
         assert echoes[0]["data"]["echo"] == sent
 
+        # Stream ids compare as numbers, however long their parts.
+        compare = "([a, b]) => Math.sign(window.pubsub.compareStreamIds(a, b))"
+        for a, b, sign in [
+            ("1700000000000-9", "1700000000000-10", -1),
+            ("999-0", "1000-0", -1),
+            ("5-5", "5-5", 0),
+            ("1-18446744073709551615", "1-18446744073709551614", 1),
+        ]:
+            assert await page.evaluate(compare, [a, b]) == sign, (a, b)
+
 
 async def test_joining_and_leaving_a_second_channel_and_a_refused_join(
     client_app_url: tuple[PubSubHub, str],
@@ -257,3 +278,72 @@ async def test_joining_and_leaving_a_second_channel_and_a_refused_join(
         ]
         assert await page.evaluate("() => window.client.state") == "open"
         assert [e["code"] for e in await events(page, "close")] == []
+
+
+async def test_the_client_reconnects_after_server_closes_and_resumes_until_closed(
+    client_app_url: tuple[PubSubHub, str],
+) -> None:
+    """Going away (1001), internal error (1011), service restart (1012), try again later
+    (1013): each time the client comes back by itself, after a jittered delay within its
+    cap, and resumes its history channel where it was. Its own ``close()`` is final."""
+    hub, base = client_app_url
+    codes = [1001, 1011, 1012, 1013]
+    async with chromium() as browser:
+        page = await client_page(browser, base, "/ws/feed-r", minDelay=50, maxDelay=400)
+        await wait_for_event(page, "open")
+        await hub.publish("feed-r", {"n": 0})
+        for n, code in enumerate(codes, start=1):
+            await wait_for_event(page, "message", f"p.data.n === {n - 1}")
+            await page.evaluate("(code) => window.client.send({ close_with: code })", code)
+            await wait_for_event(page, "close", f"p.code === {code}")
+            await hub.publish("feed-r", {"n": n})  # while it is away, or just back
+            await wait_for_event(page, "open", "p.resumed", count=n)
+        await wait_for_event(page, "message", f"p.data.n === {len(codes)}")
+
+        closes = await events(page, "close")
+        assert [c["code"] for c in closes] == codes
+        # Full jitter: somewhere below the cap, which doubles from minDelay (welcomes reset it).
+        assert all(0 <= c["reconnectIn"] <= 50 for c in closes), closes
+        received = [m["data"]["n"] for m in await events(page, "message")]
+        assert received == list(range(len(codes) + 1))  # none lost, none twice
+
+        await page.evaluate("() => window.client.close()")
+        assert await page.evaluate("() => window.client.state") == "closed"
+        assert (await events(page, "close"))[-1] == {
+            "code": 1000,
+            "reason": "closed by the client",
+            "reconnectIn": None,
+        }
+        await wait_for_condition(lambda: hub.fanout.local_connection_count == 0, timeout=10)
+        rejected = "() => window.client.join('room-9').then(() => 'joined', (e) => e.message)"
+        assert await page.evaluate(rejected) == "the client is closed"
+
+
+async def test_a_resume_from_further_back_than_history_is_a_gap_event(
+    settings: PubSubSettings,
+) -> None:
+    """History keeps 5 messages (a Redis stream trims by whole nodes of 100: 250 are enough
+    to lose the first); a page resuming after the first is told of the gap, then gets what
+    is kept."""
+    small = settings.with_changes(history_channels=HISTORY, history_size=5)
+    async with (
+        PubSubHub(settings=small) as hub,
+        serve(build_app(hub)) as url,
+        chromium() as browser,
+    ):
+        base = url.replace("ws://", "http://")
+        watcher = await client_page(browser, base, "/ws/feed-g")
+        await wait_for_event(watcher, "open")
+        await hub.publish("feed-g", {"n": 0})
+        await wait_for_event(watcher, "message")
+        first = await watcher.evaluate("() => window.client.lastId('feed-g')")
+        for n in range(1, 250):
+            await hub.publish("feed-g", {"n": n})
+
+        page = await client_page(browser, base, f"/ws/feed-g?since={first}")
+        await wait_for_event(page, "message", "p.data.n === 249")
+        (gap,) = await events(page, "gap")
+        assert gap["channel"] == "feed-g" and gap["since"] == first
+        assert stream_id_key(gap["oldest"]) > stream_id_key(first)
+        kept = [m["data"]["n"] for m in await events(page, "message")]
+        assert kept == list(range(250 - len(kept), 250)) and len(kept) >= 5

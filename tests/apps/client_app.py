@@ -27,7 +27,8 @@ window.pubsub = pubsub;
 
 
 class ClientSocket(BasePubSubWebSocket):
-    """Tells its client the pid of its worker; echoes client messages to its channel."""
+    """Tells its client the pid of its worker; closes with the code a client message
+    ``{"close_with": code}`` asks for; echoes other client messages to its channel."""
 
     client_joins = True
 
@@ -38,7 +39,10 @@ class ClientSocket(BasePubSubWebSocket):
         await self.send_json({"pid": os.getpid()})
 
     async def on_message(self, data: Any) -> None:
-        await self.publish({"echo": data})
+        if isinstance(data, dict) and isinstance(data.get("close_with"), int):
+            await self.close(data["close_with"], "asked by the client")
+        else:
+            await self.publish({"echo": data})
 
 
 def build_app(hub: PubSubHub) -> FastAPI:
