@@ -5,7 +5,7 @@
  * @typedef {"json" | "msgpack"} WireFormat
  * @typedef {"connecting" | "open" | "reconnecting" | "closed"} ClientState
  * @typedef {object} ClientOptions
- * @property {WireFormat} [format] wire format of the server's frames (default "json")
+ * @property {WireFormat} [format] wire format of all frames (default: the URL's, else "json")
  * @property {number} [minDelay] first reconnect delay cap in ms (default 250)
  * @property {number} [maxDelay] largest reconnect delay in ms (default 10000)
  * @property {number} [connectTimeout] ms a connection may take to be welcomed (default 10000)
@@ -15,14 +15,23 @@
  * @typedef {{code: number, reason: string, reconnectIn: number | null}} CloseInfo
  */
 
-/** Compares two stream ids `<ms>-<seq>` numerically (negative, zero or positive). */
+/**
+ * Compares two stream ids `<ms>-<seq>` numerically.
+ * @param {string} a
+ * @param {string} b
+ * @returns {number} negative, zero or positive
+ */
 export function compareStreamIds(a, b) {
   const [aMs, aSeq = "0"] = String(a).split("-");
   const [bMs, bSeq = "0"] = String(b).split("-");
   return compareDigits(aMs, bMs) || compareDigits(aSeq, bSeq);
 }
 
-/** Compares non-negative decimal integers of any length, as strings. */
+/**
+ * Compares non-negative decimal integers of any length, given as strings.
+ * @param {string} a
+ * @param {string} b
+ */
 function compareDigits(a, b) {
   const x = a.replace(/^0+(?=\d)/, "");
   const y = b.replace(/^0+(?=\d)/, "");
@@ -32,6 +41,12 @@ function compareDigits(a, b) {
 /**
  * A socket in its own channel (the URL's) and in any further channels it joins; reconnects
  * with backoff and resumes history channels after the last message it saw on each.
+ *
+ * Events (see {@link on}): `message` {@link ChannelMessage}, `presence` {@link Presence},
+ * `direct` (a send to this client alone: `hub.send_to`, or what the app sent with
+ * `send_json`), `open` `{connectionId, channel, resumed}`, `close` {@link CloseInfo},
+ * `joined`/`left` `{channel}`, `refused` `{channel, reason}`, `gap` `{channel, since, oldest}`
+ * (a resume reached back further than history: resync from elsewhere).
  */
 export class PubSubClient {
   /**
@@ -44,8 +59,9 @@ export class PubSubClient {
     if (target.protocol === "http:" || target.protocol === "https:") {
       target.protocol = target.protocol === "https:" ? "wss:" : "ws:";
     }
+    const format = options.format ?? target.searchParams.get("format");
     /** @type {WireFormat} */
-    this.format = options.format === "msgpack" ? "msgpack" : "json";
+    this.format = format === "msgpack" ? "msgpack" : "json";
     this.minDelay = options.minDelay ?? 250;
     this.maxDelay = options.maxDelay ?? 10000;
     this.connectTimeout = options.connectTimeout ?? 10000;
@@ -397,97 +413,65 @@ export function decode(input) {
  * @returns {Uint8Array}
  */
 export function encode(input) {
-  let bytes = new Uint8Array(256);
-  let view = new DataView(bytes.buffer);
-  let pos = 0;
-  const room = (n) => {
-    if (pos + n <= bytes.length) return;
-    const grown = new Uint8Array(Math.max(bytes.length * 2, pos + n));
-    grown.set(bytes);
-    bytes = grown;
-    view = new DataView(bytes.buffer);
+  /** @type {number[]} */
+  const out = [];
+  const scratch = new DataView(new ArrayBuffer(8));
+  // A type byte, then `v` written by the DataView method `setter` in `n` bytes.
+  const put = (type, setter, n, v) => {
+    scratch[setter](0, v);
+    out.push(type, ...new Uint8Array(scratch.buffer, 0, n));
   };
-  const head = (type, size, n) => {
-    room(1 + n);
-    bytes[pos++] = type;
-    if (n === 1) view.setUint8(pos, size);
-    else if (n === 2) view.setUint16(pos, size);
-    else if (n === 4) view.setUint32(pos, size);
-    pos += n;
-  };
-  // The header of a str, bin, array or map of `size`: [fix prefix, fix limit, 8/16/32 types].
-  const sized = (size, fix, fixLimit, types) => {
-    if (fix !== null && size < fixLimit) head(fix | size, 0, 0);
-    else if (types[0] !== null && size <= 0xff) head(types[0], size, 1);
-    else if (size <= 0xffff) head(types[1], size, 2);
-    else head(types[2], size, 4);
+  // The head of a str, bin, array or map: its fix form below `fixLimit`, else 8/16/32 bits.
+  const head = (size, fix, fixLimit, [t8, t16, t32]) => {
+    if (size < fixLimit) out.push(fix | size);
+    else if (t8 !== null && size <= 0xff) out.push(t8, size);
+    else if (size <= 0xffff) put(t16, "setUint16", 2, size);
+    else put(t32, "setUint32", 4, size);
   };
   const raw = (chunk) => {
-    room(chunk.length);
-    bytes.set(chunk, pos);
-    pos += chunk.length;
+    for (const byte of chunk) out.push(byte);
   };
+  const int64 = (n) => put(n < 0n ? 0xd3 : 0xcf, n < 0n ? "setBigInt64" : "setBigUint64", 8, n);
   const integer = (n) => {
-    if (n >= 0 && n <= 0x7f) head(n, 0, 0);
-    else if (n < 0 && n >= -32) head(n + 0x100, 0, 0);
-    else if (n >= 0 && n <= 0xffffffff) {
-      if (n <= 0xff) head(0xcc, n, 1);
-      else if (n <= 0xffff) head(0xcd, n, 2);
-      else head(0xce, n, 4);
-    } else if (n >= -0x80000000 && n < 0) {
-      room(5);
-      bytes[pos++] = 0xd2;
-      view.setInt32(pos, n);
-      pos += 4;
-    } else big(BigInt(n));
-  };
-  const big = (n) => {
-    room(9);
-    bytes[pos++] = n < 0n ? 0xd3 : 0xcf;
-    if (n < 0n) view.setBigInt64(pos, n);
-    else view.setBigUint64(pos, n);
-    pos += 8;
+    if (n >= -32 && n <= 0x7f) out.push(n & 0xff);
+    else if (n > 0xffffffff || n < -0x80000000) int64(BigInt(n));
+    else if (n < 0) put(0xd2, "setInt32", 4, n);
+    else if (n <= 0xff) out.push(0xcc, n);
+    else if (n <= 0xffff) put(0xcd, "setUint16", 2, n);
+    else put(0xce, "setUint32", 4, n);
   };
   function value(v) {
     if (v !== null && typeof v === "object" && typeof v.toJSON === "function") v = v.toJSON();
-    if (v === null || v === undefined) return head(0xc0, 0, 0);
-    if (v === false || v === true) return head(v ? 0xc3 : 0xc2, 0, 0);
-    if (typeof v === "bigint") return big(v);
-    if (typeof v === "number") {
-      if (Number.isSafeInteger(v)) return integer(v);
-      room(9);
-      bytes[pos++] = 0xcb;
-      view.setFloat64(pos, v);
-      pos += 8;
-      return;
-    }
-    if (typeof v === "string") {
+    if (v === null || v === undefined) out.push(0xc0);
+    else if (typeof v === "boolean") out.push(v ? 0xc3 : 0xc2);
+    else if (typeof v === "bigint") int64(v);
+    else if (typeof v === "number") {
+      if (Number.isSafeInteger(v)) integer(v);
+      else put(0xcb, "setFloat64", 8, v);
+    } else if (typeof v === "string") {
       const utf8 = utf8Encoder.encode(v);
-      sized(utf8.length, 0xa0, 32, [0xd9, 0xda, 0xdb]);
-      return raw(utf8);
-    }
-    if (v instanceof ArrayBuffer || ArrayBuffer.isView(v)) {
-      const chunk = v instanceof ArrayBuffer ? new Uint8Array(v)
-        : new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-      sized(chunk.length, null, 0, [0xc4, 0xc5, 0xc6]);
-      return raw(chunk);
-    }
-    if (Array.isArray(v)) {
-      sized(v.length, 0x90, 16, [null, 0xdc, 0xdd]);
-      return v.forEach((item) => value(item));
-    }
-    if (typeof v === "object") {
-      const entries = Object.entries(v).filter(([, item]) => item !== undefined
-        && typeof item !== "function");
-      sized(entries.length, 0x80, 16, [null, 0xde, 0xdf]);
+      head(utf8.length, 0xa0, 32, [0xd9, 0xda, 0xdb]);
+      raw(utf8);
+    } else if (v instanceof ArrayBuffer || ArrayBuffer.isView(v)) {
+      const chunk = ArrayBuffer.isView(v)
+        ? new Uint8Array(v.buffer, v.byteOffset, v.byteLength)
+        : new Uint8Array(v);
+      head(chunk.length, 0, 0, [0xc4, 0xc5, 0xc6]);
+      raw(chunk);
+    } else if (Array.isArray(v)) {
+      head(v.length, 0x90, 16, [null, 0xdc, 0xdd]);
+      v.forEach((item) => value(item));
+    } else if (typeof v === "object") {
+      const entries = Object.entries(v).filter(
+        ([, item]) => item !== undefined && typeof item !== "function",
+      );
+      head(entries.length, 0x80, 16, [null, 0xde, 0xdf]);
       for (const [key, item] of entries) {
         value(key);
         value(item);
       }
-      return;
-    }
-    throw new TypeError(`msgpack: cannot encode a ${typeof v}`);
+    } else throw new TypeError(`msgpack: cannot encode a ${typeof v}`);
   }
   value(input);
-  return bytes.slice(0, pos);
+  return Uint8Array.from(out);
 }
