@@ -7,6 +7,7 @@ from .core import Backend, FanOut
 from .core.subscription import Subscription
 from .errors import (
     BackendUnavailableError,
+    ChannelLimitError,
     CloseCode,
     ConfigurationError,
     HistoryError,
@@ -14,6 +15,7 @@ from .errors import (
     InvalidChannelError,
     MalformedMessageError,
     MessageTooLargeError,
+    NotJoinedError,
     PresenceError,
     PresenceMetadataError,
     PublishError,
@@ -29,6 +31,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BasePubSubWebSocket",
+    "ChannelLimitError",
     "CloseCode",
     "ConfigurationError",
     "FanOut",
@@ -39,6 +42,7 @@ __all__ = [
     "MemoryBackend",
     "MessageTooLargeError",
     "Metrics",
+    "NotJoinedError",
     "PresenceError",
     "PresenceMetadataError",
     "PrometheusMetrics",

@@ -197,11 +197,24 @@ class OutgoingFrame:
     back to resume after it, and what replay uses to avoid duplicates.
     """
 
-    __slots__ = ("_binary", "_text", "payload", "stream_id", "wire_binary", "wire_text")
+    __slots__ = (
+        "_binary",
+        "_tagged",
+        "_text",
+        "framed",
+        "payload",
+        "stream_id",
+        "wire_binary",
+        "wire_text",
+    )
 
-    def __init__(self, payload: Any, stream_id: str | None = None) -> None:
+    def __init__(self, payload: Any, stream_id: str | None = None, *, framed: bool = False) -> None:
         self.payload = payload
         self.stream_id = stream_id
+        #: True when ``payload`` is the library's own frame object (a stored message, a
+        #: history gap), whose keys a tagged frame extends instead of wrapping it.
+        self.framed = framed
+        self._tagged: OutgoingFrame | None = None
         #: The payload as whole WebSocket frames, cached by a server integration that
         #: writes frames itself (``uvicorn_ws``), so that each is framed once.
         self.wire_text: bytes | None = None
@@ -227,6 +240,22 @@ class OutgoingFrame:
                     f"payload cannot be encoded with msgpack: {exc}"
                 ) from exc
         return self._binary
+
+    def tagged(self, channel: str | None) -> OutgoingFrame:
+        """This frame as a tagged socket receives it (``{"channel": c, "data": ...}``; a
+        targeted send, with no channel, as ``{"data": ...}``); built once per frame, so a
+        broadcast is still encoded once per wire format."""
+        tagged = self._tagged
+        if tagged is None or tagged.payload.get("channel") != channel:
+            head = {"channel": channel} if channel is not None else {}
+            body = self.payload if self.framed else {"data": self.payload}
+            tagged = self._tagged = OutgoingFrame({**head, **body}, self.stream_id, framed=True)
+        return tagged
+
+
+def event_frame(event: str, channel: str, **fields: Any) -> OutgoingFrame:
+    """A control frame for tagged sockets: ``{"event": ..., "channel": ..., **fields}``."""
+    return OutgoingFrame({"event": event, "channel": channel, **fields})
 
 
 def encode_json(payload: Any) -> str:
@@ -263,9 +292,9 @@ def membership_metadata(payload: Any) -> Any:
 
 def stored_message_frame(stream_id: str, payload: Any) -> OutgoingFrame:
     """What a client of a channel with history receives: ``{"id": ..., "data": ...}``."""
-    return OutgoingFrame({"id": stream_id, "data": payload}, stream_id=stream_id)
+    return OutgoingFrame({"id": stream_id, "data": payload}, stream_id=stream_id, framed=True)
 
 
 def history_gap_frame(since: str, oldest: str | None) -> OutgoingFrame:
     """Tells a resuming client that history no longer reaches back to ``since``."""
-    return OutgoingFrame({"history_gap": {"since": since, "oldest": oldest}})
+    return OutgoingFrame({"history_gap": {"since": since, "oldest": oldest}}, framed=True)

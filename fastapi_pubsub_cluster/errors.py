@@ -66,3 +66,12 @@ class SubscriberOverflowError(PubSubError):
 
 class PresenceMetadataError(PubSubError, ValueError):
     """Presence metadata that is not a JSON object, or is over ``max_presence_metadata_bytes``."""
+
+
+class ChannelLimitError(PubSubError, ValueError):
+    """A socket asked to be in more channels than ``max_channels_per_socket``."""
+
+
+class NotJoinedError(PubSubError, RuntimeError):
+    """A further channel was joined or left on a socket that is not running (before
+    :meth:`run` accepted it, or after it closed), or its own channel was left."""

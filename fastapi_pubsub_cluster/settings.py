@@ -83,6 +83,11 @@ class PubSubSettings(BaseSettings):
     channel_id_pattern: str = r"[A-Za-z0-9_.:@/+=-]+"
     #: Largest presence metadata a connection may register (its JSON, in bytes).
     max_presence_metadata_bytes: int = 1024
+    #: Channels one socket may be in at once: its own and those it joins at runtime.
+    max_channels_per_socket: int = 32
+    #: Tagged sockets' ``presence`` events list the members (with metadata) while a
+    #: channel has at most this many; above it they carry the count only (0: never).
+    presence_event_max_members: int = 100
     #: Messages that may wait for one client before the slow-client policy applies.
     send_queue_size: int = 512
     #: ``"disconnect"`` closes a slow client with 1008; ``"drop_oldest"`` drops its oldest message.
@@ -163,6 +168,7 @@ class PubSubSettings(BaseSettings):
         "max_message_bytes",
         "max_channel_id_length",
         "max_presence_metadata_bytes",
+        "max_channels_per_socket",
         "send_queue_size",
         "redis_timeout",
         "reconnect_delay_initial",
@@ -178,6 +184,7 @@ class PubSubSettings(BaseSettings):
         return value
 
     @field_validator(
+        "presence_event_max_members",
         "probe_interval",
         "inbound_messages_per_second",
         "inbound_bytes_per_second",

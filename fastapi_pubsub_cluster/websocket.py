@@ -6,19 +6,22 @@ import asyncio
 import logging
 import math
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.websockets import WebSocket, WebSocketState
 
 from .backends.redis import RedisCredentialsLike
-from .codec import OutgoingFrame
+from .codec import OutgoingFrame, event_frame
 from .core.client import ClientConnection, ConnectionState
 from .core.fanout import FanOut
 from .errors import (
+    BackendUnavailableError,
+    ChannelLimitError,
     CloseCode,
     InvalidChannelError,
     MalformedMessageError,
     MessageTooLargeError,
+    NotJoinedError,
     PresenceMetadataError,
     PubSubError,
 )
@@ -55,6 +58,10 @@ class BasePubSubWebSocket:
     ``PubSubHub.lifespan`` stored on the app; the implicit in-memory hub.
     """
 
+    #: True lets clients join and leave further channels with ``{"join": channel}`` and
+    #: ``{"leave": channel}`` messages, each join checked by :meth:`authorize_join`.
+    client_joins: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Defined when the app module is imported, at startup: a bad PUBSUB_* value stops
         # the server then, with one line, rather than failing every client later.
@@ -82,6 +89,9 @@ class BasePubSubWebSocket:
         )
         #: Stream id to resume after on a channel with history (the ``since`` query parameter).
         self.resume_from: str | None = websocket.query_params.get("since")
+        #: True when every channel frame says its channel (``?frames=tagged``, as
+        #: ``pubsub.js`` asks); frames of further channels always do.
+        self.tagged = websocket.query_params.get("frames") == "tagged"
         self._connection: ClientConnection | None = None
 
     @property
@@ -92,6 +102,12 @@ class BasePubSubWebSocket:
     @websocket_id.setter
     def websocket_id(self, value: str) -> None:
         self.channel_id = value
+
+    @property
+    def channels(self) -> list[str]:
+        """Every channel this socket is in: its own first, then those it joined."""
+        connection = self._connection
+        return connection.channels if connection is not None else [self.channel_id]
 
     @property
     def connection_manager(self) -> FanOut:
@@ -105,6 +121,20 @@ class BasePubSubWebSocket:
         """Override to return what every client of the channel receives after a join or a
         leave; ``None`` sends nothing. Runs once per event per worker, not per client."""
         return None
+
+    async def generate_object_for(self, channel: str) -> Any:
+        """Override to return what every client of ``channel`` receives after a join or a
+        leave there, for sockets in several channels. The default runs
+        :meth:`generate_object_to_send` for this socket's own channel, nothing for others."""
+        if channel == self.channel_id:
+            return await self.generate_object_to_send()
+        return None
+
+    async def authorize_join(self, channel: str) -> bool:
+        """Override to decide whether the client may join further channel ``channel``
+        (asked with ``{"join": channel}``, when :attr:`client_joins` is True); False
+        answers ``refused``. The default allows every channel the id rules allow."""
+        return True
 
     async def authorize(self) -> bool:
         """Override to decide, before the handshake is accepted, whether the socket may join
@@ -169,6 +199,26 @@ class BasePubSubWebSocket:
         if self.websocket.application_state == WebSocketState.CONNECTED:
             await self.websocket.close(code, reason)
 
+    async def join(self, channel: str, *, since: str | None = None) -> bool:
+        """Put this running socket in ``channel`` too, on every worker: it counts there,
+        receives its messages (tagged ``{"channel": ..., "data": ...}``) and is told
+        ``joined`` first. With ``since``, the channel's stored messages after that id come
+        before live ones. False if it was in it already. Call it from :meth:`on_connect` or
+        :meth:`on_message`. Raises InvalidChannelError, ChannelLimitError, NotJoinedError
+        or BackendUnavailableError (then nothing is joined)."""
+        connection = self._connection
+        if connection is None:
+            raise NotJoinedError("join further channels while the socket runs (from on_connect)")
+        return await self.hub.fanout.join(connection, channel, since=since)
+
+    async def leave(self, channel: str) -> bool:
+        """Take this socket out of a channel it joined (it is told ``left``); False if it
+        was not in it. Its own channel cannot be left: close the socket instead."""
+        connection = self._connection
+        if connection is None:
+            return False
+        return await self.hub.fanout.leave(connection, channel)
+
     async def process(self) -> None:
         """Run :meth:`generate_object_to_send` and publish the result to the whole channel."""
         payload = await self.generate_object_to_send()
@@ -231,6 +281,7 @@ class BasePubSubWebSocket:
             resume_from=self.resume_from,
             user_id=self.user_id,
             metadata=metadata,
+            tagged=self.tagged,
         )
         self._connection = connection
         close_code: int = CloseCode.NORMAL
@@ -245,6 +296,8 @@ class BasePubSubWebSocket:
                 await self.close(close_code, "pub/sub backend unavailable")
                 return
             await self.websocket.accept()
+            if self.tagged:  # before the replay and the held messages that release() sends
+                await self.send_json(self._welcome())
             connection.release()
             await self.on_connect()
             close_code = await self._read_until_disconnect(connection)
@@ -252,6 +305,40 @@ class BasePubSubWebSocket:
             await fanout.disconnect(connection, notify=send_message_on_exception)
             await connection.stop_writer()
             await self.on_disconnect(close_code)
+
+    async def _control(self, connection: ClientConnection, data: dict[str, Any]) -> None:
+        """A client's ``join`` or ``leave``: answered ``joined``/``left``, or ``refused``
+        with the reason; the socket stays open either way."""
+        action = "join" if "join" in data else "leave"
+        channel = data[action]
+        since = data.get("since")
+        allowed = {"join", "since"} if action == "join" else {"leave"}
+        label = channel[:200] if isinstance(channel, str) else ""
+        reason: str | None = None
+        if not isinstance(channel, str) or data.keys() - allowed or not _optional_str(since):
+            reason = 'expected {"join": channel} (with "since": id) or {"leave": channel}'
+        else:
+            try:
+                if action == "leave":
+                    if not await self.leave(channel):
+                        connection.send_event(event_frame("left", channel))  # idempotent
+                else:
+                    self.hub.settings.validate_channel_id(channel)
+                    if not await self.authorize_join(channel):
+                        reason = "not authorized"
+                    else:
+                        await self.join(channel, since=since)
+            except (InvalidChannelError, ChannelLimitError, NotJoinedError) as exc:
+                reason = str(exc)
+            except BackendUnavailableError as exc:
+                logger.warning("socket %s could not join %r: %s", self.connection_id, label, exc)
+                reason = "pub/sub backend unavailable; try again"
+        if reason is not None:
+            logger.info("refused %s of %r by %s: %s", action, label, self.connection_id, reason)
+            connection.send_event(event_frame("refused", label, reason=reason))
+
+    def _welcome(self) -> dict[str, str]:
+        return {"event": "welcome", "connection_id": self.connection_id, "channel": self.channel_id}
 
     async def _refuse(self, reason: str) -> None:
         # Checked before accept; the handshake then completes only so that the client
@@ -333,6 +420,9 @@ class BasePubSubWebSocket:
                 logger.info("client %s sent a malformed frame: %s", connection.id, exc)
                 await connection.close(CloseCode.INVALID_PAYLOAD, _reason(str(exc)))
                 return CloseCode.INVALID_PAYLOAD
+            if self.client_joins and _is_control(data):
+                await self._control(connection, data)
+                continue
             try:
                 await self.on_message(data)
             except (MalformedMessageError, MessageTooLargeError) as exc:
@@ -345,6 +435,14 @@ class BasePubSubWebSocket:
                 logger.exception("on_message failed for client %s", connection.id)
                 await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
                 return CloseCode.INTERNAL_ERROR
+
+
+def _optional_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_control(data: Any) -> bool:
+    return isinstance(data, dict) and ("join" in data or "leave" in data)
 
 
 def _requested_format(websocket: WebSocket, default: WireFormat) -> WireFormat:

@@ -122,3 +122,14 @@ async def close_code_of(ws: ClientConnection, timeout: float = 10.0) -> int | No
         except websockets.ConnectionClosed:
             pass
     return ws.close_code
+
+
+async def stalled_client(url: str) -> ClientConnection:
+    """A client that stops reading: its library buffers one frame, its kernel 64 KiB."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A fixed receive buffer turns off autotuning, which would otherwise absorb megabytes.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    host, port = url.removeprefix("ws://").split("/")[0].split(":")
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    return await connect(url, sock=sock, max_queue=1, max_size=None, compression=None)

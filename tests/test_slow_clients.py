@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
-import socket
 
 import pytest
-from websockets.asyncio.client import ClientConnection
 
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
+from fastapi_pubsub_cluster.codec import OutgoingFrame
 from fastapi_pubsub_cluster.errors import CloseCode
 from tests.apps.local_app import build_app
-from tests.live import close_code_of, connect, recv_until, serve
+from tests.live import (
+    close_code_of,
+    connect,
+    recv_until,
+    serve,
+    stalled_client,
+    wait_for_async_condition,
+)
 
 # Incompressible, so permessage-deflate cannot shrink what fills the buffers.
 BIG = base64.b64encode(os.urandom(150_000)).decode()
 MESSAGES = 120
-
-
-async def stalled_client(url: str) -> ClientConnection:
-    """A client that stops reading: its library buffers one frame, its kernel 64 KiB."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # A fixed receive buffer turns off autotuning, which would otherwise absorb megabytes.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    host, port = url.removeprefix("ws://").split("/")[0].split(":")
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    return await connect(url, sock=sock, max_queue=1, max_size=None, compression=None)
 
 
 @pytest.mark.parametrize("policy", ["disconnect"])
@@ -55,6 +49,28 @@ async def test_client_that_never_reads_is_disconnected_and_others_get_everything
         # Once it reads again, it finds the reason it was closed.
         assert await close_code_of(slow, timeout=20) == CloseCode.POLICY_VIOLATION
         await fast.close()
+
+
+async def test_a_stalled_client_overflowed_in_one_burst_is_still_closed(
+    settings: PubSubSettings,
+) -> None:
+    # The whole overflow happens before the event loop runs again (as when one read of
+    # the pub/sub link delivers many messages): the client's writer task is created and
+    # the client evicted before that task ever ran. It must still close the socket.
+    hub = PubSubHub(settings=settings.with_changes(send_queue_size=4))
+    async with hub, serve(build_app(hub)) as url:
+        slow = await stalled_client(f"{url}/ws/burst")
+        await recv_until(slow, lambda m: m == {"count": 1})
+        connection = hub.fanout.local_connections("burst")[0]
+        frame = OutgoingFrame({"pad": BIG})
+        offered = [connection.offer(frame) for _ in range(40)]
+        assert offered.count(False) > 0  # evicted within the burst
+        await wait_for_async_condition(lambda: _count_is(hub, "burst", 0), 10)
+        assert await close_code_of(slow, timeout=20) == CloseCode.POLICY_VIOLATION
+
+
+async def _count_is(hub: PubSubHub, channel: str, count: int) -> bool:
+    return await hub.count(channel) == count
 
 
 async def test_drop_oldest_keeps_the_slow_client_and_delivers_the_newest(

@@ -61,10 +61,11 @@ class MemoryBackend:
         notify: bool,
         user_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        directory: bool = True,
     ) -> None:
         """Add a connection (to its user, with its metadata) and announce it."""
         sink = self._door()
-        if user_id is not None:
+        if directory and user_id is not None:
             self._users.setdefault(user_id, set()).add(connection_id)
             self._user_of[connection_id] = user_id
         members = self._members.get(channel)
@@ -77,11 +78,13 @@ class MemoryBackend:
                 self._metadata.setdefault(channel, {})[connection_id] = dict(metadata)
             self._announce(sink, EventKind.JOIN, channel, connection_id, notify, metadata)
 
-    async def leave(self, channel: str, connection_id: str, *, notify: bool) -> None:
+    async def leave(
+        self, channel: str, connection_id: str, *, notify: bool, directory: bool = True
+    ) -> None:
         """Remove a connection and announce it; does nothing after :meth:`stop`."""
         sink = self._sink
         members = self._members.get(channel)
-        user_id = self._user_of.pop(connection_id, None)
+        user_id = self._user_of.pop(connection_id, None) if directory else None
         if user_id is not None:
             of_user = self._users.get(user_id, set())
             of_user.discard(connection_id)

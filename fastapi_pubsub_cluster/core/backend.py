@@ -120,12 +120,18 @@ class Backend(Protocol):
         notify: bool,
         user_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        directory: bool = True,
     ) -> None:
         """Register a local connection (already in the sink's local truth), with the user
-        it belongs to and its presence metadata, if any."""
+        it belongs to and its presence metadata, if any. With ``directory`` (its own
+        channel), also note the connection in the directory of targeted sends; not for
+        the further channels it joins later."""
 
-    async def leave(self, channel: str, connection_id: str, *, notify: bool) -> None:
-        """Unregister a connection (already gone from the sink's local truth)."""
+    async def leave(
+        self, channel: str, connection_id: str, *, notify: bool, directory: bool = True
+    ) -> None:
+        """Unregister a connection (already gone from the sink's local truth); with
+        ``directory``, also remove it from the directory."""
 
     async def members(self, channel: str) -> frozenset[str]:
         """Connection ids in ``channel`` read from the source of truth."""

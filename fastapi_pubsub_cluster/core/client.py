@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections import deque
 from collections.abc import Coroutine
@@ -33,6 +34,24 @@ class ConnectionOwner(Protocol):
         """``connection`` lost its oldest queued message (``drop_oldest`` policy)."""
 
 
+def _started(task: asyncio.Task[None]) -> bool:
+    """True once ``task``'s coroutine ran: a task cancelled before that never runs any of
+    its body, not even its exception handlers."""
+    return inspect.getcoroutinestate(task.get_coro()) != inspect.CORO_CREATED  # type: ignore[arg-type]
+
+
+class FurtherChannel:
+    """A channel a connection joined at runtime, beyond its own."""
+
+    __slots__ = ("held", "replayed_to")
+
+    def __init__(self) -> None:
+        # Live messages wait here until the join (and its replay) is complete.
+        self.held: list[OutgoingFrame] | None = []
+        # Where the channel's replay ended, until a newer stored message went out.
+        self.replayed_to: tuple[int, int] | None = None
+
+
 class ConnectionState(Enum):
     """Where a connection is in its life, as the core sees it."""
 
@@ -53,6 +72,7 @@ class ClientConnection:
 
     __slots__ = (
         "_direct",
+        "_extra",
         "_held",
         "_outbox",
         "_owner",
@@ -70,6 +90,7 @@ class ClientConnection:
         "metadata",
         "resume_from",
         "state",
+        "tagged",
         "user_id",
         "websocket",
         "wire_format",
@@ -88,6 +109,7 @@ class ClientConnection:
         resume_from: str | None = None,
         user_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        tagged: bool = False,
     ) -> None:
         self.websocket = websocket
         self.channel = channel
@@ -100,7 +122,12 @@ class ClientConnection:
         self.wire_format = wire_format
         #: Stream id the client asked to resume after (``?since=``), on channels with history.
         self.resume_from = resume_from
+        #: True when every channel frame says its channel (``frames=tagged``); frames of
+        #: further channels always do.
+        self.tagged = tagged
         self.dropped_messages = 0
+        # Further channels joined at runtime; None until the first (most sockets have none).
+        self._extra: dict[str, FurtherChannel] | None = None
         # Registered before the handshake completes: live messages wait until release().
         self.state = ConnectionState.HOLDING
         self._owner = owner
@@ -158,6 +185,79 @@ class ClientConnection:
             self._held.append(frame)
             return True
         return False
+
+    @property
+    def channels(self) -> list[str]:
+        """Every channel this connection is in: its own first, then further ones."""
+        extra = self._extra
+        return [self.channel, *extra] if extra else [self.channel]
+
+    def in_channel(self, channel: str) -> bool:
+        """True if this connection is in ``channel`` (its own or a further one)."""
+        return channel == self.channel or (self._extra is not None and channel in self._extra)
+
+    def offer_in(self, channel: str, frame: OutgoingFrame) -> bool:
+        """:meth:`offer` a frame of ``channel``, tagged with its channel where the client
+        expects that, and held while the channel's join is not complete."""
+        if channel == self.channel:
+            return self.offer(frame.tagged(channel) if self.tagged else frame)
+        further = self._extra.get(channel) if self._extra is not None else None
+        if further is None or self.state is not ConnectionState.OPEN:
+            return False
+        frame = frame.tagged(channel)
+        held = further.held
+        if held is not None:
+            if len(held) >= self._settings.send_queue_size:
+                self._evict()
+                return False
+            held.append(frame)
+            return True
+        if further.replayed_to is not None and frame.stream_id:
+            if stream_id_order(frame.stream_id) <= further.replayed_to:
+                return False
+            further.replayed_to = None
+        return self._push(frame, bounded=True)
+
+    def send_event(self, frame: OutgoingFrame) -> bool:
+        """Queue a control frame (e.g. ``joined``) behind what was queued before it."""
+        if self.state is not ConnectionState.OPEN:
+            return False
+        return self._push(frame, bounded=True)
+
+    def add_channel(self, channel: str) -> None:
+        """Be in ``channel`` too; its messages are held until :meth:`release_channel`."""
+        if self._extra is None:
+            self._extra = {}
+        self._extra[channel] = FurtherChannel()
+
+    def release_channel(
+        self, channel: str, first: list[OutgoingFrame], replayed_to: str | None
+    ) -> None:
+        """Send ``first`` (the ``joined`` event, then the channel's replay up to stream id
+        ``replayed_to``), then the messages held meanwhile that are newer."""
+        further = self._extra.get(channel) if self._extra is not None else None
+        if further is None or further.held is None or self.state is not ConnectionState.OPEN:
+            return
+        held, further.held = further.held, None
+        for frame in first:
+            self._push(frame, bounded=False)  # history is bounded by history_size itself
+        cutoff = stream_id_order(replayed_to) if replayed_to is not None else None
+        further.replayed_to = cutoff
+        for frame in held:
+            stream_id = frame.stream_id
+            if cutoff is not None and stream_id and stream_id_order(stream_id) <= cutoff:
+                continue
+            if not self._push(frame, bounded=True):
+                return
+
+    def remove_channel(self, channel: str) -> bool:
+        """Be no longer in further channel ``channel``; False if it was not one."""
+        extra = self._extra
+        if extra is None or extra.pop(channel, None) is None:
+            return False
+        if not extra:
+            self._extra = None
+        return True
 
     def set_replay(self, replayed: list[OutgoingFrame], last_id: str | None) -> None:
         """What :meth:`release` sends before the held live messages, and the stream id up to
@@ -260,11 +360,14 @@ class ClientConnection:
         self.state = ConnectionState.EVICTED
         self._outbox = None
         self._owner.connection_evicted(self)
-        if self._writer is not None and not self._writer.done():
+        writer = self._writer
+        if writer is not None and not writer.done() and _started(writer):
             # Blocked in a send that the client does not read: interrupt it, then close.
-            self._writer.cancel()
-        elif not holding:
-            self._wake_writer()  # the writer task closes the socket (after release if held)
+            writer.cancel()
+        elif not holding or writer is not None:
+            # The writer task closes the socket (after release if held). One created in
+            # this same burst has not run yet: cancelled now, it would never close it.
+            self._wake_writer()
 
     async def stop_writer(self) -> None:
         """Take nothing more, cancel the writer and wait for it."""
@@ -326,6 +429,9 @@ class ClientConnection:
         except Exception as exc:  # the client vanished mid-send
             self._lost(exc)
             return
+        if self._suspended is not None:  # evicted before this task could finish that send
+            self._suspended[0].close()
+            self._suspended = None
         await self.close(CloseCode.POLICY_VIOLATION, "client too slow")
 
     async def _drain_forever(self) -> None:

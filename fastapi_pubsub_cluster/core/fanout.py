@@ -14,6 +14,7 @@ from ..codec import (
     Envelope,
     EventKind,
     OutgoingFrame,
+    event_frame,
     membership_notify,
 )
 from ..errors import CloseCode, MalformedMessageError
@@ -22,6 +23,7 @@ from ..settings import PubSubSettings, WireFormat
 from ..tasks import TaskSupervisor
 from .backend import Backend, BackendEvent, ChannelDropped, ChannelLoaded, LinkRestored
 from .client import ClientConnection
+from .joins import RuntimeJoins
 from .mirror import MembershipMirror
 from .recent import SEEN_PUBLICATIONS, RecentIds
 from .regeneration import Regenerator
@@ -60,10 +62,13 @@ class FanOut:
         self._seen = RecentIds(SEEN_PUBLICATIONS)
         self._reconnect_hooks: list[ReconnectHook] = []
         self._tasks = TaskSupervisor("fan-out")
-        self._regenerator = Regenerator(self._local, self._deliver, self._tasks)
+        self._regenerator = Regenerator(
+            self._local, self._deliver, self._tasks, announce=self._announce_presence
+        )
         self._subscribers = Subscribers(backend.follow, self._tasks)
         self._targeted = TargetedSender(self._local, backend, settings, self.metrics)
         self._stored = StoredDelivery(backend, settings, self._deliver, self._subscribers.feed)
+        self._joins = RuntimeJoins(self._local, backend, settings, self._stored, self._spawn_leave)
 
     @property
     def worker_id(self) -> str:
@@ -105,8 +110,10 @@ class FanOut:
         resume_from: str | None = None,
         user_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        tagged: bool = False,
     ) -> ClientConnection:
-        """A connection for ``websocket``, holding messages until released."""
+        """A connection for ``websocket``, holding messages until released; with
+        ``tagged``, every channel frame says its channel."""
         return ClientConnection(
             websocket,
             channel,
@@ -118,6 +125,7 @@ class FanOut:
             resume_from=resume_from,
             user_id=user_id,
             metadata=metadata,
+            tagged=tagged,
         )
 
     async def connect(self, connection: ClientConnection, *, notify: bool = True) -> None:
@@ -139,10 +147,15 @@ class FanOut:
                 metadata=connection.metadata,
             )
             if connection.resume_from is not None:
-                await self._stored.prepare_replay(connection, connection.resume_from)
+                replay, replayed_to = await self._stored.replay_frames(
+                    channel, connection.resume_from
+                )
+                if connection.tagged:
+                    replay = [frame.tagged(channel) for frame in replay]
+                connection.set_replay(replay, replayed_to)
         except BaseException:
             if self._local.remove(connection):
-                self._spawn_leave(connection, notify)
+                self._spawn_leaves(connection, notify)
             raise
 
     async def disconnect(self, connection: ClientConnection, *, notify: bool = True) -> None:
@@ -152,29 +165,55 @@ class FanOut:
         so that it completes even when the caller is cancelled.
         """
         if self._local.remove(connection):
-            await asyncio.shield(self._spawn_leave(connection, notify))
+            await asyncio.shield(self._spawn_leaves(connection, notify))
+
+    async def join(
+        self, connection: ClientConnection, channel: str, *, since: str | None = None
+    ) -> bool:
+        """Put a running connection in ``channel`` too, on every worker (its frames there
+        are tagged with the channel); False if it was in it already. With ``since``, the
+        channel's stored messages after that id come first. Raises InvalidChannelError,
+        ChannelLimitError, NotJoinedError or BackendUnavailableError (nothing joined)."""
+        return await self._joins.join(connection, channel, since)
+
+    async def leave(self, connection: ClientConnection, channel: str) -> bool:
+        """Take a connection out of a further channel; False if it was not in it."""
+        return await self._joins.leave(connection, channel)
 
     def connection_evicted(self, connection: ClientConnection) -> None:
         """A client fell behind: it must not count or receive any more."""
         self.metrics.slow_client_disconnected()
         if self._local.remove(connection):
-            self._spawn_leave(connection, True)
+            self._spawn_leaves(connection, True)
 
     def message_dropped(self, connection: ClientConnection) -> None:
         """A slow client lost its oldest queued message (``drop_oldest``)."""
         self.metrics.dropped()
 
-    def _spawn_leave(self, connection: ClientConnection, notify: bool) -> asyncio.Task[None]:
+    def _spawn_leaves(self, connection: ClientConnection, notify: bool) -> asyncio.Task[None]:
+        # Further channels first: the own channel's leave also ends the directory entry.
+        own = connection.channel
+        leaves = [(c, False) for c in connection.channels if c != own] + [(own, True)]
         return self._tasks.spawn(
-            self._leave(connection.channel, connection.id, notify),
+            self._leave_all(leaves, connection.id, notify), name=f"pubsub-leave-{connection.id}"
+        )
+
+    def _spawn_leave(
+        self, channel: str, connection: ClientConnection, notify: bool
+    ) -> asyncio.Task[None]:
+        return self._tasks.spawn(
+            self._leave_all([(channel, False)], connection.id, notify),
             name=f"pubsub-leave-{connection.id}",
         )
 
-    async def _leave(self, channel: str, connection_id: str, notify: bool) -> None:
-        try:
-            await self.backend.leave(channel, connection_id, notify=notify)
-        except Exception as exc:  # the backend retries it; nothing to tell the socket
-            logger.warning("leave of %s not recorded yet: %r", connection_id, exc)
+    async def _leave_all(
+        self, leaves: list[tuple[str, bool]], connection_id: str, notify: bool
+    ) -> None:
+        for channel, directory in leaves:
+            try:
+                await self.backend.leave(channel, connection_id, notify=notify, directory=directory)
+            except Exception as exc:  # the backend retries it; nothing to tell the socket
+                logger.warning("leave of %s not recorded yet: %r", connection_id, exc)
 
     def local_members(self, channel: str) -> Collection[str]:
         """Ids of this worker's connections in ``channel``."""
@@ -345,7 +384,10 @@ class FanOut:
             if connection.id == exclude:
                 continue
             try:
-                delivered += connection.offer(frame)
+                if connection.channel == channel and not connection.tagged:
+                    delivered += connection.offer(frame)
+                else:  # a further channel, or a client that wants frames tagged
+                    delivered += connection.offer_in(channel, frame)
             except MalformedMessageError as exc:
                 # This client's wire format cannot carry the payload; others' may.
                 if not failed:
@@ -355,3 +397,17 @@ class FanOut:
                 logger.exception("delivery to %s failed", connection.id)
         self.metrics.delivered(delivered, sent_at)
         return delivered
+
+    def _announce_presence(self, channel: str) -> None:
+        """Tell the tagged clients of ``channel`` its count (and members, while few)."""
+        conns = self._local.in_channel(channel)
+        tagged = [c for c in (conns or {}).values() if c.tagged or c.channel != channel]
+        if not tagged:
+            return
+        members = self._mirror.get(channel)
+        fields: dict[str, Any] = {"count": len(members)}
+        if len(members) <= self.settings.presence_event_max_members:
+            fields["members"] = self._mirror.presence(channel)
+        frame = event_frame("presence", channel, **fields)
+        for connection in tagged:
+            connection.send_event(frame)

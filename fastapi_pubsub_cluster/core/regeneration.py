@@ -21,7 +21,8 @@ class Regenerator:
 
     One run at a time per channel, so that an older result can never overtake a newer
     one; events during a run coalesce into one more run, which starts after the last of
-    them. The newest local socket of the channel speaks for it.
+    them. The newest local socket of the channel speaks for it. Tagged clients are told the
+    channel's count first (a ``presence`` event).
     """
 
     def __init__(
@@ -29,9 +30,12 @@ class Regenerator:
         registry: LocalRegistry,
         deliver: Callable[[str, OutgoingFrame], object],
         tasks: TaskSupervisor,
+        *,
+        announce: Callable[[str], None],
     ) -> None:
         self._registry = registry
         self._deliver = deliver
+        self._announce = announce
         self._tasks = tasks
         self._dirty: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -53,9 +57,10 @@ class Regenerator:
                 speaker = self._registry.newest(channel)
                 if speaker is None:
                     break
+                self._announce(channel)
                 try:
                     async with asyncio.timeout(HOOK_TIMEOUT):
-                        payload = await speaker.hooks.generate_object_to_send()
+                        payload = await speaker.hooks.generate_object_for(channel)
                 except Exception:
                     logger.exception("generate_object_to_send failed for channel %r", channel)
                     continue

@@ -19,20 +19,31 @@ class LocalRegistry:
         self._by_user: dict[str, dict[str, ClientConnection]] = {}
 
     def add(self, connection: ClientConnection) -> None:
-        """Hold ``connection`` in its channel."""
+        """Hold ``connection`` in its own channel."""
         self._channels.setdefault(connection.channel, {})[connection.id] = connection
         self._by_id[connection.id] = connection
         if connection.user_id is not None:
             self._by_user.setdefault(connection.user_id, {})[connection.id] = connection
 
-    def remove(self, connection: ClientConnection) -> bool:
-        """Let go of ``connection``; True if it was held."""
-        conns = self._channels.get(connection.channel)
+    def add_to(self, channel: str, connection: ClientConnection) -> None:
+        """Hold a connection already held in one more channel."""
+        self._channels.setdefault(channel, {})[connection.id] = connection
+
+    def remove_from(self, channel: str, connection: ClientConnection) -> bool:
+        """Let go of ``connection`` in ``channel`` only; True if it was there."""
+        conns = self._channels.get(channel)
         if conns is None or conns.pop(connection.id, None) is None:
             return False
         if not conns:
-            del self._channels[connection.channel]
-        self._by_id.pop(connection.id, None)
+            del self._channels[channel]
+        return True
+
+    def remove(self, connection: ClientConnection) -> bool:
+        """Let go of ``connection`` in every channel it is in; True if it was held."""
+        if self._by_id.pop(connection.id, None) is None:
+            return False
+        for channel in connection.channels:
+            self.remove_from(channel, connection)
         user = connection.user_id
         if user is not None:
             of_user = self._by_user.get(user)
@@ -65,7 +76,7 @@ class LocalRegistry:
 
     def everyone(self) -> list[ClientConnection]:
         """Every connection held."""
-        return [c for conns in self._channels.values() for c in conns.values()]
+        return list(self._by_id.values())
 
     def newest(self, channel: str) -> ClientConnection | None:
         """The connection that joined ``channel`` last."""
@@ -84,7 +95,7 @@ class LocalRegistry:
         return channel in self._channels
 
     def __len__(self) -> int:
-        return sum(len(conns) for conns in self._channels.values())
+        return len(self._by_id)
 
     def intern(self, channel: str, connection_id: str) -> str:
         """The id string a held connection already has, if it is held: mirrors then store

@@ -86,18 +86,19 @@ class StoredDelivery:
         self._last.clear()
         self._held.clear()
 
-    async def prepare_replay(self, connection: ClientConnection, since: str) -> None:
-        """Set aside what the channel stored after ``since``, to go before live messages."""
-        channel = connection.channel
+    async def replay_frames(
+        self, channel: str, since: str
+    ) -> tuple[list[OutgoingFrame], str | None]:
+        """What ``channel`` stored after ``since`` (after a gap frame if history no longer
+        reaches back that far), and the stream id the replay reaches (None: no history)."""
         if not self._settings.has_history(channel):
-            connection.set_replay([history_gap_frame(since, None)], None)
-            return
+            return [history_gap_frame(since, None)], None
         stored = await self._backend.history(channel, since)
         frames = [] if stored.complete else [history_gap_frame(since, stored.oldest)]
         frames.extend(
             stored_message_frame(stream_id, payload) for stream_id, payload in stored.entries
         )
-        connection.set_replay(frames, stored.entries[-1][0] if stored.entries else since)
+        return frames, stored.entries[-1][0] if stored.entries else since
 
     async def replay_missed(self, channel: str) -> None:
         """Deliver what ``channel`` stored after the last message delivered (a lost link),
@@ -138,7 +139,8 @@ async def resync(
         regenerator.schedule(channel)
     # Concurrently: one slow hook must not hold up the others.
     await asyncio.gather(*(run_hook(h(), "reconnect hook") for h in hooks))
-    conns = [c for channel in channels for c in connections(channel)]
+    # Each socket once, however many of these channels it is in.
+    conns = list({c.id: c for channel in channels for c in connections(channel)}.values())
     if settings.close_clients_on_reconnect:
         reason = "pub/sub link was lost; reconnect to resync"
         await asyncio.gather(

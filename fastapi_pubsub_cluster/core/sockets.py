@@ -15,8 +15,9 @@ class SocketHooks(Protocol):
     """What the core calls on the application's socket object
     (:class:`~fastapi_pubsub_cluster.websocket.BasePubSubWebSocket`)."""
 
-    async def generate_object_to_send(self) -> Any:
-        """What every client of the channel receives after a join or leave (None: nothing)."""
+    async def generate_object_for(self, channel: str) -> Any:
+        """What every client of ``channel`` (one this socket is in) receives after a join
+        or leave there (None: nothing)."""
 
     async def on_reconnect(self) -> None:
         """Called after the worker's link to the backend came back."""

@@ -68,7 +68,8 @@ class TargetedSender:
             if connection is None:
                 continue
             try:
-                delivered += connection.offer(frame)
+                # A tagged client tells targeted sends by their lack of a channel.
+                delivered += connection.offer(frame.tagged(None) if connection.tagged else frame)
             except Exception as exc:  # e.g. a payload its wire format cannot carry
                 logger.error("targeted send to %s failed: %r", connection_id, exc)
         self._metrics.delivered(delivered, 0.0)

@@ -38,6 +38,15 @@ class IdentifiedSocket(CountingSocket):
         await self.send_json({"me": self.connection_id, "pid": os.getpid()})
 
 
+class RoomsSocket(IdentifiedSocket):
+    """An identified socket whose client may join and leave further channels."""
+
+    client_joins = True
+
+    async def generate_object_for(self, channel: str) -> Any:
+        return {"count": len(self.connection_manager.get(channel)), "of": channel}
+
+
 @app.websocket("/ws/{channel}")
 async def channel_socket(websocket: WebSocket, channel: str) -> None:
     await CountingSocket(websocket, channel).run()
@@ -46,6 +55,11 @@ async def channel_socket(websocket: WebSocket, channel: str) -> None:
 @app.websocket("/id/{channel}")
 async def identified_socket(websocket: WebSocket, channel: str) -> None:
     await IdentifiedSocket(websocket, channel).run()
+
+
+@app.websocket("/rooms/{channel}")
+async def rooms_socket(websocket: WebSocket, channel: str) -> None:
+    await RoomsSocket(websocket, channel).run()
 
 
 @app.post("/send/{connection_id}")

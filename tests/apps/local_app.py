@@ -50,6 +50,31 @@ class IdentifiedSocket(CountingSocket):
             await super().on_message(data)
 
 
+class RoomsSocket(IdentifiedSocket):
+    """An identified socket in several channels: it joins those listed in ``?also=``
+    (comma-separated) when it connects, and its client may join and leave others, except
+    those whose name starts with "secret"."""
+
+    client_joins = True
+
+    async def authorize_join(self, channel: str) -> bool:
+        return not channel.startswith("secret")
+
+    async def on_connect(self) -> None:
+        await super().on_connect()
+        for channel in filter(None, self.websocket.query_params.get("also", "").split(",")):
+            await self.join(channel)
+
+    async def generate_object_for(self, channel: str) -> Any:
+        return {"count": len(self.connection_manager.get(channel)), "of": channel}
+
+    async def on_message(self, data: Any) -> None:
+        if isinstance(data, dict) and "to" in data:  # {"to": channel, "say": x}: excludes itself
+            await self.hub.publish(data["to"], {"said": data["say"]}, exclude=self.connection_id)
+        else:
+            await super().on_message(data)
+
+
 class DenyingSocket(CountingSocket):
     async def authorize(self) -> bool:
         return self.websocket.query_params.get("token") == "secret"
@@ -65,6 +90,10 @@ def build_app(hub: PubSubHub, socket_class: type[CountingSocket] = CountingSocke
     @app.websocket("/id/{channel}")
     async def identified_socket(websocket: WebSocket, channel: str) -> None:
         await IdentifiedSocket(websocket, channel, hub=hub).run()
+
+    @app.websocket("/rooms/{channel}")
+    async def rooms_socket(websocket: WebSocket, channel: str) -> None:
+        await RoomsSocket(websocket, channel, hub=hub).run()
 
     @app.websocket("/guarded/{channel}")
     async def guarded_socket(websocket: WebSocket, channel: str) -> None:

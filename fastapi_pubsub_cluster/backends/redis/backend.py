@@ -211,31 +211,44 @@ class RedisBackend:
         notify: bool,
         user_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        directory: bool = True,
     ) -> None:
-        """Note the connection in the directory, hear ``channel`` (first local
-        connection), then register the connection in the channel."""
+        """Note the connection in the directory (with ``directory``), hear ``channel``
+        (first local connection), then register the connection in the channel."""
         started = self._running()
-        if user_id is not None:
-            self._user_of[connection_id] = user_id
         try:
-            await started.presence.directory.register(connection_id, user_id)
+            if directory:
+                if user_id is not None:
+                    self._user_of[connection_id] = user_id
+                await started.presence.directory.register(connection_id, user_id)
             await self._sync_subscription(started, channel)
             await started.presence.register(
-                channel, connection_id, notify=notify, metadata=metadata, user_id=user_id
+                channel,
+                connection_id,
+                notify=notify,
+                metadata=metadata,
+                user_id=user_id,
+                directory=directory,
             )
         except REDIS_DOWN as exc:
             raise PresenceError(
                 f"cannot register the connection, Redis unavailable: {exc!r}"
             ) from exc
 
-    async def leave(self, channel: str, connection_id: str, *, notify: bool) -> None:
+    async def leave(
+        self, channel: str, connection_id: str, *, notify: bool, directory: bool = True
+    ) -> None:
         """Unregister the connection (retried later if Redis does not answer)."""
         started = self._started
         if started is None:
             return  # stopped: the whole presence of this worker is gone already
-        user_id = self._user_of.pop(connection_id, None)
-        await started.presence.unregister(channel, connection_id, notify=notify, user_id=user_id)
-        await started.presence.directory.unregister(connection_id, user_id)
+        user_id = self._user_of.pop(connection_id, None) if directory else None
+        presence = started.presence
+        await presence.unregister(
+            channel, connection_id, notify=notify, user_id=user_id, directory=directory
+        )
+        if directory:
+            await presence.directory.unregister(connection_id, user_id)
         try:
             await self._sync_subscription(started, channel)
         except REDIS_DOWN as exc:

@@ -127,26 +127,38 @@ class Presence:
         notify: bool,
         metadata: Mapping[str, Any] | None = None,
         user_id: str | None = None,
+        directory: bool = True,
     ) -> None:
         """Add a connection to its channel, with its metadata, and announce it (once); on
-        a single Redis, add its directory entries in the same script. Raises if Redis does
-        not answer; the channel is then reconciled at the next heartbeat (the join may have
-        run)."""
+        a single Redis and with ``directory``, add its directory entries in the same
+        script. Raises if Redis does not answer; the channel is then reconciled at the
+        next heartbeat (the join may have run)."""
         meta = encode_json(dict(metadata)) if metadata is not None else ""
         try:
-            await self._membership_script(self._join, channel, connection_id, notify, meta, user_id)
+            await self._membership_script(
+                self._join, channel, connection_id, notify, meta, user_id, directory
+            )
         except REDIS_DOWN:
             self._in_doubt.add(channel)
             self.directory.doubt()
             raise
 
     async def unregister(
-        self, channel: str, connection_id: str, *, notify: bool, user_id: str | None = None
+        self,
+        channel: str,
+        connection_id: str,
+        *,
+        notify: bool,
+        user_id: str | None = None,
+        directory: bool = True,
     ) -> None:
-        """Remove a connection (and on a single Redis its directory entries) and announce
-        it; if Redis does not answer, the next heartbeat reconciles the channel."""
+        """Remove a connection (and on a single Redis, with ``directory``, its directory
+        entries) and announce it; if Redis does not answer, the next heartbeat reconciles
+        the channel."""
         try:
-            await self._membership_script(self._leave, channel, connection_id, notify, "", user_id)
+            await self._membership_script(
+                self._leave, channel, connection_id, notify, "", user_id, directory
+            )
         except REDIS_DOWN as exc:
             self._in_doubt.add(channel)
             self.directory.doubt()
@@ -160,12 +172,14 @@ class Presence:
         notify: bool,
         meta: str,
         user_id: str | None,
+        in_directory: bool,
     ) -> None:
         keys = self._keys
         directory = self.directory
+        directory_keys = directory.script_keys(user_id) if in_directory else []
         async with self.gate.change(channel), directory.changing():
             await script(
-                keys=[*self._keys.presence(channel), *directory.script_keys(user_id)],
+                keys=[*self._keys.presence(channel), *directory_keys],
                 args=[
                     self._publish_command,
                     keys.topic(channel),
