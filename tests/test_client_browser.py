@@ -50,7 +50,7 @@ def two_gunicorn_workers(
         "PUBSUB_RECONNECT_DELAY_INITIAL": "0.05",
         "PUBSUB_RECONNECT_DELAY_MAX": "0.5",
     }
-    with gunicorn_server("tests.apps.client_app:app", env, workers=2) as server:
+    with gunicorn_server("tests.apps.client_server:app", env, workers=2) as server:
         yield server
 
 

@@ -140,6 +140,7 @@ export class PubSubClient {
    * @returns {Promise<void>}
    */
   join(channel) {
+    if (typeof channel !== "string") return Promise.reject(new TypeError("a channel is a string"));
     if (this.state === "closed") return Promise.reject(new Error("the client is closed"));
     const answered = this._await(channel, "join");
     if (channel !== this.channel) this._joined.add(channel);
@@ -154,6 +155,7 @@ export class PubSubClient {
    * @returns {Promise<void>}
    */
   leave(channel) {
+    if (typeof channel !== "string") return Promise.reject(new TypeError("a channel is a string"));
     this._joined.delete(channel);
     if (!this.send({ leave: channel })) {
       return channel === this.channel

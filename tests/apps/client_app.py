@@ -1,8 +1,9 @@
 """An app for the browser client's tests: serves ``pubsub.js`` and a blank page that imports
 it, and sockets whose clients may join further channels (not those named ``secret-*``).
 
-``build_app(hub)`` for in-process tests; ``app`` (a hub from the ``PUBSUB_*`` environment)
-for server processes.
+``build_app(hub)`` for in-process tests; ``tests.apps.client_server:app`` for server
+processes (a module of its own: a hub made at import would be the one that apps naming none
+find in the test process, see ``hub_for``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,3 @@ def build_app(hub: PubSubHub) -> FastAPI:
         await ClientSocket(websocket, channel, hub=hub).run()
 
     return app
-
-
-app = build_app(PubSubHub())  # configured by PUBSUB_* environment variables
