@@ -39,6 +39,9 @@ async def publish_once(settings: PubSubSettings) -> None:
 def main() -> int:
     assert "site-packages" in fastapi_pubsub_cluster.__file__, fastapi_pubsub_cluster.__file__
     import_the_core()
+    from fastapi_pubsub_cluster.client_script import client_script
+
+    assert b"export class PubSubClient" in client_script(), "the wheel lacks static/pubsub.js"
     asyncio.run(publish_once(PubSubSettings()))
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:

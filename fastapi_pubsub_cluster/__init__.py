@@ -2,6 +2,7 @@
 
 from .backends.memory import MemoryBackend
 from .backends.redis import RedisBackend, RedisCredentials, RedisPublisher, publish_sync
+from .client_script import client_script_route
 from .core import Backend, FanOut
 from .core.subscription import Subscription
 from .errors import (
@@ -54,6 +55,7 @@ __all__ = [
     "RedisPublisher",
     "SubscriberOverflowError",
     "Subscription",
+    "client_script_route",
     "close_implicit_hubs",
     "current_hub",
     "publish_sync",

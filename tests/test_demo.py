@@ -93,6 +93,10 @@ def test_only_non_empty_chat_messages_count_as_chat_lines() -> None:
 def test_demo_command_serves_the_page() -> None:
     with demo_cli() as base:
         response = httpx.get(f"{base}/", timeout=5)
+        script = httpx.get(f"{base}/pubsub.js", timeout=5)
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert 'import { PubSubClient } from "/pubsub.js";' in response.text
     assert response.status_code == 200
     assert "text/html" in response.headers["content-type"]
     assert "<title>fastapi-pubsub-cluster demo</title>" in response.text

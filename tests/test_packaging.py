@@ -64,3 +64,13 @@ def test_every_uvicorn_requirement_has_the_websockets_sansio_floor(
 def test_the_sdist_prunes_the_tests() -> None:
     manifest = (ROOT / "MANIFEST.in").read_text(encoding="utf-8").splitlines()
     assert "prune tests" in manifest
+
+
+def test_the_wheel_and_the_sdist_ship_the_browser_client() -> None:
+    # .ci/smoke_wheel.py reads it from the installed wheel; these are what put it there.
+    assert (ROOT / "fastapi_pubsub_cluster" / "static" / "pubsub.js").is_file()
+    loaded = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "static/*.js" in loaded["tool"]["setuptools"]["package-data"]["fastapi_pubsub_cluster"]
+    manifest = (ROOT / "MANIFEST.in").read_text(encoding="utf-8").splitlines()
+    includes = [line.split() for line in manifest if line.startswith("recursive-include")]
+    assert any(words[1] == "fastapi_pubsub_cluster" and "*.js" in words for words in includes)

@@ -241,3 +241,26 @@ def uvicorn_process(app_path: str, env: dict[str, str], workers: int = 1) -> Ite
     """Run ``uvicorn app_path`` as a real separate process; yields its base ``http://`` URL."""
     with uvicorn_server(app_path, env, workers) as server:
         yield server.base
+
+
+#: gunicorn's worker class for the library's fast path (uvicorn with its websocket protocol).
+GUNICORN_WORKER_CLASS = "fastapi_pubsub_cluster.gunicorn_worker.PubSubUvicornWorker"
+
+
+@contextlib.contextmanager
+def gunicorn_server(
+    app_path: str, env: dict[str, str], workers: int = 2
+) -> Iterator[ServerProcess]:
+    """Run ``gunicorn app_path`` with ``workers`` :data:`GUNICORN_WORKER_CLASS` workers behind
+    one port; yields it once it answers ``/healthz`` with every worker started. The arbiter
+    replaces a worker that dies (e.g. one killed with ``kill -9``)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        *("-m", "gunicorn", app_path, "--bind", f"127.0.0.1:{port}"),
+        *("--workers", str(workers), "--worker-class", GUNICORN_WORKER_CLASS),
+        *("--graceful-timeout", "5", "--log-level", "warning"),
+    ]
+    with started(command, f"{base}/healthz", env=env, ready=has_workers(workers)) as process:
+        yield ServerProcess(process, base)

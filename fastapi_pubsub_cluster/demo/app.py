@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from redis.exceptions import RedisError
 
 from ..backends.redis.clients import RedisEndpoint
+from ..client_script import client_script_route
 from ..http_errors import add_exception_handlers
 from ..hub import PubSubHub
 from ..settings import PubSubSettings
@@ -32,7 +33,14 @@ _BACKEND_PLACEHOLDER = "{{BACKEND}}"
 
 
 class DemoSocket(BasePubSubWebSocket):
-    """A demo client: told the channel's count on every join and leave, relays chat lines."""
+    """A demo client: told the channel's count on every join and leave, relays chat lines;
+    its page (``pubsub.js``) may join a second room; its ``?name=`` is its presence."""
+
+    client_joins = True
+
+    async def presence_metadata(self) -> dict[str, Any] | None:
+        name = self.websocket.query_params.get("name", "").strip()
+        return {"name": name[:MAX_NAME]} if name else None
 
     async def generate_object_to_send(self) -> dict[str, Any]:
         return {
@@ -105,6 +113,7 @@ def create_app(
 
     app = FastAPI(title="fastapi-pubsub-cluster demo", lifespan=lifespan)
     add_exception_handlers(app)
+    app.include_router(client_script_route())  # the page's client, at /pubsub.js
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
