@@ -50,8 +50,10 @@ async def answer_channel_request(
     channel = data[action]
     since = data.get("since")
     allowed = {"join", "since"} if action == "join" else {"leave"}
-    label = channel[:200] if isinstance(channel, str) else ""
+    # Echoed as asked, so that the client can tell which of its requests this answers.
+    label = channel if isinstance(channel, str) else ""
     reason: str | None = None
+    retry = False
     if not isinstance(channel, str) or data.keys() - allowed or not _optional_str(since):
         reason = _EXPECTED
     else:
@@ -70,9 +72,11 @@ async def answer_channel_request(
         except BackendUnavailableError as exc:
             logger.warning("socket %s could not join %r: %s", socket.connection_id, label, exc)
             reason = "pub/sub backend unavailable; try again"
+            retry = True
     if reason is not None:
-        logger.info("refused %s of %r by %s: %s", action, label, socket.connection_id, reason)
-        connection.send_event(event_frame("refused", label, reason=reason))
+        logger.info("refused %s of %r by %s: %s", action, label[:200], socket.connection_id, reason)
+        extra = {"retry": True} if retry else {}
+        connection.send_event(event_frame("refused", label, reason=reason, **extra))
 
 
 def _optional_str(value: Any) -> bool:

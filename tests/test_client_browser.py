@@ -257,7 +257,9 @@ async def test_joining_and_leaving_a_second_channel_and_a_refused_join(
             "() => window.client.join('secret-x').then(() => null, (error) => error.message)"
         )
         assert isinstance(refused, str) and refused
-        assert await events(page, "refused") == [{"channel": "secret-x", "reason": refused}]
+        assert await events(page, "refused") == [
+            {"channel": "secret-x", "reason": refused, "retry": False}
+        ]
         assert await page.evaluate("() => window.client.channels") == ["lobby", "room-2"]
         # ... and so does leaving the own channel.
         assert (

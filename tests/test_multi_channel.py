@@ -281,3 +281,46 @@ async def test_client_joins_across_two_workers(
     await ws_a.close()
     await ws_b.close()
     await wait_for_async_condition(lambda: has_count(observer, "together", 0), 10)
+
+
+async def test_a_refusal_names_the_channel_exactly_as_asked(server: str, hub: PubSubHub) -> None:
+    ws, _ = await open_rooms(f"{server}/rooms/home")
+    too_long = "x" * (hub.settings.max_channel_id_length + 50)
+    await ws.send(json.dumps({"join": too_long}))
+    refused = await recv_until(ws, lambda m: m.get("event") == "refused")
+    assert refused["channel"] == too_long and "retry" not in refused
+    await ws.close()
+
+
+async def test_a_tagged_client_learns_where_to_resume_before_any_message(
+    settings: PubSubSettings,
+) -> None:
+    async with (
+        PubSubHub(settings=settings.with_changes(history_channels="hist-.*")) as hub,
+        serve(build_app(hub)) as url,
+    ):
+        async with hub.subscribe("hist-a") as messages:
+            await hub.publish("hist-a", {"n": "before"})
+            before = (await anext(messages))["id"]
+        ws = await connect(f"{url}/rooms/hist-a?frames=tagged")
+        welcome = await recv_json(ws)
+        assert welcome["last_id"] == before
+        await ws.send(json.dumps({"join": "hist-b"}))
+        joined = await recv_until(ws, event("joined", "hist-b"))
+        assert joined["last_id"] == "0-0"  # nothing stored there yet
+        await ws.close()
+        # Published while it is away, before it ever saw a message: resuming from the ids
+        # it was told gets them, once, and nothing older.
+        for n in range(2):
+            await hub.publish("hist-a", {"n": n})
+            await hub.publish("hist-b", {"n": n})
+        ws = await connect(f"{url}/rooms/hist-a?frames=tagged&since={welcome['last_id']}")
+        await ws.send(json.dumps({"join": "hist-b", "since": joined["last_id"]}))
+        got: dict[str, list[Any]] = {"hist-a": [], "hist-b": []}
+        while sum(map(len, got.values())) < 4:
+            message = await recv_until(
+                ws, lambda m: m.get("channel") in got and "n" in m.get("data", {})
+            )
+            got[message["channel"]].append(message["data"])
+        assert got == {"hist-a": [{"n": 0}, {"n": 1}], "hist-b": [{"n": 0}, {"n": 1}]}
+        await ws.close()

@@ -184,6 +184,11 @@ class MemoryBackend:
             return HistorySlice([], None, True)
         return history.after(since)
 
+    async def last_stored_id(self, channel: str) -> str:
+        """The id of the newest message ``channel`` stored ("0-0" if none)."""
+        history = self._histories.get(channel)
+        return history.last_id() if history is not None else "0-0"
+
 
 class LocalHistory:
     """The last ``size`` messages of one channel, with stream-style ids ``<ms>-<seq>`` and
@@ -210,6 +215,11 @@ class LocalHistory:
             self._max_deleted = stream_id_order(trimmed_id)
         self._touched = time.monotonic()
         return stream_id
+
+    def last_id(self) -> str:
+        """The newest id kept ("0-0" if none)."""
+        self._expire_if_idle()
+        return self._entries[-1][0] if self._entries else "0-0"
 
     def after(self, since: str) -> HistorySlice:
         """Entries after ``since``, the oldest id kept, and whether nothing after ``since``

@@ -156,6 +156,9 @@ class Backend(Protocol):
     async def history(self, channel: str, since: str) -> HistorySlice:
         """What ``channel`` stored after stream id ``since``."""
 
+    async def last_stored_id(self, channel: str) -> str:
+        """The id of the newest message ``channel`` stored ("0-0" if none)."""
+
 
 def new_worker_id() -> str:
     """An id unique to this process across hosts and restarts."""

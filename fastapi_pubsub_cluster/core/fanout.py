@@ -138,6 +138,11 @@ class FanOut:
         undone) and the error propagates.
         """
         channel = connection.channel
+        asked = connection.resume_from is not None
+        if not asked and connection.tagged and self.settings.has_history(channel):
+            # Read before the socket is registered, and replayed from there: what is stored
+            # meanwhile is not missed, and the client learns where to resume (its welcome).
+            connection.resume_from = await self.backend.last_stored_id(channel)
         self._local.add(connection)
         self.metrics.connection_opened("direct" if connection.has_direct_path else "asgi")
         try:
@@ -150,7 +155,7 @@ class FanOut:
             )
             if connection.resume_from is not None:
                 replay, replayed_to = await self._stored.replay_frames(
-                    channel, connection.resume_from
+                    channel, connection.resume_from, report_gap=asked
                 )
                 if connection.tagged:
                     replay = [frame.tagged(channel) for frame in replay]

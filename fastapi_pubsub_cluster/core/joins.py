@@ -46,13 +46,22 @@ class RuntimeJoins:
             settings.validate_stream_id(since)
         if connection.state is not ConnectionState.OPEN:
             raise NotJoinedError("join further channels while the socket runs (from on_connect)")
-        joined = event_frame("joined", channel)
         if connection.in_channel(channel):
-            connection.send_event(joined)
+            connection.send_event(event_frame("joined", channel))
             return False
         limit = settings.max_channels_per_socket
         if len(connection.channels) >= limit:
             raise ChannelLimitError(f"a socket may be in at most {limit} channels")
+        asked = since is not None
+        start = since
+        told: dict[str, str] = {}
+        if settings.has_history(channel):
+            if start is None:
+                # Read before registering, replayed from there: nothing stored meanwhile
+                # is missed, and "joined" tells the client where to resume from.
+                start = await self._backend.last_stored_id(channel)
+            told["last_id"] = start
+        joined = event_frame("joined", channel, **told)
         connection.add_channel(channel)
         self._local.add_to(channel, connection)
         try:
@@ -61,8 +70,10 @@ class RuntimeJoins:
             )
             first: list[OutgoingFrame] = [joined]
             replayed_to = None
-            if since is not None:
-                replay, replayed_to = await self._stored.replay_frames(channel, since)
+            if start is not None:
+                replay, replayed_to = await self._stored.replay_frames(
+                    channel, start, report_gap=asked
+                )
                 first.extend(frame.tagged(channel) for frame in replay)
         except BaseException:
             if self._local.remove_from(channel, connection):

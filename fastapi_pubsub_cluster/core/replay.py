@@ -87,14 +87,16 @@ class StoredDelivery:
         self._held.clear()
 
     async def replay_frames(
-        self, channel: str, since: str
+        self, channel: str, since: str, *, report_gap: bool = True
     ) -> tuple[list[OutgoingFrame], str | None]:
         """What ``channel`` stored after ``since`` (after a gap frame if history no longer
-        reaches back that far), and the stream id the replay reaches (None: no history)."""
+        reaches back that far, unless not ``report_gap``: a start the server chose), and
+        the stream id the replay reaches (None: no history)."""
         if not self._settings.has_history(channel):
             return [history_gap_frame(since, None)], None
         stored = await self._backend.history(channel, since)
-        frames = [] if stored.complete else [history_gap_frame(since, stored.oldest)]
+        gap = report_gap and not stored.complete
+        frames = [history_gap_frame(since, stored.oldest)] if gap else []
         frames.extend(
             stored_message_frame(stream_id, payload) for stream_id, payload in stored.entries
         )

@@ -45,7 +45,7 @@ function compareDigits(a, b) {
  * Events (see {@link on}): `message` {@link ChannelMessage}, `presence` {@link Presence},
  * `direct` (a send to this client alone: `hub.send_to`, or what the app sent with
  * `send_json`), `open` `{connectionId, channel, resumed}`, `close` {@link CloseInfo},
- * `joined`/`left` `{channel}`, `refused` `{channel, reason}`, `gap` `{channel, since, oldest}`
+ * `joined`/`left` `{channel}`, `refused` `{channel, reason, retry}` (with `retry` the client asks again by itself), `gap` `{channel, since, oldest}`
  * (a resume reached back further than history: resync from elsewhere).
  */
 export class PubSubClient {
@@ -79,6 +79,8 @@ export class PubSubClient {
     if (since) this._lastIds.set(this.channel, since);
     /** @type {Set<string>} further channels to be in (re-joined after each reconnect) */
     this._joined = new Set();
+    /** @type {Map<string, number>} joins refused for now, and how often in a row */
+    this._rejoins = new Map();
     /** @type {Map<string, {kind: string, resolve: Function, reject: Function}[]>} */
     this._pending = new Map();
     /** @type {Map<string, Set<Function>>} */
@@ -231,6 +233,8 @@ export class PubSubClient {
       case "welcome":
         return this._welcome(frame);
       case "joined":
+        this._startAt(channel, frame.last_id);
+        this._rejoins.delete(channel);
         this._settle((e) => e.channel === channel && e.kind === "join", null);
         return this._emit("joined", { channel });
       case "left":
@@ -238,9 +242,13 @@ export class PubSubClient {
         this._settle((e) => e.channel === channel && e.kind === "leave", null);
         return this._emit("left", { channel });
       case "refused":
+        if (frame.retry && this._joined.has(channel)) {
+          this._retryJoin(channel); // the server's backend was unavailable: ask again later
+          return this._emit("refused", { channel, reason: frame.reason, retry: true });
+        }
         this._joined.delete(channel);
         this._settle((e) => e.channel === channel, new Error(frame.reason || "refused"));
-        return this._emit("refused", { channel, reason: frame.reason });
+        return this._emit("refused", { channel, reason: frame.reason, retry: false });
       case "presence": {
         const { count, members } = frame;
         return this._emit("presence", { channel, count, members });
@@ -274,10 +282,29 @@ export class PubSubClient {
     this._welcomed = true;
     this.connectionId = frame.connection_id;
     if (typeof frame.channel === "string") this.channel = frame.channel;
+    this._startAt(this.channel, frame.last_id);
     this.state = "open";
     this._settle((e) => e.channel === this.channel && e.kind === "join", null);
     for (const channel of this._joined) this._sendJoin(channel);
     this._emit("open", { connectionId: this.connectionId, channel: this.channel, resumed });
+  }
+
+  /** A history channel's messages start after `lastId` (the server says where, so that a
+   * client that saw no message yet still resumes without a gap). */
+  _startAt(channel, lastId) {
+    if (typeof lastId === "string" && !this._lastIds.has(channel)) {
+      this._lastIds.set(channel, lastId);
+    }
+  }
+
+  /** Ask again for a join refused for now, after a jittered, growing delay. */
+  _retryJoin(channel) {
+    const attempt = this._rejoins.get(channel) ?? 0;
+    this._rejoins.set(channel, attempt + 1);
+    const cap = Math.min(this.maxDelay, this.minDelay * 2 ** Math.min(attempt, 30));
+    setTimeout(() => {
+      if (this._joined.has(channel) && this.state === "open") this._sendJoin(channel);
+    }, Math.round(Math.random() * cap));
   }
 
   _sendJoin(channel) {

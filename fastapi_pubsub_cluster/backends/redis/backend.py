@@ -34,7 +34,7 @@ from ...settings import PubSubSettings
 from ...tasks import TaskSupervisor
 from . import announced
 from .clients import REDIS_DOWN, CommandClient, RedisEndpoint
-from .history import read_history
+from .history import last_history_id, read_history
 from .keys import RedisKeys
 from .link import TopicLink
 from .links import Links
@@ -294,6 +294,13 @@ class RedisBackend:
         """What ``channel``'s stream holds after ``since``."""
         try:
             return await read_history(self._running().client, self.keys.history(channel), since)
+        except REDIS_DOWN as exc:
+            raise HistoryError(f"cannot read history, Redis unavailable: {exc!r}") from exc
+
+    async def last_stored_id(self, channel: str) -> str:
+        """The id of the newest entry of ``channel``'s stream ("0-0" if none)."""
+        try:
+            return await last_history_id(self._running().client, self.keys.history(channel))
         except REDIS_DOWN as exc:
             raise HistoryError(f"cannot read history, Redis unavailable: {exc!r}") from exc
 

@@ -13,6 +13,12 @@ from .presence import text
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
 
+async def last_history_id(client: CommandClient, key: str) -> str:
+    """The id of the newest entry of the stream at ``key`` ("0-0" if there is none)."""
+    newest = await client.xrevrange(key, max="+", min="-", count=1)
+    return text(newest[0][0] or b"0-0") if newest else "0-0"
+
+
 async def read_history(client: CommandClient, key: str, since: str) -> HistorySlice:
     """What the stream at ``key`` holds after ``since``, and whether it reaches back there."""
     entries = await client.xrange(key, min=f"({since}", max="+")
