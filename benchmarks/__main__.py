@@ -211,7 +211,7 @@ def _fanout(plan: Plan, redis: BenchRedis, name: str, size: int) -> Callable[[],
 def _channels(plan: Plan, redis: BenchRedis, name: str) -> Callable[[], Awaitable[Values]]:
     channels, per_channel = plan.channel_layout
     return lambda: measure_channels(
-        by_name(name), redis, channels, per_channel, plan.channel_messages
+        by_name(name), redis, channels, per_channel, plan.channel_messages, plan.steady_seconds
     )
 
 

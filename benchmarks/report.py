@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from benchmarks.metrics import median, ratio, spread
+from benchmarks.regimes import evaluate_regimes
 from benchmarks.scenarios import Measurement
 from benchmarks.targets import CEILINGS, KNOWN_TARGETS, REFERENCE, Role, by_name
 
@@ -64,6 +65,17 @@ SCENARIO_COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("lost", "burst_lost", "{:.0f}"),
     ),
 }
+SCENARIO_COLUMNS["channels-"] = (
+    ("user µs", "burst_cpu_user_us", "{:.1f}"),
+    ("sys µs", "burst_cpu_sys_us", "{:.1f}"),
+    ("CPU µs/dlv", "burst_cpu_us", "{:.1f}"),
+    ("dlv/s", "burst_deliveries_per_s", "{:,.0f}"),
+    ("steady µs/dlv", "steady_cpu_us", "{:.1f}"),
+    ("steady p50", "steady_p50_ms", "{:.1f}"),
+    ("steady p99", "steady_p99_ms", "{:.1f}"),
+    ("cmds/bcast", "burst_redis_cmds_per_broadcast", "{:.2f}"),
+    ("lost", "burst_lost", "{:.0f}"),
+)
 SCENARIO_COLUMNS["deflate"] = (
     ("user µs", "burst_cpu_user_us", "{:.1f}"),
     ("sys µs", "burst_cpu_sys_us", "{:.1f}"),
@@ -76,70 +88,6 @@ SCENARIO_COLUMNS["publish-"] = (
     ("publish/s", "publish_per_s", "{:,.0f}"),
     ("failed calls", "publish_failed", "{:.0f}"),
     ("CPU µs/publish", "publish_cpu_us", "{:.1f}"),
-)
-#: Each regime's figure for ours against its floor, same run: (regime, scenario prefix,
-#: figure, ours, floor, goal as text). The floor may be several targets: the best one counts.
-REGIMES: tuple[tuple[str, str, str, str, tuple[str, ...], str], ...] = (
-    ("one channel, direct", "fanout-", "burst_cpu_us", "ours-redis-2w-direct", ("websockets",), ""),
-    ("one channel, ASGI", "fanout-", "burst_cpu_us", "ours-memory", ("fastapi-loop",), "≤1.05"),
-    (
-        "many channels, direct",
-        "channels-",
-        "burst_cpu_us",
-        "ours-redis-2w-direct",
-        ("websockets",),
-        "≤2.0",
-    ),
-    ("many channels, ASGI", "channels-", "burst_cpu_us", "ours-redis-2w", ("websockets",), "≤2.4"),
-    (
-        "many channels, direct ÷ redis-py loop",
-        "channels-",
-        "burst_cpu_us",
-        "ours-redis-2w-direct",
-        ("redis-py-loop-2w",),
-        "≤0.8",
-    ),
-    (
-        "many channels, ASGI ÷ redis-py loop",
-        "channels-",
-        "burst_cpu_us",
-        "ours-redis-2w",
-        ("redis-py-loop-2w",),
-        "",
-    ),
-    (
-        "deflate shared ÷ uncompressed direct",
-        "deflate-",
-        "burst_cpu_us",
-        "ours-redis-2w-direct",
-        ("ours-redis-2w-direct-off",),
-        "≤1.3",
-    ),
-    (
-        "deflate per-socket ÷ websockets deflate",
-        "deflate-",
-        "burst_cpu_us",
-        "ours-redis-2w-direct-per-socket",
-        ("websockets-deflate",),
-        "≤1.0",
-    ),
-    (
-        "deflate shared ÷ websockets deflate",
-        "deflate-",
-        "burst_cpu_us",
-        "ours-redis-2w-direct",
-        ("websockets-deflate",),
-        "",
-    ),
-    (
-        "publish/s ÷ best peer",
-        "publish-",
-        "publish_per_s",
-        "ours",
-        # Only peers that complete every call: a failing pool's rate is not a throughput.
-        ("redis-py-blocking-pool", "redis-py-pool", "broadcaster"),
-        "≥2",
-    ),
 )
 #: Scenario name prefix -> (numerator target, denominator target, what the ratio says):
 #: a table of every shared figure as numerator / denominator, measured in the same run.
@@ -252,6 +200,7 @@ def build_report(
         "headline": with_idle_memory(summary, headline) if headline else {},
         "summary": summary,
         "ratios": ratio_tables,
+        "regimes": evaluate_regimes(summary, measurements),
         "measurements": [asdict(m) for m in measurements],
     }
 
@@ -371,27 +320,26 @@ def _comparison(
 
 
 def regime_table(report: dict[str, Any]) -> tuple[str, list[str], list[list[str]]] | None:
-    """Every regime's ratio of ours to its floor (REGIMES), one row per scenario run."""
-    body: list[list[str]] = []
-    for label, prefix, key, ours, floors, goal in REGIMES:
-        for scenario in sorted(report["summary"]):
-            if not scenario.startswith(prefix):
-                continue
-            rows = report["summary"][scenario]
-            mine = rows.get(ours, {}).get(key)
-            theirs = [
-                rows[f][key]
-                for f in floors
-                if rows.get(f, {}).get(key) is not None and not rows[f].get("publish_failed")
-            ]
-            if mine is None or not theirs:
-                continue
-            # Higher is better for a rate, lower for a cost: compare with the best floor.
-            best = max(theirs) if key.endswith("_per_s") else min(theirs)
-            body.append([label, scenario, _cell(ratio(mine, best), "{:.2f}"), goal or "-"])
+    """Every regime's ratio of ours to its floor (``report["regimes"]``), one row each."""
+    body = [
+        [
+            row["regime"],
+            row["scenario"],
+            _cell(row["ratio"], "{:.2f}"),
+            _range(row["ratio_min"], row["ratio_max"]),
+            row["goal"] or "-",
+            {True: "met", False: "NOT met", None: "-"}[row["met"]],
+        ]
+        for row in report.get("regimes", [])
+    ]
     if not body:
         return None
-    return ("Regimes: ours ÷ its floor, same run", ["regime", "scenario", "ratio", "goal"], body)
+    header = ["regime", "scenario", "ratio", "repeats", "goal", ""]
+    return ("Regimes: ours ÷ its floor, same run", header, body)
+
+
+def _range(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"{low:.2f}-{high:.2f}"
 
 
 def by_name_role(name: str) -> Role | None:

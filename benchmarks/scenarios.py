@@ -294,12 +294,21 @@ async def measure_fanout(
 
 
 async def measure_channels(
-    target: Target, redis: BenchRedis, channels: int, per_channel: int, messages: int
+    target: Target,
+    redis: BenchRedis,
+    channels: int,
+    per_channel: int,
+    messages: int,
+    steady_seconds: float = 0.0,
 ) -> Values:
-    """Scenario (b): many channels with a few subscribers each, messages round-robin."""
+    """Scenario (b): many channels with a few subscribers each, messages round-robin: a
+    burst, then a steady rate (each channel about once a second, ``steady_rate``)."""
     layout = {f"room-{index}": per_channel for index in range(channels)}
     async with session(target, redis, layout) as live:
-        return await burst(live, messages, "burst_")
+        values = await burst(live, messages, "burst_")
+        if steady_seconds > 0:
+            values.update(await steady(live, float(channels), steady_seconds, "steady_"))
+        return values
 
 
 PAYLOADS: dict[str, Any] = {"100B": PADDING, "10KB": LARGE_BODY}

@@ -139,7 +139,9 @@ class TopicLink:
         # A fresh client each time: ``connect`` may resolve a new primary after a failover.
         await self._close_client()
         self._client = self._connect()
-        pubsub = self._client.pubsub()
+        # redis-py's default RESP3 push handler formats every message for a debug log line
+        # (str() of the whole reply), which costs more than parsing it.
+        pubsub = self._client.pubsub(push_handler_func=_as_is)
         topics = [self.probe_topic, *self.topics]
         try:
             if self._sharded:
@@ -215,23 +217,33 @@ class TopicLink:
         if connection is None:
             raise BackendUnavailableError(f"the Redis link {self.name} has no connection")
         kind = b"smessage" if self._sharded else b"message"
+        probe_topic = self.probe_topic
+        read = connection.read_response
+        on_message = self._on_message
+        # Topic bytes -> name, for the few topics a link carries (not decoded per message).
+        names: dict[bytes, str] = {}
         while True:
-            response = await connection.read_response(
-                timeout=math.inf, disconnect_on_error=False, push_request=True
-            )
-            if not isinstance(response, list) or len(response) != 3 or response[0] != kind:
+            # Returns without waiting while the parser has a whole reply buffered: every
+            # pending message is dispatched before the task yields to the loop again.
+            response = await read(timeout=math.inf, disconnect_on_error=False, push_request=True)
+            if type(response) is not list or len(response) != 3 or response[0] != kind:
                 await pubsub.handle_message(  # type: ignore[no-untyped-call]
                     response, ignore_subscribe_messages=True
                 )
                 continue
-            topic, data = response[1], response[2]
-            topic_name = topic.decode(errors="replace") if isinstance(topic, bytes) else topic
-            if topic_name == self.probe_topic:
+            _, topic, data = response
+            name = names.get(topic)
+            if name is None:
+                name = topic.decode(errors="replace") if isinstance(topic, bytes) else str(topic)
+                if len(names) > 4096:  # topics come and go: keep the cache bounded
+                    names.clear()
+                names[topic] = name
+            if name == probe_topic:
                 probe = self._probe
                 if probe is not None and data == probe[0] and not probe[1].done():
                     probe[1].set_result(None)
                 continue
-            self._on_message(topic_name, data)
+            on_message(name, data)
 
     async def _probe_forever(self) -> None:
         while True:
@@ -280,3 +292,8 @@ class TopicLink:
                 await listener
         await self._drop()
         self._listener = self._tasks.spawn(self._listen_forever(), name=f"pubsub-link-{self.name}")
+
+
+async def _as_is(response: Any) -> Any:
+    """The RESP3 pub/sub push handler: the reply itself, untouched."""
+    return response

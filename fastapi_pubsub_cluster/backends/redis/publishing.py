@@ -67,6 +67,8 @@ class PublishPath:
         # Plain PUBLISHes waiting for the flusher, and the flusher (while there are any).
         self._queued: list[tuple[Publication, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        # A lone caller's PUBLISH in flight, sent from its own task (no pipeline, no task).
+        self._alone = False
 
     def follow(self, settings: PubSubSettings) -> None:
         """Decide history, sizes and time limits by ``settings`` from now on."""
@@ -124,7 +126,9 @@ class PublishPath:
             async with asyncio.timeout(self._settings.redis_timeout * 2):
                 if not publication.script_keys:
                     if isinstance(self._client, Redis):
-                        return await self._batched(publication)
+                        if self._alone or self._queued or self._flusher is not None:
+                            return await self._batched(publication)
+                        return await self._lone(publication)
                     return await self._endpoint.publish_raw(
                         self._client, publication.topic, publication.data
                     )
@@ -145,17 +149,49 @@ class PublishPath:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
 
+    async def _lone(self, publication: Publication) -> int:
+        """PUBLISH from the caller's task when nothing else is being published: a lone
+        caller (one publishing in sequence) pays one plain round trip, not a pipeline, a
+        future and a task. Callers that come meanwhile queue for the flusher."""
+        self._alone = True
+        try:
+            assert isinstance(self._client, Redis)
+            receivers = int(await self._client.publish(publication.topic, publication.data))
+        finally:
+            self._alone = False
+            if self._queued:
+                self._start_flusher()
+        # Redis wrote the message to this worker's link before the reply: let the link's
+        # task run first, so that this worker's own subscribers have it when publish()
+        # returns (as with a reply through the flusher's future).
+        await asyncio.sleep(0)
+        return receivers
+
     def _batched(self, publication: Publication) -> asyncio.Future[int]:
         """Queue ``publication`` for the flusher; its future resolves with the receivers."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
         self._queued.append((publication, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush(), name="pubsub-publish-flusher")
+        if not self._alone:  # else the lone caller starts it when its reply is in
+            self._start_flusher()
         return future
+
+    def _start_flusher(self) -> None:
+        # One round trip at a time: a second connection would be opened for nothing (and
+        # left half open if Redis stalls during its handshake).
+        if self._flusher is None or self._flusher.done():
+            loop = asyncio.get_running_loop()
+            self._flusher = loop.create_task(self._flush(), name="pubsub-publish-flusher")
 
     async def _flush(self) -> None:
         """Send what is queued, one pipeline at a time, until nothing is."""
+        try:
+            await self._flush_queued()
+        finally:
+            if asyncio.current_task() is self._flusher:
+                self._flusher = None  # lone callers may go straight to Redis again
+
+    async def _flush_queued(self) -> None:
         while self._queued:
             batch, self._queued = self._queued, []
             # A caller that gave up (time limit, cancelled) before its turn is not sent.
