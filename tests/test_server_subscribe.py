@@ -15,7 +15,7 @@ from fastapi_pubsub_cluster import (
     SubscriberOverflowError,
 )
 from tests.apps.local_app import build_app
-from tests.live import connect, recv_until, serve, wait_for_async_condition
+from tests.live import connect, recv_until, serve, wait_for_async_condition, wait_for_condition
 
 
 async def test_a_subscriber_receives_what_is_published(hub: PubSubHub) -> None:
@@ -30,6 +30,8 @@ async def test_a_subscriber_receives_what_is_published(hub: PubSubHub) -> None:
 async def test_leaving_the_block_ends_the_iteration(hub: PubSubHub) -> None:
     async with hub.subscribe("news") as messages:
         await hub.publish("news", {"n": 1})
+        # Heard through the worker's link (on Redis, after publish() returns): queued unread.
+        await wait_for_condition(lambda: messages.pending == 1, 5)
     # Left: what was queued can still be read, then the iteration ends.
     assert [message async for message in messages] == [{"n": 1}]
 
@@ -76,8 +78,9 @@ async def test_the_error_policy_ends_the_iteration_with_an_error(hub: PubSubHub)
     async with hub.subscribe("flood", max_queue=5, policy="error") as messages:
         for i in range(5):
             await hub.publish("flood", {"i": i})
-        assert messages.pending == 5
+        await wait_for_condition(lambda: messages.pending == 5, 5)
         await hub.publish("flood", {"i": 5})
+        await wait_for_condition(lambda: messages.pending == 0, 5)  # overflowed: cleared
         with pytest.raises(SubscriberOverflowError):
             await asyncio.wait_for(anext(messages), 5)
 

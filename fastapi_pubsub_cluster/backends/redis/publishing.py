@@ -161,10 +161,6 @@ class PublishPath:
             self._alone = False
             if self._queued:
                 self._start_flusher()
-        # Redis wrote the message to this worker's link before the reply: let the link's
-        # task run first, so that this worker's own subscribers have it when publish()
-        # returns (as with a reply through the flusher's future).
-        await asyncio.sleep(0)
         return receivers
 
     def _batched(self, publication: Publication) -> asyncio.Future[int]:
