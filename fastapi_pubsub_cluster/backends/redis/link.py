@@ -139,9 +139,8 @@ class TopicLink:
         # A fresh client each time: ``connect`` may resolve a new primary after a failover.
         await self._close_client()
         self._client = self._connect()
-        # redis-py's default RESP3 push handler formats every message for a debug log line
-        # (str() of the whole reply), which costs more than parsing it.
-        pubsub = self._client.pubsub(push_handler_func=_as_is)
+        # RESP2 (LINK_PROTOCOL): messages are plain arrays, with no push handler to run.
+        pubsub = self._client.pubsub()
         topics = [self.probe_topic, *self.topics]
         try:
             if self._sharded:
@@ -292,8 +291,3 @@ class TopicLink:
                 await listener
         await self._drop()
         self._listener = self._tasks.spawn(self._listen_forever(), name=f"pubsub-link-{self.name}")
-
-
-async def _as_is(response: Any) -> Any:
-    """The RESP3 pub/sub push handler: the reply itself, untouched."""
-    return response
