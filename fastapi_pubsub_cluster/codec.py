@@ -198,6 +198,8 @@ class OutgoingFrame:
     """
 
     __slots__ = (
+        "_asgi_binary",
+        "_asgi_text",
         "_binary",
         "_tagged",
         "_text",
@@ -215,6 +217,8 @@ class OutgoingFrame:
         #: history gap), whose keys a tagged frame extends instead of wrapping it.
         self.framed = framed
         self._tagged: OutgoingFrame | None = None
+        self._asgi_text: dict[str, Any] | None = None
+        self._asgi_binary: dict[str, Any] | None = None
         #: The payload as whole WebSocket frames, cached by a server integration that
         #: writes frames itself (``uvicorn_ws``), so that each is framed once.
         self.wire_text: bytes | None = None
@@ -240,6 +244,17 @@ class OutgoingFrame:
                     f"payload cannot be encoded with msgpack: {exc}"
                 ) from exc
         return self._binary
+
+    def asgi_message(self, text: bool) -> dict[str, Any]:
+        """The ASGI ``websocket.send`` message of this frame (text or binary), built once
+        and shared by every socket it is sent to (servers only read it)."""
+        if text:
+            if self._asgi_text is None:
+                self._asgi_text = {"type": "websocket.send", "text": self.text}
+            return self._asgi_text
+        if self._asgi_binary is None:
+            self._asgi_binary = {"type": "websocket.send", "bytes": self.binary}
+        return self._asgi_binary
 
     def tagged(self, channel: str | None) -> OutgoingFrame:
         """This frame as a tagged socket receives it (``{"channel": c, "data": ...}``; a

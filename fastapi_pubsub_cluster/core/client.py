@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Coroutine
 from enum import Enum
 from typing import Any, Protocol
 
@@ -116,7 +115,7 @@ class ClientConnection:
         )
         # Created on first need, as is the writer: most clients never fall behind, and
         # idle connections are what a worker holds by the thousand.
-        self._outbox: deque[str | bytes] | None = None
+        self._outbox: deque[dict[str, Any]] | None = None
         self._ready: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         # A send started in the caller's task that had to wait, and what it waits on.
@@ -242,12 +241,12 @@ class ClientConnection:
 
     def _push(self, frame: OutgoingFrame, *, bounded: bool) -> bool:
         text = self.wire_format == "json"
-        data: str | bytes = frame.text if text else frame.binary
         if not self._outbox and self._suspended is None and not self._writing:
             direct = self._direct
             if direct is not None and direct.try_write(frame, text=text):
                 return True
-            return self._send_now(data)
+            return self._send_now(frame.asgi_message(text))
+        message = frame.asgi_message(text)
         outbox = self._outbox
         if outbox is None:
             outbox = self._outbox = deque()
@@ -259,11 +258,11 @@ class ClientConnection:
             else:
                 self._evict()
                 return False
-        outbox.append(data)
+        outbox.append(message)
         self._wake_writer()
         return True
 
-    def _send_now(self, data: str | bytes) -> bool:
+    def _send_now(self, message: dict[str, Any]) -> bool:
         """Start the send at once, in the caller's task.
 
         A server's ASGI send normally completes without waiting (the socket's write buffer
@@ -272,7 +271,9 @@ class ClientConnection:
         client's writer task, and later frames queue behind it in the bounded outbox.
         """
         try:
-            suspended = start_send(self._send_coroutine(data))
+            # The ASGI message goes to websocket.send itself: no send_text wrapper, and the
+            # message is the frame's own, shared by all its sockets.
+            suspended = start_send(self.websocket.send(message))
         except Exception as exc:  # the client vanished, or the socket is closing
             self._lost(exc)
             return False
@@ -280,11 +281,6 @@ class ClientConnection:
             self._suspended = suspended
             self._wake_writer()
         return True
-
-    def _send_coroutine(self, data: str | bytes) -> Coroutine[Any, Any, None]:
-        if isinstance(data, str):
-            return self.websocket.send_text(data)
-        return self.websocket.send_bytes(data)
 
     def _wake_writer(self) -> None:
         if self._ready is None:
@@ -391,6 +387,6 @@ class ClientConnection:
                     finally:
                         self._suspended = None
                 while self._outbox:
-                    await self._send_coroutine(self._outbox.popleft())
+                    await self.websocket.send(self._outbox.popleft())
             finally:
                 self._writing = False
