@@ -268,3 +268,20 @@ async def test_presence_comes_back_after_a_stalled_worker_was_reaped(
         for ws in [*on_stalled, watcher]:
             await ws.close()
     await admin.aclose()
+
+
+async def test_a_burst_of_joins_through_sentinel_all_succeed(
+    sentinel_setup: Any, key_prefix: str
+) -> None:
+    # Through Sentinel, redis-py's pool does not make callers wait for a free connection;
+    # a burst of joins needs more than the pool holds at once, and none may fail.
+    _primary, _replica, sentinel = sentinel_setup
+    hub = PubSubHub(settings=make_settings(key_prefix, sentinel.url))
+    async with hub, serve(build_app(hub)) as url:
+        clients = await asyncio.gather(
+            *(connect(f"{url}/id/burst-{i % 20}?user=u{i}") for i in range(300))
+        )
+        for ws in clients:
+            assert "me" in await recv_until(ws, lambda m: "me" in m)
+        assert [await hub.count(f"burst-{i}") for i in range(20)] == [15] * 20
+        await asyncio.gather(*(ws.close() for ws in clients))

@@ -199,3 +199,19 @@ async def test_one_socket_in_channels_on_every_shard(
 
 async def _empty(hub: PubSubHub, channel: str) -> bool:
     return await hub.count(channel) == 0
+
+
+async def test_a_burst_of_joins_on_a_cluster_all_succeed(
+    cluster_hub: PubSubHub, redis_cluster: OwnedRedisCluster
+) -> None:
+    # Joins on a cluster also write the connection directory on other shards; a burst of
+    # them opens many connections at once, and none may fail.
+    async with serve(build_app(cluster_hub)) as url:
+        clients = await asyncio.gather(
+            *(connect(f"{url}/id/burst-{i % 20}?user=u{i}") for i in range(300))
+        )
+        for ws in clients:
+            assert "me" in await recv_until(ws, lambda m: "me" in m)
+        counts = [await cluster_hub.count(f"burst-{i}") for i in range(20)]
+        assert counts == [15] * 20
+        await asyncio.gather(*(ws.close() for ws in clients))

@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from ...errors import ConfigurationError
 from ...redaction import redact_url
 from ...settings import PubSubSettings
+from .waiting import WaitingRedisCluster, WaitingSentinelPool
 
 # Every scheme the library takes is in redaction.URL_SCHEMES (which masks their secrets).
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -168,7 +169,7 @@ class RedisEndpoint:
         retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), COMMAND_RETRIES)
         client: CommandClient
         if self.is_cluster:
-            client = RedisCluster(
+            client = WaitingRedisCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in self._cluster_nodes],
                 max_connections=max_connections,
                 retry=retry,
@@ -176,7 +177,12 @@ class RedisEndpoint:
                 **self._options,
             )
         elif self._sentinel is not None:
-            client = self._primary(max_connections=max_connections, retry=retry)
+            client = self._primary(
+                max_connections=max_connections,
+                retry=retry,
+                connection_pool_class=WaitingSentinelPool,
+                timeout=self._pool_timeout,
+            )
         else:
             pool = BlockingConnectionPool.from_url(
                 self.url,
