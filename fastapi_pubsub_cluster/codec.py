@@ -69,13 +69,14 @@ def encode_envelope(envelope: Envelope) -> bytes:
     payload = encode_payload(envelope.payload)
     if envelope.exclude is not None:
         payload = excluding_payload(envelope.exclude, payload)
-    # The same bytes as packing the eight-item array at once (fixarray 8, then each item).
-    return b"".join((*_envelope_parts(envelope), payload, _packed(envelope.sent_at)))
+    # The same bytes as packing the eight-item array at once (fixarray 8, then each item),
+    # with the payload's own bytes spliced in: the six head items in one pack call.
+    return b"".join((b"\x98", _packed_head(envelope), payload, _packed(envelope.sent_at)))
 
 
 def envelope_overhead(envelope: Envelope) -> int:
     """Bytes an encoded envelope adds to its payload's: size limits apply to the payload."""
-    return sum(map(len, _envelope_parts(envelope))) + len(_packed(envelope.sent_at))
+    return 1 + len(_packed_head(envelope)) + len(_packed(envelope.sent_at))
 
 
 def excluding_payload(exclude: str, payload: bytes) -> bytes:
@@ -83,13 +84,13 @@ def excluding_payload(exclude: str, payload: bytes) -> bytes:
     return b"\x92" + _packed(exclude) + payload
 
 
-def _envelope_parts(envelope: Envelope) -> list[bytes]:
+def _packed_head(envelope: Envelope) -> bytes:
     kind = envelope.kind.value
     if envelope.exclude is not None:
         kind = _EXCLUDING_CODES.get(envelope.kind, kind)
-    head = (ENVELOPE_VERSION, kind, envelope.channel, envelope.origin)
+    head = (ENVELOPE_VERSION, kind, envelope.channel, envelope.origin, envelope.ref, envelope.seq)
     try:
-        return [b"\x98", *map(_packed, (*head, envelope.ref, envelope.seq))]
+        return _packed(head)[1:]  # the items without their fixarray-6 header
     except (TypeError, ValueError, OverflowError) as exc:
         raise MalformedMessageError(f"envelope cannot be encoded with msgpack: {exc}") from exc
 

@@ -123,11 +123,12 @@ class PublishPath:
         so that many callers never wait for, or fail for lack of, pooled connections.
         """
         try:
+            batching = not publication.script_keys and isinstance(self._client, Redis)
+            if batching and (self._alone or self._queued or self._flusher is not None):
+                return await self._batched(publication)  # with a deadline of its own
             async with asyncio.timeout(self._settings.redis_timeout * 2):
                 if not publication.script_keys:
-                    if isinstance(self._client, Redis):
-                        if self._alone or self._queued or self._flusher is not None:
-                            return await self._batched(publication)
+                    if batching:
                         return await self._lone(publication)
                     return await self._endpoint.publish_raw(
                         self._client, publication.topic, publication.data
@@ -164,9 +165,13 @@ class PublishPath:
         return receivers
 
     def _batched(self, publication: Publication) -> asyncio.Future[int]:
-        """Queue ``publication`` for the flusher; its future resolves with the receivers."""
+        """Queue ``publication`` for the flusher; its future resolves with the receivers,
+        or fails with TimeoutError after the time limit (a timer, cheaper per caller than
+        a timeout context)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
+        deadline = loop.call_later(self._settings.redis_timeout * 2, _expire, future)
+        future.add_done_callback(lambda _: deadline.cancel())
         self._queued.append((publication, future))
         if not self._alone:  # else the lone caller starts it when its reply is in
             self._start_flusher()
@@ -224,6 +229,11 @@ class PublishPath:
     async def publish(self, channel: str, payload: Any, exclude: str | None = None) -> int:
         """:meth:`prepare` and :meth:`send`."""
         return await self.send(self.prepare(channel, payload, exclude))
+
+
+def _expire(future: asyncio.Future[int]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("publish timed out waiting for Redis"))
 
 
 def _copy_error(exc: BaseException) -> BaseException:
