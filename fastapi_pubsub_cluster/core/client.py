@@ -326,7 +326,11 @@ class ClientConnection:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
-        if self._suspended is not None:  # the writer never got to run
+        self._drop_suspended()  # the writer never got to run
+
+    def _drop_suspended(self) -> None:
+        """Close the send the writer was to finish, if any: it will not be finished."""
+        if self._suspended is not None:
             self._suspended[0].close()
             self._suspended = None
 
@@ -367,9 +371,7 @@ class ClientConnection:
         except Exception as exc:  # the client vanished mid-send
             self._lost(exc)
             return
-        if self._suspended is not None:  # evicted before this task could finish that send
-            self._suspended[0].close()
-            self._suspended = None
+        self._drop_suspended()  # evicted before this task could finish that send
         await self.close(CloseCode.POLICY_VIOLATION, "client too slow")
 
     async def _drain_forever(self) -> None:

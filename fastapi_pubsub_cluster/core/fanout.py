@@ -139,10 +139,10 @@ class FanOut:
         """
         channel = connection.channel
         asked = connection.resume_from is not None
-        if not asked and connection.tagged and self.settings.has_history(channel):
-            # Read before the socket is registered, and replayed from there: what is stored
-            # meanwhile is not missed, and the client learns where to resume (its welcome).
-            connection.resume_from = await self.backend.last_stored_id(channel)
+        if connection.tagged:  # a tagged client learns where to resume (its welcome)
+            connection.resume_from = await self._stored.resume_point(
+                channel, connection.resume_from
+            )
         self._local.add(connection)
         self.metrics.connection_opened("direct" if connection.has_direct_path else "asgi")
         try:
@@ -155,10 +155,8 @@ class FanOut:
             )
             if connection.resume_from is not None:
                 replay, replayed_to = await self._stored.replay_frames(
-                    channel, connection.resume_from, report_gap=asked
+                    channel, connection.resume_from, report_gap=asked, tagged=connection.tagged
                 )
-                if connection.tagged:
-                    replay = [frame.tagged(channel) for frame in replay]
                 connection.set_replay(replay, replayed_to)
         except BaseException:
             if self._local.remove(connection):

@@ -52,15 +52,9 @@ class RuntimeJoins:
         limit = settings.max_channels_per_socket
         if len(connection.channels) >= limit:
             raise ChannelLimitError(f"a socket may be in at most {limit} channels")
-        asked = since is not None
-        start = since
-        told: dict[str, str] = {}
-        if settings.has_history(channel):
-            if start is None:
-                # Read before registering, replayed from there: nothing stored meanwhile
-                # is missed, and "joined" tells the client where to resume from.
-                start = await self._backend.last_stored_id(channel)
-            told["last_id"] = start
+        # On a history channel "joined" tells the client where to resume from.
+        start = await self._stored.resume_point(channel, since)
+        told = {"last_id": start} if start is not None and settings.has_history(channel) else {}
         joined = event_frame("joined", channel, **told)
         connection.add_channel(channel)
         self._local.add_to(channel, connection)
@@ -72,9 +66,9 @@ class RuntimeJoins:
             replayed_to = None
             if start is not None:
                 replay, replayed_to = await self._stored.replay_frames(
-                    channel, start, report_gap=asked
+                    channel, start, report_gap=since is not None, tagged=True
                 )
-                first.extend(frame.tagged(channel) for frame in replay)
+                first.extend(replay)
         except BaseException:
             if self._local.remove_from(channel, connection):
                 connection.remove_channel(channel)

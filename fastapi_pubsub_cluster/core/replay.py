@@ -86,21 +86,35 @@ class StoredDelivery:
         self._last.clear()
         self._held.clear()
 
+    async def resume_point(self, channel: str, since: str | None) -> str | None:
+        """Where a connection joining ``channel`` starts: ``since`` if the client gave one,
+        else on a history channel the newest stored id. Read before the connection is
+        registered and replayed from after: nothing stored in between is missed."""
+        if since is not None or not self._settings.has_history(channel):
+            return since
+        return await self._backend.last_stored_id(channel)
+
     async def replay_frames(
-        self, channel: str, since: str, *, report_gap: bool = True
+        self, channel: str, since: str, *, report_gap: bool = True, tagged: bool = False
     ) -> tuple[list[OutgoingFrame], str | None]:
         """What ``channel`` stored after ``since`` (after a gap frame if history no longer
-        reaches back that far, unless not ``report_gap``: a start the server chose), and
-        the stream id the replay reaches (None: no history)."""
+        reaches back that far, unless not ``report_gap``: a start the server chose), as
+        ``tagged`` clients get it or not, and the stream id the replay reaches (None: no
+        history)."""
         if not self._settings.has_history(channel):
-            return [history_gap_frame(since, None)], None
-        stored = await self._backend.history(channel, since)
-        gap = report_gap and not stored.complete
-        frames = [history_gap_frame(since, stored.oldest)] if gap else []
-        frames.extend(
-            stored_message_frame(stream_id, payload) for stream_id, payload in stored.entries
-        )
-        return frames, stored.entries[-1][0] if stored.entries else since
+            frames = [history_gap_frame(since, None)]
+            replayed_to = None
+        else:
+            stored = await self._backend.history(channel, since)
+            gap = report_gap and not stored.complete
+            frames = [history_gap_frame(since, stored.oldest)] if gap else []
+            frames.extend(
+                stored_message_frame(stream_id, payload) for stream_id, payload in stored.entries
+            )
+            replayed_to = stored.entries[-1][0] if stored.entries else since
+        if tagged:
+            frames = [frame.tagged(channel) for frame in frames]
+        return frames, replayed_to
 
     async def replay_missed(self, channel: str) -> None:
         """Deliver what ``channel`` stored after the last message delivered (a lost link),
