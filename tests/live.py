@@ -133,3 +133,23 @@ async def stalled_client(url: str) -> ClientConnection:
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
     return await connect(url, sock=sock, max_queue=1, max_size=None, compression=None)
+
+
+async def connect_identified(url: str) -> tuple[ClientConnection, str]:
+    """A client of a socket that tells its connection id first (``{"me": id}``), and the id."""
+    ws = await connect(url)
+    me = await recv_until(ws, lambda m: "me" in m)
+    return ws, str(me["me"])
+
+
+async def join_in_a_burst(url: str, hub: Any, sockets: int = 300, channels: int = 20) -> None:
+    """``sockets`` identified clients with a user each join ``channels`` channels at once;
+    every join must succeed and count. (``url`` is the app's base, ``hub`` its hub.)"""
+    clients = await asyncio.gather(
+        *(connect(f"{url}/id/burst-{i % channels}?user=u{i}") for i in range(sockets))
+    )
+    for ws in clients:
+        assert "me" in await recv_until(ws, lambda m: "me" in m)
+    counts = [await hub.count(f"burst-{i}") for i in range(channels)]
+    assert counts == [sockets // channels] * channels
+    await asyncio.gather(*(ws.close() for ws in clients))

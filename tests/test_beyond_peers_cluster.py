@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.crc import key_slot
-from websockets.asyncio.client import ClientConnection
 
 from fastapi_pubsub_cluster import PubSubHub
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import (
-    connect,
+    connect_identified,
     recv_until,
     serve,
     wait_for_async_condition,
@@ -44,17 +43,14 @@ async def two_hubs(
         yield first, second
 
 
-async def join(url: str) -> tuple[ClientConnection, str]:
-    ws = await connect(url)
-    return ws, str((await recv_until(ws, lambda m: "me" in m))["me"])
-
-
 async def test_targeted_sends_subscribers_and_metadata_across_workers_on_a_cluster(
     two_hubs: tuple[PubSubHub, PubSubHub],
 ) -> None:
     here, there = two_hubs
     async with serve(build_app(there)) as url_there:
-        sockets = [await join(f"{url_there}/id/c{i}?user=max&name=n{i}") for i in range(4)]
+        sockets = [
+            await connect_identified(f"{url_there}/id/c{i}?user=max&name=n{i}") for i in range(4)
+        ]
         first, first_id = sockets[0]
         assert await here.send_to(first_id, {"direct": 1}) == 1
         assert await recv_until(first, lambda m: "direct" in m) == {"direct": 1}

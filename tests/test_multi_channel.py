@@ -9,13 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection
 
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
 from tests.apps.local_app import build_app
 from tests.live import (
     close_code_of,
     connect,
+    connect_identified,
     recv_json,
     recv_until,
     serve,
@@ -23,13 +23,6 @@ from tests.live import (
     wait_for_async_condition,
 )
 from tests.test_slow_clients import BIG
-
-
-async def open_rooms(url: str) -> tuple[ClientConnection, str]:
-    """A client of the rooms socket, and its connection id."""
-    ws = await connect(url)
-    me = await recv_until(ws, lambda m: "me" in m)
-    return ws, str(me["me"])
 
 
 def of_channel(channel: str) -> Any:
@@ -50,7 +43,7 @@ async def has_count(hub: PubSubHub, channel: str, count: int) -> bool:
 async def test_a_server_side_join_delivers_tagged_frames_and_counts(
     server: str, hub: PubSubHub
 ) -> None:
-    ws, me = await open_rooms(f"{server}/rooms/home?also=extra,other")
+    ws, me = await connect_identified(f"{server}/rooms/home?also=extra,other")
     await recv_until(ws, event("joined", "other"))
     assert me in await hub.members("extra")
     assert me in await hub.members("other")
@@ -65,7 +58,7 @@ async def test_a_server_side_join_delivers_tagged_frames_and_counts(
 
 
 async def test_client_join_and_leave(server: str, hub: PubSubHub) -> None:
-    ws, me = await open_rooms(f"{server}/rooms/home")
+    ws, me = await connect_identified(f"{server}/rooms/home")
     await ws.send(json.dumps({"join": "room"}))
     await recv_until(ws, event("joined", "room"))
     assert await hub.members("room") == {me}
@@ -95,7 +88,7 @@ async def test_refused_joins_keep_the_socket_open_and_lose_nothing(
         PubSubHub(settings=settings.with_changes(max_channels_per_socket=2)) as hub,
         serve(build_app(hub)) as url,
     ):
-        ws, me = await open_rooms(f"{url}/rooms/home")
+        ws, me = await connect_identified(f"{url}/rooms/home")
         bad: list[tuple[Any, str, str]] = [
             ({"join": "secret-plans"}, "secret-plans", "not authorized"),
             ({"join": "no spaces allowed"}, "no spaces allowed", "channel"),
@@ -188,7 +181,7 @@ async def test_a_join_with_since_replays_that_channel_once_then_live(
             for n in range(3):
                 await hub.publish("log-a", {"n": n})
             ids = [(await anext(messages))["id"] for _ in range(3)]
-        ws, _ = await open_rooms(f"{url}/rooms/home")
+        ws, _ = await connect_identified(f"{url}/rooms/home")
         await ws.send(json.dumps({"join": "log-a", "since": ids[0]}))
         seen: list[Any] = []
         await recv_until(ws, event("joined", "log-a"))
@@ -205,8 +198,8 @@ async def test_a_join_with_since_replays_that_channel_once_then_live(
 
 
 async def test_exclude_and_user_sends_with_further_channels(server: str, hub: PubSubHub) -> None:
-    sender, sender_id = await open_rooms(f"{server}/rooms/a?also=shared&user=alice")
-    other, _ = await open_rooms(f"{server}/rooms/b?also=shared")
+    sender, sender_id = await connect_identified(f"{server}/rooms/a?also=shared&user=alice")
+    other, _ = await connect_identified(f"{server}/rooms/b?also=shared")
     await recv_until(sender, event("joined", "shared"))
     await recv_until(other, event("joined", "shared"))
     await sender.send(json.dumps({"to": "shared", "say": "hi"}))
@@ -284,7 +277,7 @@ async def test_client_joins_across_two_workers(
 
 
 async def test_a_refusal_names_the_channel_exactly_as_asked(server: str, hub: PubSubHub) -> None:
-    ws, _ = await open_rooms(f"{server}/rooms/home")
+    ws, _ = await connect_identified(f"{server}/rooms/home")
     too_long = "x" * (hub.settings.max_channel_id_length + 50)
     await ws.send(json.dumps({"join": too_long}))
     refused = await recv_until(ws, lambda m: m.get("event") == "refused")

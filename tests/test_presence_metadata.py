@@ -9,7 +9,6 @@ from urllib.parse import quote
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from websockets.asyncio.client import ClientConnection
 
 from fastapi_pubsub_cluster import PubSubHub, RedisBackend
 from fastapi_pubsub_cluster.errors import CloseCode
@@ -17,6 +16,7 @@ from tests.apps.local_app import build_app
 from tests.live import (
     close_code_of,
     connect,
+    connect_identified,
     recv_until,
     serve,
     wait_for_async_condition,
@@ -24,14 +24,9 @@ from tests.live import (
 )
 
 
-async def join(url: str) -> tuple[ClientConnection, str]:
-    ws = await connect(url)
-    return ws, str((await recv_until(ws, lambda m: "me" in m))["me"])
-
-
 async def test_presence_returns_each_connections_metadata(server: str, hub: PubSubHub) -> None:
-    ann, ann_id = await join(f"{server}/id/team?name=ann")
-    plain, plain_id = await join(f"{server}/id/team")
+    ann, ann_id = await connect_identified(f"{server}/id/team?name=ann")
+    plain, plain_id = await connect_identified(f"{server}/id/team")
     assert await hub.presence("team") == {ann_id: {"name": "ann"}, plain_id: None}
     # members() keeps returning ids only.
     assert await hub.members("team") == {ann_id, plain_id}
@@ -54,7 +49,7 @@ async def test_metadata_over_the_limit_closes_1008_and_registers_nothing(
     assert await hub.count("limits") == 0
     assert hub.fanout.local_connection_count == 0
     just_fits = json.dumps({"bio": "x" * 1000})
-    ws, connection_id = await join(f"{server}/id/limits?meta={quote(just_fits)}")
+    ws, connection_id = await connect_identified(f"{server}/id/limits?meta={quote(just_fits)}")
     assert await hub.presence("limits") == {connection_id: {"bio": "x" * 1000}}
     await ws.close()
 
@@ -67,9 +62,9 @@ async def test_join_and_leave_events_carry_metadata_to_other_workers(
 ) -> None:
     here, there = two_hubs
     async with serve(build_app(here)) as url_here, serve(build_app(there)) as url_there:
-        local, local_id = await join(f"{url_here}/id/hall?name=hugo")
+        local, local_id = await connect_identified(f"{url_here}/id/hall?name=hugo")
         # The other worker's mirror is loaded from Redis (the snapshot carries metadata) ...
-        remote, remote_id = await join(f"{url_there}/id/hall?name=iris")
+        remote, remote_id = await connect_identified(f"{url_there}/id/hall?name=iris")
         await wait_for_condition(lambda: len(there.get("hall")) == 2, 5)
         assert there.presence_of("hall") == {
             local_id: {"name": "hugo"},
@@ -100,7 +95,7 @@ async def test_reaping_a_worker_removes_its_metadata(
 ) -> None:
     here, there = two_hubs
     async with serve(build_app(there)) as url_there:
-        ws, _ = await join(f"{url_there}/id/gone?name=jo")
+        ws, _ = await connect_identified(f"{url_there}/id/gone?name=jo")
         backend = here.backend
         assert isinstance(backend, RedisBackend)
         assert await redis_client.hlen(backend.keys.meta("gone")) == 1
@@ -115,7 +110,7 @@ async def test_lost_metadata_is_restored_by_reconciliation(
 ) -> None:
     here, there = two_hubs
     async with serve(build_app(there)) as url_there:
-        ws, connection_id = await join(f"{url_there}/id/heal?name=kim")
+        ws, connection_id = await connect_identified(f"{url_there}/id/heal?name=kim")
         backend = here.backend
         assert isinstance(backend, RedisBackend)
         keys = backend.keys

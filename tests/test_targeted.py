@@ -15,6 +15,7 @@ from fastapi_pubsub_cluster import PubSubHub, PubSubSettings, RedisBackend
 from tests.apps.local_app import build_app
 from tests.live import (
     connect,
+    connect_identified,
     recv_json,
     recv_until,
     serve,
@@ -23,21 +24,14 @@ from tests.live import (
 )
 
 
-async def join(url: str) -> tuple[ClientConnection, str]:
-    """A client of the identified socket, and its connection id."""
-    ws = await connect(url)
-    me = await recv_until(ws, lambda m: "me" in m)
-    return ws, str(me["me"])
-
-
 async def next_marked(ws: ClientConnection) -> Any:
     """The next message that is not a membership count."""
     return await recv_until(ws, lambda m: "count" not in m)
 
 
 async def test_send_to_reaches_only_that_connection(server: str, hub: PubSubHub) -> None:
-    first, first_id = await join(f"{server}/id/room")
-    second, _ = await join(f"{server}/id/room")
+    first, first_id = await connect_identified(f"{server}/id/room")
+    second, _ = await connect_identified(f"{server}/id/room")
     assert await hub.send_to(first_id, {"private": 1}) == 1
     assert await next_marked(first) == {"private": 1}
     await hub.publish("room", {"marker": True})
@@ -50,7 +44,7 @@ async def test_send_to_reaches_only_that_connection(server: str, hub: PubSubHub)
 async def test_send_to_an_unknown_or_absent_connection_returns_zero(
     server: str, hub: PubSubHub
 ) -> None:
-    ws, connection_id = await join(f"{server}/id/gone")
+    ws, connection_id = await connect_identified(f"{server}/id/gone")
     await ws.close()
     await wait_for_async_condition(lambda: _no_members(hub, "gone"), 10)
     assert await hub.send_to(connection_id, {"late": True}) == 0
@@ -65,10 +59,10 @@ async def _no_members(hub: PubSubHub, channel: str) -> bool:
 
 async def test_send_to_user_reaches_every_socket_of_that_user(server: str, hub: PubSubHub) -> None:
     alice = [
-        (await join(f"{server}/id/a?user=alice"))[0],
-        (await join(f"{server}/id/b?user=alice"))[0],
+        (await connect_identified(f"{server}/id/a?user=alice"))[0],
+        (await connect_identified(f"{server}/id/b?user=alice"))[0],
     ]
-    bob, _ = await join(f"{server}/id/a?user=bob")
+    bob, _ = await connect_identified(f"{server}/id/a?user=bob")
     assert await hub.send_to_user("alice", {"for": "alice"}) == 2
     for ws in alice:
         assert await next_marked(ws) == {"for": "alice"}
@@ -82,8 +76,8 @@ async def test_send_to_user_reaches_every_socket_of_that_user(server: str, hub: 
 async def test_publish_excluding_a_connection_skips_only_that_one(
     server: str, hub: PubSubHub
 ) -> None:
-    sender, sender_id = await join(f"{server}/id/chat")
-    other, _ = await join(f"{server}/id/chat")
+    sender, sender_id = await connect_identified(f"{server}/id/chat")
+    other, _ = await connect_identified(f"{server}/id/chat")
     await hub.publish("chat", {"news": 1}, exclude=sender_id)
     assert await next_marked(other) == {"news": 1}
     await hub.publish("chat", {"marker": True})
@@ -105,8 +99,8 @@ async def test_publish_excluding_a_connection_on_a_history_channel(
         PubSubHub(settings=settings.with_changes(history_channels="log")) as hub,
         serve(build_app(hub)) as url,
     ):
-        sender, sender_id = await join(f"{url}/id/log")
-        other, _ = await join(f"{url}/id/log")
+        sender, sender_id = await connect_identified(f"{url}/id/log")
+        other, _ = await connect_identified(f"{url}/id/log")
         await hub.publish("log", {"entry": 1}, exclude=sender_id)
         stored = await next_marked(other)
         assert stored["data"] == {"entry": 1}
@@ -144,15 +138,15 @@ async def test_targeted_sends_reach_sockets_of_another_worker(
 ) -> None:
     here, there = two_hubs
     async with serve(build_app(here)) as url_here, serve(build_app(there)) as url_there:
-        remote, remote_id = await join(f"{url_there}/id/x?user=dana")
-        local, _ = await join(f"{url_here}/id/y?user=dana")
+        remote, remote_id = await connect_identified(f"{url_there}/id/x?user=dana")
+        local, _ = await connect_identified(f"{url_here}/id/y?user=dana")
         assert await here.send_to(remote_id, {"direct": 1}) == 1
         assert await next_marked(remote) == {"direct": 1}
         assert await here.send_to_user("dana", {"all": 1}) == 2
         for ws in (remote, local):
             assert await next_marked(ws) == {"all": 1}
         # A publish excluding a socket of the other worker skips it there.
-        peer, _ = await join(f"{url_here}/id/x")
+        peer, _ = await connect_identified(f"{url_here}/id/x")
         await here.publish("x", {"minus": 1}, exclude=remote_id)
         assert await next_marked(peer) == {"minus": 1}
         await there.publish("x", {"marker": True})
@@ -174,7 +168,7 @@ async def test_a_reaped_worker_leaves_no_user_entries(
 ) -> None:
     here, there = two_hubs
     async with serve(build_app(there)) as url_there:
-        ws, connection_id = await join(f"{url_there}/id/r?user=erin")
+        ws, connection_id = await connect_identified(f"{url_there}/id/r?user=erin")
         assert await here.send_to_user("erin", {"hi": 1}) == 1
         backend = here.backend
         assert isinstance(backend, RedisBackend)
@@ -194,7 +188,7 @@ async def test_user_entries_converge_after_they_were_lost(
 ) -> None:
     here, there = two_hubs
     async with serve(build_app(there)) as url_there:
-        ws, connection_id = await join(f"{url_there}/id/c?user=finn")
+        ws, connection_id = await connect_identified(f"{url_there}/id/c?user=finn")
         backend = here.backend
         assert isinstance(backend, RedisBackend)
         keys = backend.keys
