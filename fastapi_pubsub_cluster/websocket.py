@@ -305,8 +305,11 @@ class BasePubSubWebSocket:
             await self.on_message(data)
 
     def _welcome(self) -> dict[str, str]:
-        welcome = {"event": "welcome", "connection_id": self.connection_id}
-        welcome["channel"] = self.channel_id
+        welcome = {
+            "event": "welcome",
+            "connection_id": self.connection_id,
+            "channel": self.channel_id,
+        }
         connection = self._connection
         if connection is not None and self.hub.settings.has_history(self.channel_id):
             welcome["last_id"] = connection.resume_from or "0-0"  # where to resume from
