@@ -116,7 +116,7 @@ FAULTS = [
     Fault("redis-stall-leaves", redis_stall_during_leaves),
     Fault("client-kill-link", client_kill_link),
     Fault("client-kill-commands", client_kill_commands),
-    Fault("redis-restart", redis_restart),
+    Fault("redis-restart", redis_restart, loses_data=True),
     Fault("redis-oom", redis_out_of_memory),
     Fault("worker-paused-past-ttl", worker_paused_past_ttl),
     Fault("worker-kill-9", worker_kill_9),

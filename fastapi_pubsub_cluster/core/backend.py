@@ -157,7 +157,9 @@ class Backend(Protocol):
         """What ``channel`` stored after stream id ``since``."""
 
     async def last_stored_id(self, channel: str) -> str:
-        """The id of the newest message ``channel`` stored ("0-0" if none)."""
+        """Where a client joining ``channel`` starts: the id of the newest message it
+        stored, or on a channel with none a position whose later messages the backend
+        vouches for ("0-0" where history cannot be lost while the backend runs)."""
 
 
 def new_worker_id() -> str:

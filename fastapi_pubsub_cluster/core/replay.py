@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from ..codec import OutgoingFrame, history_gap_frame, stored_message_frame, stream_id_order
@@ -40,6 +40,9 @@ class StoredDelivery:
         self._deliver = deliver
         self._feed = feed
         self._last: dict[str, str] = {}
+        #: Per channel, where the first socket's replay ended: a lost link's replay starts
+        #: there while nothing newer was delivered.
+        self._start: dict[str, str] = {}
         self._held: dict[str, list[tuple[str, Any, float, str | None]]] = {}
 
     def deliver(
@@ -73,17 +76,19 @@ class StoredDelivery:
         """A lost link is back: hold live stored messages of ``channels`` until
         :meth:`replay_missed` has run (call it before the link reads again)."""
         for channel in channels:
-            if channel in self._last:
+            if channel in self._last or channel in self._start:
                 self._held.setdefault(channel, [])
 
     def forget(self, channel: str) -> None:
         """``channel`` is no longer heard."""
         self._last.pop(channel, None)
+        self._start.pop(channel, None)
         self._held.pop(channel, None)
 
     def clear(self) -> None:
         """Forget every channel."""
         self._last.clear()
+        self._start.clear()
         self._held.clear()
 
     async def resume_point(self, channel: str, since: str | None) -> str | None:
@@ -112,18 +117,24 @@ class StoredDelivery:
                 stored_message_frame(stream_id, payload) for stream_id, payload in stored.entries
             )
             replayed_to = stored.entries[-1][0] if stored.entries else since
+            self._start.setdefault(channel, replayed_to)
         if tagged:
             frames = [frame.tagged(channel) for frame in frames]
         return frames, replayed_to
 
     async def replay_missed(self, channel: str) -> None:
         """Deliver what ``channel`` stored after the last message delivered (a lost link),
-        then what was held meanwhile (newer ones only), even if the replay failed."""
+        after a gap frame if the history no longer reaches back there (Redis lost or
+        trimmed it), then what was held meanwhile (newer ones only), even if the replay
+        failed (which raises)."""
         try:
-            last = self._last.get(channel)
+            last = self._last.get(channel) or self._start.get(channel)
             if last is None or not self._settings.has_history(channel):
                 return
             stored = await self._backend.history(channel, last)
+            if not stored.complete:
+                logger.warning("history of %r no longer reaches back to %s", channel, last)
+                self._deliver(channel, history_gap_frame(last, stored.oldest), 0.0, None)
             for stream_id, payload in stored.entries:
                 self._deliver_now(channel, stream_id, payload, 0.0, None)
             if stored.entries:
@@ -145,26 +156,39 @@ async def resync(
 ) -> None:
     """After a lost link: replay what history channels stored in the gap, regenerate, and
     tell the app (its reconnect hooks, then each socket's ``on_reconnect``, or close the
-    sockets with 1012 if ``close_clients_on_reconnect``)."""
+    sockets with 1012 if ``close_clients_on_reconnect``). Sockets of a channel whose
+    replay failed are closed with 1012 in any case: resuming is how they get what they
+    missed."""
     metrics.redis_reconnected()
+    unreplayed: list[str] = []
     for channel in channels:
         try:
             await stored.replay_missed(channel)
         except Exception as exc:
             logger.warning("could not replay missed messages on %r: %r", channel, exc)
+            unreplayed.append(channel)
         regenerator.schedule(channel)
     # Concurrently: one slow hook must not hold up the others.
     await asyncio.gather(*(run_hook(h(), "reconnect hook") for h in hooks))
     # Each socket once, however many of these channels it is in.
-    conns = list({c.id: c for channel in channels for c in connections(channel)}.values())
+    behind = {c.id: c for channel in unreplayed for c in connections(channel)}
+    await close_all(behind.values(), "could not replay what the lost link missed; resume")
+    conns = [
+        c
+        for c in {c.id: c for channel in channels for c in connections(channel)}.values()
+        if c.id not in behind
+    ]
     if settings.close_clients_on_reconnect:
-        reason = "pub/sub link was lost; reconnect to resync"
-        await asyncio.gather(
-            *(c.close(CloseCode.SERVICE_RESTART, reason) for c in conns),
-            return_exceptions=True,
-        )
+        await close_all(conns, "pub/sub link was lost; reconnect to resync")
         return
     await asyncio.gather(*(run_hook(c.hooks.on_reconnect(), "on_reconnect") for c in conns))
+
+
+async def close_all(conns: Iterable[ClientConnection], reason: str) -> None:
+    """Close ``conns`` with 1012 (service restart): their clients reconnect and resume."""
+    await asyncio.gather(
+        *(c.close(CloseCode.SERVICE_RESTART, reason) for c in conns), return_exceptions=True
+    )
 
 
 async def run_hook(call: Awaitable[None], what: str) -> None:

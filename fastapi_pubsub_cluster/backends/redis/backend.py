@@ -34,7 +34,7 @@ from ...settings import PubSubSettings
 from ...tasks import TaskSupervisor
 from . import announced
 from .clients import REDIS_DOWN, CommandClient, RedisEndpoint
-from .history import last_history_id, read_history
+from .history import ResumePoints, read_history
 from .keys import RedisKeys
 from .link import TopicLink
 from .links import Links
@@ -58,6 +58,7 @@ class _Started:
     publisher: PublishPath
     links: Links
     sink: FanOutSink
+    resume_points: ResumePoints
 
 
 class RedisBackend:
@@ -153,7 +154,8 @@ class RedisBackend:
             on_restored=self._on_link_restored,
         )
         publisher = PublishPath(endpoint, client, self.settings, origin=self.worker_id)
-        started = _Started(endpoint, client, presence, publisher, links, sink)
+        resume_points = ResumePoints(client, self.settings)
+        started = _Started(endpoint, client, presence, publisher, links, sink, resume_points)
         try:
             # Bounded as a whole: retries (and Sentinel's discovery) must not stretch an
             # unreachable Redis into a startup that hangs.
@@ -298,9 +300,10 @@ class RedisBackend:
             raise HistoryError(f"cannot read history, Redis unavailable: {exc!r}") from exc
 
     async def last_stored_id(self, channel: str) -> str:
-        """The id of the newest entry of ``channel``'s stream ("0-0" if none)."""
+        """The id of the newest entry of ``channel``'s stream; on an empty channel, a
+        position its stream vouches for from now on."""
         try:
-            return await last_history_id(self._running().client, self.keys.history(channel))
+            return await self._running().resume_points.at(self.keys.history(channel))
         except REDIS_DOWN as exc:
             raise HistoryError(f"cannot read history, Redis unavailable: {exc!r}") from exc
 

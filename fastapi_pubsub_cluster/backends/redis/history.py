@@ -7,16 +7,26 @@ import logging
 from ...codec import decode_stored, stream_id_order
 from ...core.backend import HistorySlice
 from ...errors import MalformedMessageError
+from ...settings import PubSubSettings
+from . import scripts
 from .clients import CommandClient
 from .presence import text
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
 
-async def last_history_id(client: CommandClient, key: str) -> str:
-    """The id of the newest entry of the stream at ``key`` ("0-0" if there is none)."""
-    newest = await client.xrevrange(key, max="+", min="-", count=1)
-    return text(newest[0][0] or b"0-0") if newest else "0-0"
+class ResumePoints:
+    """Where clients joining a channel with history start (see ``scripts.RESUME_POINT``)."""
+
+    def __init__(self, client: CommandClient, settings: PubSubSettings) -> None:
+        self._script = client.register_script(scripts.RESUME_POINT)
+        self._settings = settings
+
+    async def at(self, key: str) -> str:
+        """The id of the newest entry of the stream at ``key``; on an empty channel, a
+        position the stream vouches for from now on."""
+        ttl_ms = int(self._settings.history_ttl * 1000)
+        return text(await self._script(keys=[key], args=[ttl_ms]))
 
 
 async def read_history(client: CommandClient, key: str, since: str) -> HistorySlice:
@@ -36,11 +46,17 @@ async def read_history(client: CommandClient, key: str, since: str) -> HistorySl
     # Trimming removes the oldest entries, and the stream does not record their ids: the
     # history reaches back to ``since`` if nothing was ever removed, or if ``since`` is
     # still kept. (A ``since`` that was itself trimmed counts as a gap: safe, as the
-    # client then resyncs.)
+    # client then resyncs.) A stream (re)created by the scripts records its floor as
+    # max-deleted-entry-id: a ``since`` below it predates this stream, which then cannot
+    # vouch for what came after it (Redis lost the stream it was an id of). ``0-0`` asks
+    # for everything kept, which no floor can make incomplete: only trimming does.
     trimmed = int(info.get("entries-added", 0)) > int(info.get("length", 0))
     max_deleted = text(info.get("max-deleted-entry-id") or b"0-0")
     reaches_back = not trimmed or (
         oldest is not None and stream_id_order(oldest) <= stream_id_order(since)
     )
-    complete = reaches_back and stream_id_order(max_deleted) <= stream_id_order(since)
+    since_order = stream_id_order(since)
+    complete = reaches_back and (
+        since_order == (0, 0) or stream_id_order(max_deleted) <= since_order
+    )
     return HistorySlice(replay, oldest, complete)

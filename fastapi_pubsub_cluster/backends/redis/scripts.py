@@ -110,12 +110,40 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - tonumber(ARGV[9]))
 if redis.call('ZSCORE', KEYS[2], ARGV[8]) then return {false, 0} end
 redis.call('ZADD', KEYS[2], now_ms, ARGV[8])
 redis.call('PEXPIRE', KEYS[2], ARGV[9])
+local fresh = redis.call('EXISTS', KEYS[1]) == 0
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'p', ARGV[4])
+if fresh then
+  -- A new stream, or one Redis lost and this recreates: it vouches for nothing before it.
+  local ms = tonumber(string.match(id, '^(%d+)'))
+  redis.call('XSETID', KEYS[1], id, 'ENTRIESADDED', 1, 'MAXDELETEDID', (ms - 1) .. '-0')
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 local announced = ARGV[10] or ARGV[4]
 local receivers = redis.call(ARGV[1], ARGV[2],
   ARGV[3] .. cmsgpack.pack(id) .. cmsgpack.pack(0) .. announced .. ARGV[7])
 return {id, receivers}
+"""
+
+# Where a client joining a channel with history starts: the newest stored id. On a channel
+# with nothing stored, an empty stream is created whose floor (max-deleted-entry-id) is the
+# position handed out, so that what is stored later is vouched for from there, while a
+# position handed out before Redis lost the stream is not (see history.read_history).
+# KEYS: the channel's stream
+# ARGV: TTL in ms for a stream created here
+RESUME_POINT = """
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if newest[1] then return newest[1][1] end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then return info[i + 1] end
+  end
+end
+local id = redis.call('XADD', KEYS[1], '*', 'p', '')
+redis.call('XDEL', KEYS[1], id)
+redis.call('XSETID', KEYS[1], id, 'ENTRIESADDED', 0, 'MAXDELETEDID', id)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return id
 """
 
 # Atomically claims a worker's presence for reaping: nothing if its heartbeat lives (unless
