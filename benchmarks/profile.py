@@ -49,10 +49,17 @@ def top_functions(
 
 
 async def profile(
-    target_name: str, subscribers: int, messages: int, limit: int, native: bool, channels: int = 1
+    target_name: str,
+    subscribers: int,
+    messages: int,
+    limit: int,
+    native: bool,
+    channels: int = 1,
+    deflate: bool = False,
 ) -> None:
     """Sample every worker of ``target_name`` (py-spy, one recorder per process) during a
-    burst of ``messages`` round-robin over ``channels`` channels of ``subscribers`` in all."""
+    burst of ``messages`` round-robin over ``channels`` channels of ``subscribers`` in all
+    (clients offering permessage-deflate if ``deflate``)."""
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed (pip install py-spy)")
@@ -60,7 +67,7 @@ async def profile(
     per_channel = max(1, subscribers // channels)
     layout = {f"room-{i}": per_channel for i in range(channels)}
     with bench_redis() as redis:
-        async with session(target, redis, layout) as live:
+        async with session(target, redis, layout, 1.0 if deflate else 0.0) as live:
             processes = live.server.processes()
             # Workers only (uvicorn's supervisor idles); a single-process server is the root.
             pids = [p.pid for p in processes[1:]] or [processes[0].pid]
@@ -122,6 +129,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--native", action="store_true", help="include C frames (uvloop)")
     parser.add_argument("--channels", type=int, default=1, help="round-robin over this many")
+    parser.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate")
     arguments = parser.parse_args()
     raise_open_files_limit()
     asyncio.run(
@@ -132,6 +140,7 @@ def main() -> None:
             arguments.top,
             arguments.native,
             arguments.channels,
+            arguments.deflate,
         )
     )
 

@@ -119,27 +119,30 @@ class PreparedFrames:
     message is enough; a message seen again after another recompresses, which is correct.
     """
 
-    __slots__ = ("_frame", "_frames", "_utf8")
+    __slots__ = ("_data", "_frame", "_frames")
 
     def __init__(self) -> None:
         self._frame: OutgoingFrame | None = None
         self._frames: dict[tuple[bool, int, int], bytes] = {}
-        self._utf8: bytes | None = None
+        self._data: dict[bool, Frame] = {}
 
     def _select(self, frame: OutgoingFrame) -> None:
         if frame is not self._frame:
             self._frame = frame
             self._frames = {}
-            self._utf8 = None
+            self._data = {}
 
-    def payload(self, frame: OutgoingFrame, *, text: bool) -> bytes:
-        """The uncompressed payload bytes, encoded once."""
-        if not text:
-            return frame.binary
+    def data(self, frame: OutgoingFrame, *, text: bool) -> Frame:
+        """The uncompressed data frame, built once (extensions encode a new one from it)."""
         self._select(frame)
-        if self._utf8 is None:
-            self._utf8 = frame.text.encode()
-        return self._utf8
+        data = self._data.get(text)
+        if data is None:
+            if text:
+                data = Frame(Opcode.TEXT, frame.text.encode())
+            else:
+                data = Frame(Opcode.BINARY, frame.binary)
+            self._data[text] = data
+        return data
 
     def deflated(self, frame: OutgoingFrame, *, text: bool, deflate: PerMessageDeflate) -> bytes:
         """``frame`` compressed by ``deflate`` (without context takeover) and framed."""
@@ -147,10 +150,9 @@ class PreparedFrames:
         key = (text, deflate.local_max_window_bits, id(deflate.compress_settings))
         wire = self._frames.get(key)
         if wire is None:
-            opcode = Opcode.TEXT if text else Opcode.BINARY
-            data = Frame(opcode, self.payload(frame, text=text))
             # Without context takeover, encode() starts a fresh compressor for each message:
             # the socket's extension object keeps nothing from it.
+            data = self.data(frame, text=text)
             wire = self._frames[key] = data.serialize(mask=False, extensions=[deflate])
         return wire
 
@@ -188,14 +190,12 @@ class DirectWriter:
                 return False
             if deflate.local_no_context_takeover:
                 wire = PREPARED.deflated(frame, text=text, deflate=deflate)
+            elif conn.writes or conn.expect_continuation_frame:
+                return False  # its compressed frames must go out in the order compressed
             else:
-                # A context per socket: its frame is its own, compressed by its protocol.
-                data = PREPARED.payload(frame, text=text)
-                if text:
-                    conn.send_text(data)
-                else:
-                    conn.send_binary(data)
-                wire = b"".join(conn.data_to_send())
+                # A context per socket: its frame is its own, compressed by its extension as
+                # the protocol's send_text() would (minus checks made above).
+                wire = PREPARED.data(frame, text=text).serialize(mask=False, extensions=extensions)
         protocol.transport.write(wire)
         self.frames_written += 1
         return True
