@@ -36,6 +36,7 @@ _KINDS = {kind.value: kind for kind in EventKind}
 # the payload travels as ``[excluded connection id, payload]``.
 _EXCLUDING = {"x": EventKind.MESSAGE, "y": EventKind.STORED}
 _EXCLUDING_CODES = {kind: code for code, kind in _EXCLUDING.items()}
+_NUMBER = (int, float)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,17 +166,25 @@ def decode_envelope(data: bytes) -> Envelope:
         raise MalformedMessageError("not a version-1 envelope array of 8 items")
     _, kind, channel, origin, ref, seq, payload, sent_at = items
     exclude: str | None = None
+    # Once per envelope, so each check is done once and builds nothing (no generator, no
+    # tuple, no ``int | float`` union): one lookup for the usual kinds, a second for the
+    # excluding ones.
     event_kind = _KINDS.get(kind) if isinstance(kind, str) else None
-    if event_kind is None and isinstance(kind, str) and kind in _EXCLUDING:
-        event_kind = _EXCLUDING[kind]
+    if event_kind is None:
+        event_kind = _EXCLUDING.get(kind) if isinstance(kind, str) else None
+        if event_kind is None:
+            raise MalformedMessageError(f"unknown envelope kind {kind!r}")
         if not isinstance(payload, list) or len(payload) != 2 or not isinstance(payload[0], str):
             raise MalformedMessageError("an excluding envelope's payload is not [id, payload]")
         exclude, payload = payload
-    if event_kind is None:
-        raise MalformedMessageError(f"unknown envelope kind {kind!r}")
-    if not all(isinstance(v, str) for v in (channel, origin, ref)) or not isinstance(seq, int):
+    if not (
+        isinstance(channel, str)
+        and isinstance(origin, str)
+        and isinstance(ref, str)
+        and isinstance(seq, int)
+    ):
         raise MalformedMessageError("envelope fields have the wrong types")
-    if not isinstance(sent_at, int | float):
+    if not isinstance(sent_at, _NUMBER):
         raise MalformedMessageError("envelope timestamp is not a number")
     if event_kind is EventKind.DIRECT and not _is_direct_payload(payload):
         raise MalformedMessageError("a direct envelope's payload is not [[ids], payload]")

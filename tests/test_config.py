@@ -411,6 +411,51 @@ def test_foreign_bytes_are_not_envelopes(data: bytes) -> None:
         decode_envelope(data)
 
 
+@pytest.mark.parametrize(
+    ("items", "error"),
+    [
+        ({"a": 1}, "not a version-1 envelope array of 8 items"),
+        ([1, "m", "c", "o", "r", 0, None], "not a version-1 envelope array of 8 items"),
+        ([2, "m", "c", "o", "r", 0, None, 0.0], "not a version-1 envelope array of 8 items"),
+        ([1, "z", "c", "o", "r", 0, None, 0.0], "unknown envelope kind 'z'"),
+        ([1, 7, "c", "o", "r", 0, None, 0.0], "unknown envelope kind 7"),
+        ([1, ["m"], "c", "o", "r", 0, None, 0.0], "unknown envelope kind ['m']"),
+        ([1, "x", "c", "o", "r", 0, {"n": 1}, 0.0], "an excluding envelope's payload is not"),
+        ([1, "y", "c", "o", "r", 0, [5, {"n": 1}], 0.0], "an excluding envelope's payload is not"),
+        ([1, "m", 5, "o", "r", 0, None, 0.0], "envelope fields have the wrong types"),
+        ([1, "m", "c", None, "r", 0, None, 0.0], "envelope fields have the wrong types"),
+        ([1, "m", "c", "o", b"r", 0, None, 0.0], "envelope fields have the wrong types"),
+        ([1, "m", "c", "o", "r", "0", None, 0.0], "envelope fields have the wrong types"),
+        ([1, "m", "c", "o", "r", 0, None, "now"], "envelope timestamp is not a number"),
+        ([1, "d", "", "o", "r", 0, "x", 0.0], "a direct envelope's payload is not"),
+        ([1, "d", "", "o", "r", 0, [["a", 1], None], 0.0], "a direct envelope's payload is not"),
+    ],
+)
+def test_each_malformed_envelope_gets_its_own_clear_error(items: object, error: str) -> None:
+    with pytest.raises(MalformedMessageError) as raised:
+        decode_envelope(msgpack.packb(items))
+    assert str(raised.value).startswith(error)
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        Envelope(EventKind.MESSAGE, "room", "w", "id-1", 0, {"a": 1}, 1.5, exclude="conn-1"),
+        Envelope(EventKind.STORED, "room", "w", "1-0", 0, [1, 2], 2.0, exclude="conn-2"),
+        Envelope(EventKind.JOIN, "room", "w", "conn-1", 7, [True, '{"name":"a"}']),
+        Envelope(EventKind.LEAVE, "room", "w", "conn-1", 8, False),
+        Envelope(EventKind.DIRECT, "", "w", "id-2", 0, [["conn-1", "conn-2"], {"to": "you"}]),
+    ],
+)
+def test_every_kind_of_envelope_round_trips(envelope: Envelope) -> None:
+    assert decode_envelope(encode_envelope(envelope)) == envelope
+
+
+def test_an_integer_timestamp_decodes_as_a_float() -> None:
+    decoded = decode_envelope(msgpack.packb([1, "m", "c", "o", "r", 0, None, 3]))
+    assert decoded.sent_at == 3.0 and isinstance(decoded.sent_at, float)
+
+
 def test_payload_msgpack_cannot_hold_is_a_clear_error() -> None:
     with pytest.raises(MalformedMessageError):
         encode_envelope(Envelope(EventKind.MESSAGE, "c", "o", "r", 0, object()))

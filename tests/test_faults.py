@@ -136,6 +136,24 @@ async def test_a_stored_publish_during_a_redis_stall_is_stored_and_delivered_at_
             await client.close()
 
 
+async def test_sequential_publishes_all_arrive_when_redis_kills_the_command_connections(
+    owned_redis: OwnedRedisServer, key_prefix: str, admin: aioredis.Redis
+) -> None:
+    settings = make_settings(key_prefix, owned_redis.url, heartbeat_ttl=TTL)
+    async with PubSubHub(settings=settings) as hub, serve(build_app(hub)) as url:
+        ws = await connect(f"{url}/ws/killed")
+        await recv_until(ws, lambda m: m == {"count": 1})
+        for n in range(5):
+            await hub.publish("killed", {"n": n})  # one at a time: nothing to pipeline with
+            # Every connection but pub/sub links (and this one): the publish path's too.
+            assert await admin.execute_command("CLIENT", "KILL", "TYPE", "normal") >= 1
+        await hub.publish("killed", {"n": "last"})
+        seen: list[Any] = []
+        await recv_until(ws, lambda m: m == {"n": "last"}, skipped=seen)
+        assert [m for m in seen if "n" in m] == [{"n": n} for n in range(5)]
+        await ws.close()
+
+
 # -- 2. leaves that fail during a stall ---------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgpack
 import pytest
@@ -21,6 +22,7 @@ from fastapi_pubsub_cluster import (
     publish_sync,
 )
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
+from fastapi_pubsub_cluster.codec import Envelope, EventKind, encode_envelope
 from fastapi_pubsub_cluster.errors import CloseCode
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
@@ -54,6 +56,29 @@ async def test_foreign_payloads_on_the_topic_are_ignored_and_delivery_goes_on(
         await redis_hub.publish("feed", {"real": True})
         # The client's next message is the real one: the garbage was dropped, not delivered.
         assert await recv_json(ws) == {"real": True}
+        await ws.close()
+
+
+async def test_a_late_duplicate_of_a_publication_is_delivered_once(
+    redis_hub: PubSubHub, redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    async with serve(build_app(redis_hub)) as url:
+        ws = await connect(f"{url}/ws/late")
+        await recv_until(ws, lambda m: m == {"count": 1})
+        topic = RedisKeys(key_prefix).topic("late")
+        # A publication as a publisher retrying after a timeout sends it: the same id twice,
+        # here with other publications between the two.
+        retried = encode_envelope(
+            Envelope(EventKind.MESSAGE, "late", "a-publisher", "publication-1", 0, {"n": 0})
+        )
+        await redis_client.publish(topic, retried)
+        for n in range(1, 50):
+            await redis_hub.publish("late", {"n": n})
+        await redis_client.publish(topic, retried)
+        await redis_hub.publish("late", {"n": "last"})
+        seen: list[Any] = []
+        await recv_until(ws, lambda m: m == {"n": "last"}, skipped=seen)
+        assert seen == [{"n": n} for n in range(50)]
         await ws.close()
 
 

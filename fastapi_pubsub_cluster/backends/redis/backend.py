@@ -44,7 +44,8 @@ from .publishing import PublishPath
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
 # Redis connections one worker may hold for commands (per shard on a cluster), besides its
-# pub/sub link (one per Redis server that holds any of its channels).
+# pub/sub link (one per Redis server that holds any of its channels) and, on one Redis, its
+# publish path's own connection (see PublishConnection).
 MAX_REDIS_CONNECTIONS = 8
 
 

@@ -157,6 +157,13 @@ class RedisEndpoint:
             )
 
     @property
+    def is_one_address(self) -> bool:
+        """True when every command goes to one fixed address: not a cluster's shards, nor
+        whichever server Sentinel names the primary (its pool drops its connections when
+        the primary changes; a connection kept elsewhere would publish to a replica)."""
+        return not self.is_cluster and self._sentinel is None
+
+    @property
     def safe_url(self) -> str:
         """The URL with its secrets masked, for messages and logs."""
         return redact_url(self.url)

@@ -28,6 +28,7 @@ from ...settings import PubSubSettings
 from . import scripts
 from .clients import REDIS_DOWN, CommandClient, RedisEndpoint
 from .keys import RedisKeys
+from .publish_connection import PublishConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +68,12 @@ class PublishPath:
         # Plain PUBLISHes waiting for the flusher, and the flusher (while there are any).
         self._queued: list[tuple[Publication, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        # A lone caller's PUBLISH in flight, sent from its own task (no pipeline, no task).
+        # A lone caller's PUBLISH in flight, sent from its own task (no pipeline, no task),
+        # over the path's own connection where commands go to one address.
         self._alone = False
+        self._connection: PublishConnection | None = None
+        if isinstance(client, Redis) and endpoint.is_one_address:
+            self._connection = PublishConnection(client)
 
     def follow(self, settings: PubSubSettings) -> None:
         """Decide history, sizes and time limits by ``settings`` from now on."""
@@ -143,21 +148,28 @@ class PublishPath:
             ) from exc
 
     async def aclose(self) -> None:
-        """Stop the flusher (its waiting callers get an error) and wait for it."""
+        """Stop the flusher (its waiting callers get an error) and wait for it; close the
+        lone callers' connection."""
         flusher, self._flusher = self._flusher, None
         if flusher is not None and not flusher.done():
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+        if self._connection is not None:
+            await self._connection.aclose()
 
     async def _lone(self, publication: Publication) -> int:
         """PUBLISH from the caller's task when nothing else is being published: a lone
-        caller (one publishing in sequence) pays one plain round trip, not a pipeline, a
-        future and a task. Callers that come meanwhile queue for the flusher."""
+        caller (one publishing in sequence) pays one plain round trip, on the path's own
+        connection where there is one (else a pooled one), not a pipeline, a future and a
+        task. Callers that come meanwhile queue for the flusher."""
         self._alone = True
         try:
-            assert isinstance(self._client, Redis)
-            receivers = int(await self._client.publish(publication.topic, publication.data))
+            if self._connection is not None:
+                receivers = await self._connection.publish(publication.topic, publication.data)
+            else:
+                assert isinstance(self._client, Redis)
+                receivers = int(await self._client.publish(publication.topic, publication.data))
         finally:
             self._alone = False
             if self._queued:
