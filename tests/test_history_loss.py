@@ -155,3 +155,38 @@ async def test_a_socket_whose_missed_messages_cannot_be_read_is_closed_to_resume
         await asyncio.wait_for(reconnected.wait(), 10)
         assert await close_code_of(ws) == CloseCode.SERVICE_RESTART
     await admin.aclose()
+
+
+async def test_a_resume_id_from_the_future_does_not_move_the_workers_replay_start(
+    owned_redis: OwnedRedisServer, key_prefix: str
+) -> None:
+    """The first socket of a channel on a worker resumes from a (valid) id far in the
+    future: the replay after a lost link must still start where the stream really is, so
+    that the other sockets get what the deaf link missed."""
+    proxy = DeafeningProxy("127.0.0.1", owned_redis.port)
+    async with proxy.running():
+        settings = make_settings(
+            key_prefix,
+            f"redis://127.0.0.1:{proxy.port}/0",
+            history_channels="kept",
+            probe_interval=0.5,
+            probe_timeout=0.5,
+        )
+        hub = PubSubHub(settings=settings)
+        reconnected = reconnect_signal(hub)
+        async with hub, serve(build_app(hub)) as url:
+            hostile = await connect(f"{url}/ws/kept?since=18446744073709551615-0")
+            await recv_until(hostile, lambda m: m == {"count": 1})
+            ws = await connect(f"{url}/ws/kept")
+            await recv_until(ws, lambda m: m == {"count": 2})
+            assert proxy.deafen_subscribers() == 1
+            for n in (1, 2):  # stored, not heard by the deaf link
+                await hub.publish("kept", {"n": n})
+            await asyncio.wait_for(reconnected.wait(), 10)
+            await hub.publish("kept", {"n": 3})
+            got: list[Any] = []
+            while not got or got[-1] != 3:
+                got.append((await recv_until(ws, stored_or_gap)).get("data", {}).get("n"))
+            assert got == [1, 2, 3]
+            for client in (hostile, ws):
+                await client.close()
