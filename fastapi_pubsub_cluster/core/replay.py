@@ -12,7 +12,7 @@ from ..codec import OutgoingFrame, history_gap_frame, stored_message_frame, stre
 from ..errors import CloseCode
 from ..metrics import Metrics
 from ..settings import PubSubSettings
-from .backend import Backend
+from .backend import Backend, HistorySlice
 from .client import ClientConnection
 from .regeneration import HOOK_TIMEOUT, Regenerator
 
@@ -117,10 +117,23 @@ class StoredDelivery:
                 stored_message_frame(stream_id, payload) for stream_id, payload in stored.entries
             )
             replayed_to = stored.entries[-1][0] if stored.entries else since
-            self._start.setdefault(channel, replayed_to)
+            if channel not in self._start:
+                self._start[channel] = await self._start_after(channel, stored, since, report_gap)
         if tagged:
             frames = [frame.tagged(channel) for frame in frames]
         return frames, replayed_to
+
+    async def _start_after(
+        self, channel: str, stored: HistorySlice, since: str, client_chose: bool
+    ) -> str:
+        """Where this worker's replays of ``channel`` start after the first socket's: an
+        id the stream gave, or the server's own start, never a client's word (a client
+        may name an id from the future, which would hide what others miss)."""
+        if stored.entries:
+            return stored.entries[-1][0]
+        if not client_chose:
+            return since
+        return await self._backend.last_stored_id(channel)
 
     async def replay_missed(self, channel: str) -> None:
         """Deliver what ``channel`` stored after the last message delivered (a lost link),
