@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
 T = TypeVar("T")
+#: Seconds after which a task that has not ended since its cancellation is cancelled again.
+RECANCEL_AFTER = 0.1
 
 
 class TaskSupervisor:
@@ -40,9 +42,14 @@ class TaskSupervisor:
             )
 
     async def close(self) -> None:
-        """Cancel every tracked task and wait until all have finished."""
+        """Cancel every tracked task and wait until all have finished.
+
+        A task still running shortly after its cancellation is cancelled again: some
+        library calls swallow a cancellation that meets a timeout of their own, and the
+        task would otherwise run on (and this wait never end).
+        """
         while self._tasks:
             pending = list(self._tasks)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.wait(pending, timeout=RECANCEL_AFTER)

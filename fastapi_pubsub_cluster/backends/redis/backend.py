@@ -182,11 +182,13 @@ class RedisBackend:
         started, self._started = self._started, None
         if started is None:
             return
+        # Background work first: a heartbeat sent after the leave would register this
+        # worker again (and take its own leave for a loss of its presence).
+        await self._tasks.close()
         try:
             await started.presence.leave_cluster()
         except REDIS_DOWN as exc:
             logger.warning("could not remove presence on shutdown (%r); peers will reap it", exc)
-        await self._tasks.close()
         await self._close(started)
         logger.info("worker %s left the cluster", self.worker_id)
 
