@@ -115,6 +115,12 @@ class PubSubSettings(BaseSettings):
     history_size: int = 1000
     #: Seconds a channel's history lives after its last message.
     history_ttl: float = 86400.0
+    #: Replicas that must have a history message before its publish is acknowledged
+    #: (Redis ``WAIT``, within half ``redis_timeout``; else ``PublishError``); 0: the primary's
+    #: word is enough. Replication is asynchronous: without it, a failover (a Sentinel
+    #: promoting a replica while the old primary still takes writes) may drop messages
+    #: whose publish succeeded. Not on a Redis Cluster.
+    history_min_replicas: int = 0
     #: Origins whose pages may open a websocket besides the app's own: exact
     #: (``https://app.example.com``), patterns (``https://*.example.com``) or ``*``;
     #: comma-separated in the environment. Empty: same origin only. Handshakes without an
@@ -185,6 +191,7 @@ class PubSubSettings(BaseSettings):
 
     @field_validator(
         "presence_event_max_members",
+        "history_min_replicas",
         "probe_interval",
         "inbound_messages_per_second",
         "inbound_bytes_per_second",

@@ -45,8 +45,9 @@ CONNECT_ERRORS = (OSError, TimeoutError, websockets.InvalidHandshake, websockets
 AdminClient = aioredis.Redis | RedisCluster
 
 
-def worker_env(redis_url: str, prefix: str) -> dict[str, str]:
+def worker_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
     return {
+        **extra,
         "PUBSUB_REDIS_URL": redis_url,
         "PUBSUB_KEY_PREFIX": prefix,
         "PUBSUB_HEARTBEAT_TTL": str(TTL),
@@ -78,13 +79,16 @@ class Worker:
 
 
 @contextlib.contextmanager
-def workers(redis_url: str, prefix: str, count: int = 2) -> Iterator[list[Worker]]:
+def workers(
+    redis_url: str, prefix: str, count: int = 2, **extra_env: str
+) -> Iterator[list[Worker]]:
     """``count`` separate uvicorn processes (one worker each), so that one can be paused or
-    killed alone."""
+    killed alone; ``extra_env``: more settings for them."""
     with contextlib.ExitStack() as stack:
         found = []
         for _ in range(count):
-            server = stack.enter_context(uvicorn_server(APP, worker_env(redis_url, prefix)))
+            env = worker_env(redis_url, prefix, **extra_env)
+            server = stack.enter_context(uvicorn_server(APP, env))
             health = httpx.get(f"{server.base}/healthz", timeout=5).json()
             found.append(Worker(server, str(health["worker"])))
         yield found
@@ -92,11 +96,11 @@ def workers(redis_url: str, prefix: str, count: int = 2) -> Iterator[list[Worker
 
 @contextlib.asynccontextmanager
 async def running_workers(
-    redis_url: str, prefix: str, count: int = 2
+    redis_url: str, prefix: str, count: int = 2, **extra_env: str
 ) -> AsyncIterator[list[Worker]]:
     """:func:`workers`, started and stopped off the event loop (which may be serving a proxy
     the workers reach Redis through)."""
-    started = workers(redis_url, prefix, count)
+    started = workers(redis_url, prefix, count, **extra_env)
     found = await asyncio.to_thread(started.__enter__)
     try:
         yield found

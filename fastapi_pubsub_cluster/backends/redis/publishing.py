@@ -23,7 +23,7 @@ from ...codec import (
     packed_timestamp,
     stored_envelope_head,
 )
-from ...errors import PublishError
+from ...errors import ConfigurationError, PublishError
 from ...settings import PubSubSettings
 from . import scripts
 from .clients import REDIS_DOWN, CommandClient, RedisEndpoint
@@ -61,7 +61,7 @@ class PublishPath:
     ) -> None:
         self._endpoint = endpoint
         self._client = client
-        self._settings = settings
+        self._settings = self._checked(settings)
         self._keys = RedisKeys(settings.key_prefix)
         self._origin = origin
         self._store = client.register_script(scripts.STORE)
@@ -77,7 +77,16 @@ class PublishPath:
 
     def follow(self, settings: PubSubSettings) -> None:
         """Decide history, sizes and time limits by ``settings`` from now on."""
-        self._settings = settings
+        self._settings = self._checked(settings)
+
+    def _checked(self, settings: PubSubSettings) -> PubSubSettings:
+        if settings.history_min_replicas and not isinstance(self._client, Redis):
+            # WAIT counts the replicas of the one node a connection reaches; a cluster's
+            # history streams live on many.
+            raise ConfigurationError(
+                "PUBSUB_HISTORY_MIN_REPLICAS is not supported on a Redis Cluster; set it to 0"
+            )
+        return settings
 
     def prepare(self, channel: str, payload: Any, exclude: str | None = None) -> Publication:
         """Validate and encode; raises InvalidChannelError, MalformedMessageError or
@@ -138,6 +147,8 @@ class PublishPath:
                     return await self._endpoint.publish_raw(
                         self._client, publication.topic, publication.data
                     )
+                if self._settings.history_min_replicas:
+                    return await self._store_replicated(publication)
                 _, receivers = await self._store(
                     keys=publication.script_keys, args=publication.script_args
                 )
@@ -146,6 +157,26 @@ class PublishPath:
             raise PublishError(
                 f"cannot publish to {publication.channel!r}, Redis unavailable: {exc!r}"
             ) from exc
+
+    async def _store_replicated(self, publication: Publication) -> int:
+        """The store script, then ``WAIT`` on the same connection: acknowledged only once
+        ``history_min_replicas`` replicas have it (so a promoted replica does)."""
+        assert isinstance(self._client, Redis)  # refused on a cluster at startup
+        settings = self._settings
+        wanted = settings.history_min_replicas
+        pipe = self._client.pipeline(transaction=False)
+        await self._store(keys=publication.script_keys, args=publication.script_args, client=pipe)
+        # Half the command time limit: the connection's read must not time out first.
+        wait_s = settings.redis_timeout / 2
+        pipe.execute_command("WAIT", wanted, max(1, int(wait_s * 1000)))
+        (_, receivers), confirmed = await pipe.execute()
+        if int(confirmed) < wanted:
+            raise PublishError(
+                f"{publication.channel!r}: stored, but {confirmed} of {wanted} replica(s) "
+                f"confirmed it within {wait_s:g}s (history_min_replicas); a failover may "
+                "lose it"
+            )
+        return int(receivers)
 
     async def aclose(self) -> None:
         """Stop the flusher (its waiting callers get an error) and wait for it; close the
