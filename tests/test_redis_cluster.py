@@ -15,6 +15,7 @@ from redis.crc import key_slot
 
 from fastapi_pubsub_cluster import PubSubHub, RedisBackend, RedisPublisher
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
+from fastapi_pubsub_cluster.errors import ConfigurationError
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import (
@@ -124,6 +125,19 @@ async def test_history_resume_on_a_cluster(
         missed = [await recv_until(back, lambda m: "id" in m) for _ in range(20)]
         assert [m["data"]["n"] for m in missed] == list(range(1, 21))
         await back.close()
+
+
+async def test_history_min_replicas_is_refused_on_a_cluster(
+    redis_cluster: OwnedRedisCluster, key_prefix: str
+) -> None:
+    """WAIT counts one node's replicas; a cluster's streams live on many: said at startup."""
+    settings = make_settings(
+        key_prefix, redis_cluster.url, history_channels="shard-test-.*", history_min_replicas=1
+    )
+    hub = PubSubHub(settings=settings)
+    with pytest.raises(ConfigurationError, match="PUBSUB_HISTORY_MIN_REPLICAS"):
+        await hub.start()
+    await hub.stop()
 
 
 async def test_killed_worker_is_reaped_on_a_cluster(
