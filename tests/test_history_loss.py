@@ -9,9 +9,13 @@ up to date, told of the gap, or closed so that it resumes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from websockets.asyncio.client import ClientConnection
 
 from fastapi_pubsub_cluster import PubSubHub
 from fastapi_pubsub_cluster.errors import CloseCode
@@ -24,6 +28,41 @@ from tools.redis_servers import OwnedRedisServer
 
 def stored_or_gap(message: Any) -> bool:
     return isinstance(message, dict) and ("id" in message or "history_gap" in message)
+
+
+@dataclass
+class DeafenableHub:
+    """A hub (history channel ``kept``) reaching Redis through a proxy that can deafen its
+    pub/sub link; ``reconnected`` is set once the link is renewed."""
+
+    hub: PubSubHub
+    url: str
+    proxy: DeafeningProxy
+    reconnected: asyncio.Event
+
+    async def stored_until(self, ws: ClientConnection, last: int) -> list[Any]:
+        """The ``n`` of each stored message (or gap) ``ws`` receives, up to ``last``."""
+        got: list[Any] = []
+        while not got or got[-1] != last:
+            got.append((await recv_until(ws, stored_or_gap)).get("data", {}).get("n"))
+        return got
+
+
+@asynccontextmanager
+async def deafenable_hub(server: OwnedRedisServer, key_prefix: str) -> AsyncIterator[DeafenableHub]:
+    proxy = DeafeningProxy("127.0.0.1", server.port)
+    async with proxy.running():
+        settings = make_settings(
+            key_prefix,
+            f"redis://127.0.0.1:{proxy.port}/0",
+            history_channels="kept",
+            probe_interval=0.5,
+            probe_timeout=0.5,
+        )
+        hub = PubSubHub(settings=settings)
+        reconnected = reconnect_signal(hub)
+        async with hub, serve(build_app(hub)) as url:
+            yield DeafenableHub(hub, url, proxy, reconnected)
 
 
 async def restart_without_data(server: OwnedRedisServer, reconnected: asyncio.Event) -> None:
@@ -99,30 +138,16 @@ async def test_a_link_that_missed_the_first_messages_of_a_channel_replays_them(
 ) -> None:
     """A socket that had received nothing yet when the link went deaf still gets what was
     stored meanwhile, once the link is renewed."""
-    proxy = DeafeningProxy("127.0.0.1", owned_redis.port)
-    async with proxy.running():
-        settings = make_settings(
-            key_prefix,
-            f"redis://127.0.0.1:{proxy.port}/0",
-            history_channels="kept",
-            probe_interval=0.5,
-            probe_timeout=0.5,
-        )
-        hub = PubSubHub(settings=settings)
-        reconnected = reconnect_signal(hub)
-        async with hub, serve(build_app(hub)) as url:
-            ws = await connect(f"{url}/ws/kept")
-            await recv_until(ws, lambda m: m == {"count": 1})
-            assert proxy.deafen_subscribers() == 1
-            for n in (1, 2, 3):  # stored, not heard by the deaf link
-                await hub.publish("kept", {"n": n})
-            await asyncio.wait_for(reconnected.wait(), 10)
-            await hub.publish("kept", {"n": 4})
-            got: list[Any] = []
-            while not got or got[-1] != 4:
-                got.append((await recv_until(ws, stored_or_gap)).get("data", {}).get("n"))
-            assert got == [1, 2, 3, 4]
-            await ws.close()
+    async with deafenable_hub(owned_redis, key_prefix) as rig:
+        ws = await connect(f"{rig.url}/ws/kept")
+        await recv_until(ws, lambda m: m == {"count": 1})
+        assert rig.proxy.deafen_subscribers() == 1
+        for n in (1, 2, 3):  # stored, not heard by the deaf link
+            await rig.hub.publish("kept", {"n": n})
+        await asyncio.wait_for(rig.reconnected.wait(), 10)
+        await rig.hub.publish("kept", {"n": 4})
+        assert await rig.stored_until(ws, 4) == [1, 2, 3, 4]
+        await ws.close()
 
 
 async def test_a_socket_whose_missed_messages_cannot_be_read_is_closed_to_resume(
@@ -163,30 +188,16 @@ async def test_a_resume_id_from_the_future_does_not_move_the_workers_replay_star
     """The first socket of a channel on a worker resumes from a (valid) id far in the
     future: the replay after a lost link must still start where the stream really is, so
     that the other sockets get what the deaf link missed."""
-    proxy = DeafeningProxy("127.0.0.1", owned_redis.port)
-    async with proxy.running():
-        settings = make_settings(
-            key_prefix,
-            f"redis://127.0.0.1:{proxy.port}/0",
-            history_channels="kept",
-            probe_interval=0.5,
-            probe_timeout=0.5,
-        )
-        hub = PubSubHub(settings=settings)
-        reconnected = reconnect_signal(hub)
-        async with hub, serve(build_app(hub)) as url:
-            hostile = await connect(f"{url}/ws/kept?since=18446744073709551615-0")
-            await recv_until(hostile, lambda m: m == {"count": 1})
-            ws = await connect(f"{url}/ws/kept")
-            await recv_until(ws, lambda m: m == {"count": 2})
-            assert proxy.deafen_subscribers() == 1
-            for n in (1, 2):  # stored, not heard by the deaf link
-                await hub.publish("kept", {"n": n})
-            await asyncio.wait_for(reconnected.wait(), 10)
-            await hub.publish("kept", {"n": 3})
-            got: list[Any] = []
-            while not got or got[-1] != 3:
-                got.append((await recv_until(ws, stored_or_gap)).get("data", {}).get("n"))
-            assert got == [1, 2, 3]
-            for client in (hostile, ws):
-                await client.close()
+    async with deafenable_hub(owned_redis, key_prefix) as rig:
+        hostile = await connect(f"{rig.url}/ws/kept?since=18446744073709551615-0")
+        await recv_until(hostile, lambda m: m == {"count": 1})
+        ws = await connect(f"{rig.url}/ws/kept")
+        await recv_until(ws, lambda m: m == {"count": 2})
+        assert rig.proxy.deafen_subscribers() == 1
+        for n in (1, 2):  # stored, not heard by the deaf link
+            await rig.hub.publish("kept", {"n": n})
+        await asyncio.wait_for(rig.reconnected.wait(), 10)
+        await rig.hub.publish("kept", {"n": 3})
+        assert await rig.stored_until(ws, 3) == [1, 2, 3]
+        for client in (hostile, ws):
+            await client.close()
