@@ -140,8 +140,9 @@ class FanOut:
         channel = connection.channel
         asked = connection.resume_from is not None
         # A tagged client learns where to resume (its welcome); on a history channel the
-        # worker also needs a start for this channel, to replay what a lost link misses.
-        if connection.tagged or self.settings.has_history(channel):
+        # worker also needs a start for this channel (once), to replay what a lost link
+        # misses.
+        if connection.tagged or (not asked and self._stored.lacks_start(channel)):
             connection.resume_from = await self._stored.resume_point(
                 channel, connection.resume_from
             )

@@ -79,6 +79,15 @@ class StoredDelivery:
             if channel in self._last or channel in self._start:
                 self._held.setdefault(channel, [])
 
+    def lacks_start(self, channel: str) -> bool:
+        """True for a history channel this worker has no replay start for yet (nothing
+        delivered, no socket's replay read): the next joining socket reads one."""
+        return (
+            self._settings.has_history(channel)
+            and channel not in self._last
+            and channel not in self._start
+        )
+
     def forget(self, channel: str) -> None:
         """``channel`` is no longer heard."""
         self._last.pop(channel, None)
