@@ -29,9 +29,10 @@ deflated by hand. This module is the edge: it depends on the core, never the oth
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, cast, get_args
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.base import ServerExtensionFactory
@@ -42,6 +43,7 @@ from websockets.extensions.permessage_deflate import (
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
+from .coalescing import OrderedTransport, iteration_flush
 from .codec import OutgoingFrame
 from .core.sockets import DIRECT_WRITE_EXTENSION
 from .errors import ConfigurationError
@@ -161,12 +163,15 @@ PREPARED = PreparedFrames()
 
 
 class DirectWriter:
-    """Writes ready-made data frames straight to one connection's transport."""
+    """Writes ready-made data frames straight to one connection's transport (queued until
+    the end of the loop iteration, so that a socket's frames of one iteration take one
+    write: see :mod:`~fastapi_pubsub_cluster.coalescing`)."""
 
-    __slots__ = ("frames_written", "protocol")
+    __slots__ = ("frames_written", "protocol", "transport")
 
-    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+    def __init__(self, protocol: WebSocketsSansIOProtocol, transport: OrderedTransport) -> None:
         self.protocol = protocol
+        self.transport = transport
         #: Frames this writer wrote (so that tests and metrics can see the path is used).
         self.frames_written = 0
 
@@ -196,13 +201,13 @@ class DirectWriter:
                 # A context per socket: its frame is its own, compressed by its extension as
                 # the protocol's send_text() would (minus checks made above).
                 wire = PREPARED.data(frame, text=text).serialize(mask=False, extensions=extensions)
-        protocol.transport.write(wire)
+        self.transport.queue(wire)
         self.frames_written += 1
         return True
 
     def abort(self) -> None:
         """Drop the connection without flushing: uvicorn then reports a disconnect."""
-        self.protocol.transport.abort()
+        self.transport.abort()
 
 
 class PubSubWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -221,6 +226,13 @@ class PubSubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.available_extensions = compression_extensions(self.policy())
         else:
             self.conn.available_extensions = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Every write of the protocol goes through it: none overtakes a queued direct frame.
+        self.ordered_transport = OrderedTransport(
+            cast(asyncio.Transport, transport), iteration_flush()
+        )
+        super().connection_made(self.ordered_transport)
 
     @classmethod
     def policy(cls) -> Compression:
@@ -248,4 +260,5 @@ class PubSubWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             # The app task was created but has not run yet: it sees the extension.
-            scope.setdefault("extensions", {})[DIRECT_WRITE_EXTENSION] = DirectWriter(self)
+            writer = DirectWriter(self, self.ordered_transport)
+            scope.setdefault("extensions", {})[DIRECT_WRITE_EXTENSION] = writer

@@ -1,0 +1,74 @@
+"""The direct path writes a socket's frames of one loop iteration together; nothing the
+server writes otherwise (ASGI sends, close frames) may overtake them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import websockets
+
+from fastapi_pubsub_cluster import PubSubHub
+from fastapi_pubsub_cluster.uvicorn_ws import PubSubWebSocketProtocol
+from tests.apps.local_app import CountingSocket, build_app
+from tests.conftest import make_settings
+from tests.live import connect, recv_until, serve
+from tests.test_compression import OFFERS
+
+POLICIES = [("off", "uncompressed"), ("shared", "chromium"), ("per-socket", "firefox")]
+
+
+class PublishesThenSpeaks(CountingSocket):
+    """On ``{"n": n, "then": ...}``: publishes ``{"published": n}`` to its channel (in
+    memory, handed to every socket at once), then sends ``{"said": n}`` to its own client
+    through ASGI (``"say"``) or closes the socket (``"close"``)."""
+
+    async def on_message(self, data: Any) -> None:
+        await self.publish({"published": data["n"]})
+        if data["then"] == "say":
+            await self.send_message(json.dumps({"said": data["n"]}))
+        elif data["then"] == "close":
+            await self.close(4000, "done")
+
+
+@pytest.fixture
+async def memory_hub(key_prefix: str) -> AsyncIterator[PubSubHub]:
+    async with PubSubHub(settings=make_settings(key_prefix, None)) as hub:
+        yield hub
+
+
+@pytest.mark.parametrize(("policy", "offer"), POLICIES)
+async def test_a_frame_sent_through_asgi_never_overtakes_a_queued_broadcast(
+    memory_hub: PubSubHub, policy: Any, offer: str
+) -> None:
+    protocol = PubSubWebSocketProtocol.with_compression(policy)
+    app = build_app(memory_hub, PublishesThenSpeaks)
+    async with serve(app, ws=protocol) as url:
+        ws = await connect(f"{url}/ws/order", compression=None, extensions=OFFERS[offer])
+        await recv_until(ws, lambda m: m == {"count": 1})
+        for n in range(20):
+            await ws.send(json.dumps({"n": n, "then": "say"}))
+        received = []
+        while len(received) < 40:
+            received.append(await recv_until(ws, lambda m: "published" in m or "said" in m))
+        expected = [m for n in range(20) for m in ({"published": n}, {"said": n})]
+        assert received == expected
+        await ws.close()
+
+
+@pytest.mark.parametrize(("policy", "offer"), POLICIES)
+async def test_a_close_right_after_a_broadcast_comes_after_it(
+    memory_hub: PubSubHub, policy: Any, offer: str
+) -> None:
+    protocol = PubSubWebSocketProtocol.with_compression(policy)
+    app = build_app(memory_hub, PublishesThenSpeaks)
+    async with serve(app, ws=protocol) as url:
+        ws = await connect(f"{url}/ws/closing", compression=None, extensions=OFFERS[offer])
+        await recv_until(ws, lambda m: m == {"count": 1})
+        await ws.send(json.dumps({"n": 7, "then": "close"}))
+        assert await recv_until(ws, lambda m: "published" in m) == {"published": 7}
+        with pytest.raises(websockets.ConnectionClosed):
+            await recv_until(ws, lambda m: True)
+        assert ws.close_code == 4000
