@@ -15,7 +15,14 @@ from ..codec import OutgoingFrame
 from ..errors import CloseCode
 from ..settings import PubSubSettings, WireFormat
 from .flow import ChannelFlow
-from .sends import SuspendedSend, finish_send, start_send, task_started, warn_cannot_abort
+from .sends import (
+    SuspendedSend,
+    finish_send,
+    server_send,
+    start_send,
+    task_started,
+    warn_cannot_abort,
+)
 from .sockets import DIRECT_WRITE_EXTENSION, DirectWriter, SocketHooks
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -56,6 +63,7 @@ class ClientConnection:
         "_own",
         "_owner",
         "_ready",
+        "_send",
         "_settings",
         "_suspended",
         "_writer",
@@ -89,6 +97,7 @@ class ClientConnection:
         tagged: bool = False,
     ) -> None:
         self.websocket = websocket
+        self._send = server_send(websocket)
         self.channel = channel
         self.id = connection_id
         #: The user this connection belongs to (``send_to_user``), if the socket said.
@@ -271,9 +280,9 @@ class ClientConnection:
         client's writer task, and later frames queue behind it in the bounded outbox.
         """
         try:
-            # The ASGI message goes to websocket.send itself: no send_text wrapper, and the
+            # The ASGI message goes to the server's send itself: no send_text wrapper, and the
             # message is the frame's own, shared by all its sockets.
-            suspended = start_send(self.websocket.send(message))
+            suspended = start_send(self._send(message))
         except Exception as exc:  # the client vanished, or the socket is closing
             self._lost(exc)
             return False
@@ -389,6 +398,6 @@ class ClientConnection:
                     finally:
                         self._suspended = None
                 while self._outbox:
-                    await self.websocket.send(self._outbox.popleft())
+                    await self._send(self._outbox.popleft())
             finally:
                 self._writing = False
