@@ -17,6 +17,11 @@ from typing import Any
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
+#: Bytes a socket's frames may wait for the end of the iteration; beyond, they are written
+#: at once, so that the transport sees them and applies backpressure (uvicorn's write
+#: buffer high-water mark, the default of asyncio and uvloop).
+MAX_QUEUED_BYTES = 64 * 1024
+
 
 class IterationFlush:
     """The transports of one event loop with frames queued in this iteration."""
@@ -63,26 +68,33 @@ class OrderedTransport(asyncio.Transport):
     ``abort`` drops it. Everything else is the wrapped transport's.
     """
 
-    __slots__ = ("_flush", "_queued", "wrapped")
+    __slots__ = ("_flush", "_queued", "_queued_bytes", "wrapped")
 
     def __init__(self, wrapped: asyncio.Transport, flush: IterationFlush) -> None:
         super().__init__()
         self.wrapped = wrapped
         self._flush = flush
         self._queued: list[bytes] | None = None
+        self._queued_bytes = 0
 
     def queue(self, data: bytes) -> None:
-        """Write ``data`` at the end of this loop iteration (or before any other write)."""
+        """Write ``data`` at the end of this loop iteration (or before any other write, or
+        at once when :data:`MAX_QUEUED_BYTES` wait)."""
         queued = self._queued
         if queued is None:
             self._queued = [data]
+            self._queued_bytes = len(data)
             self._flush.add(self)
         else:
             queued.append(data)
+            self._queued_bytes += len(data)
+        if self._queued_bytes >= MAX_QUEUED_BYTES:
+            self.flush()
 
     def flush(self) -> None:
         """Write what is queued, in one call, unless the connection is closing."""
         queued, self._queued = self._queued, None
+        self._queued_bytes = 0
         if queued and not self.wrapped.is_closing():
             if len(queued) == 1:
                 self.wrapped.write(queued[0])

@@ -11,11 +11,13 @@ import pytest
 import websockets
 
 from fastapi_pubsub_cluster import PubSubHub
+from fastapi_pubsub_cluster.errors import CloseCode
 from fastapi_pubsub_cluster.uvicorn_ws import PubSubWebSocketProtocol
 from tests.apps.local_app import CountingSocket, build_app
 from tests.conftest import make_settings
-from tests.live import connect, recv_until, serve
+from tests.live import close_code_of, connect, recv_until, serve, stalled_client
 from tests.test_compression import OFFERS
+from tests.test_slow_clients import BIG
 
 POLICIES = [("off", "uncompressed"), ("shared", "chromium"), ("per-socket", "firefox")]
 
@@ -72,3 +74,18 @@ async def test_a_close_right_after_a_broadcast_comes_after_it(
         with pytest.raises(websockets.ConnectionClosed):
             await recv_until(ws, lambda m: True)
         assert ws.close_code == 4000
+
+
+async def test_frames_held_for_one_write_stay_bounded_for_a_client_that_stopped_reading(
+    key_prefix: str,
+) -> None:
+    """Published in one loop iteration, megabytes for a client that reads nothing are not
+    held back for one write: the socket applies backpressure at once, and the slow-client
+    policy disconnects the client without any later message."""
+    settings = make_settings(key_prefix, None, send_queue_size=8)
+    hub = PubSubHub(settings=settings)
+    async with hub, serve(build_app(hub), ws=PubSubWebSocketProtocol) as url:
+        slow = await stalled_client(f"{url}/ws/flood")
+        for n in range(60):  # in memory, publish() never waits: one iteration
+            await hub.publish("flood", {"n": n, "pad": BIG})
+        assert await close_code_of(slow, timeout=20) == CloseCode.POLICY_VIOLATION
