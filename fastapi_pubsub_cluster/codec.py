@@ -283,11 +283,15 @@ def event_frame(event: str, channel: str, **fields: Any) -> OutgoingFrame:
     return OutgoingFrame({"event": event, "channel": channel, **fields})
 
 
+#: One encoder for every frame: ``json.dumps`` with options builds a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode_json(payload: Any) -> str:
     """Strict compact JSON: bytes, NaN and infinities are not JSON (browsers' ``JSON.parse``
     rejects them) and raise MalformedMessageError, as does nesting too deep to encode."""
     try:
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _JSON.encode(payload)
     except (TypeError, ValueError, RecursionError) as exc:
         raise MalformedMessageError(f"payload cannot be encoded as JSON: {exc}") from exc
 
