@@ -53,9 +53,11 @@ from benchmarks.targets import by_name
 from tools.processes import raise_open_files_limit
 
 NOTES = (
-    "Server CPU = user+system seconds of the server process tree (psutil) from the first "
-    "publish to the last receipt, divided by frames received; 'sys' includes the loopback "
-    "TCP receive path the sender pays for.",
+    "Server CPU = seconds on CPU of the server process tree from the first publish to the "
+    "last receipt, divided by frames received: the sum from each thread's schedstat "
+    "(nanoseconds), split into user and sys by psutil's clock ticks (10 ms, which alone "
+    "would be ±30% of a short burst); 'sys' includes the loopback TCP receive path the "
+    "sender pays for.",
     "Latency = receipt time minus the send time in the payload, at a steady 2 and 10 msg/s.",
     "Clients: two processes, plain `websockets` client, no permessage-deflate offered "
     "(so no server compresses), engine.io spoken by hand for socket.io.",

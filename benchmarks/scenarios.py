@@ -190,9 +190,10 @@ async def burst(live: Session, messages: int, prefix: str, body: Any = PADDING) 
     received = collected.received
     elapsed = max(1e-6, (collected.last_receipt_us - started_us) / 1e6)
     per = 1e6 / received if received else None
+    user, system = cpu.split()
     return {
-        f"{prefix}cpu_user_us": cpu.user * per if per else None,
-        f"{prefix}cpu_sys_us": cpu.system * per if per else None,
+        f"{prefix}cpu_user_us": user * per if per else None,
+        f"{prefix}cpu_sys_us": system * per if per else None,
         f"{prefix}cpu_us": cpu.total * per if per else None,
         f"{prefix}deliveries_per_s": received / elapsed if received else None,
         f"{prefix}lost": float(expected - received),
