@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 from fastapi_pubsub_cluster import PubSubHub
 from fastapi_pubsub_cluster.errors import CloseCode
@@ -41,15 +43,24 @@ async def memory_hub(key_prefix: str) -> AsyncIterator[PubSubHub]:
         yield hub
 
 
+@asynccontextmanager
+async def lone_client(
+    hub: PubSubHub, policy: Any, offer: str, channel: str
+) -> AsyncIterator[ClientConnection]:
+    """One client offering ``offer`` in ``channel`` of a :class:`PublishesThenSpeaks` app
+    served with the direct protocol under ``policy``, once it counts."""
+    protocol = PubSubWebSocketProtocol.with_compression(policy)
+    async with serve(build_app(hub, PublishesThenSpeaks), ws=protocol) as url:
+        ws = await connect(f"{url}/ws/{channel}", compression=None, extensions=OFFERS[offer])
+        await recv_until(ws, lambda m: m == {"count": 1})
+        yield ws
+
+
 @pytest.mark.parametrize(("policy", "offer"), POLICIES)
 async def test_a_frame_sent_through_asgi_never_overtakes_a_queued_broadcast(
     memory_hub: PubSubHub, policy: Any, offer: str
 ) -> None:
-    protocol = PubSubWebSocketProtocol.with_compression(policy)
-    app = build_app(memory_hub, PublishesThenSpeaks)
-    async with serve(app, ws=protocol) as url:
-        ws = await connect(f"{url}/ws/order", compression=None, extensions=OFFERS[offer])
-        await recv_until(ws, lambda m: m == {"count": 1})
+    async with lone_client(memory_hub, policy, offer, "order") as ws:
         for n in range(20):
             await ws.send(json.dumps({"n": n, "then": "say"}))
         received = []
@@ -64,11 +75,7 @@ async def test_a_frame_sent_through_asgi_never_overtakes_a_queued_broadcast(
 async def test_a_close_right_after_a_broadcast_comes_after_it(
     memory_hub: PubSubHub, policy: Any, offer: str
 ) -> None:
-    protocol = PubSubWebSocketProtocol.with_compression(policy)
-    app = build_app(memory_hub, PublishesThenSpeaks)
-    async with serve(app, ws=protocol) as url:
-        ws = await connect(f"{url}/ws/closing", compression=None, extensions=OFFERS[offer])
-        await recv_until(ws, lambda m: m == {"count": 1})
+    async with lone_client(memory_hub, policy, offer, "closing") as ws:
         await ws.send(json.dumps({"n": 7, "then": "close"}))
         assert await recv_until(ws, lambda m: "published" in m) == {"published": 7}
         with pytest.raises(websockets.ConnectionClosed):
