@@ -40,11 +40,11 @@ def start_send(send: Coroutine[Any, Any, None]) -> SuspendedSend | None:
     """Run ``send`` until it first has to wait: None if it completed at once (a server's
     send normally does: the socket's buffer takes the frame, no task switch). Raises what
     ``send`` raises."""
-    try:
-        waiting_on = send.send(None)
-    except StopIteration:
-        return None
-    return send, waiting_on
+    # Iterating the coroutine steps it as ``send(None)`` does, but a finished coroutine
+    # ends the loop without raising StopIteration (saves about a third of this call).
+    for waiting_on in send.__await__():
+        return send, waiting_on
+    return None
 
 
 async def finish_send(suspended: SuspendedSend) -> None:
