@@ -14,7 +14,7 @@ from ...errors import ConfigurationError
 from ...settings import PubSubSettings
 from .clients import CommandClient
 from .keys import RedisKeys
-from .presence import text
+from .replies import text
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 

@@ -24,6 +24,7 @@ from . import scripts
 from .clients import REDIS_DOWN, CommandClient
 from .gate import ChannelGate
 from .keys import RedisKeys
+from .replies import text
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -31,10 +32,6 @@ logger = logging.getLogger("fastapi_pubsub_cluster")
 BEATS_PER_RECONCILE = 10
 #: The directory's name in the gate (no channel id can hold a NUL).
 _GATE_NAME = "\x00directory"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Directory:
@@ -168,9 +165,9 @@ class Directory:
         """Remove ``removed`` entries from their users' sets; add the ``live`` ones."""
         async with self._client.pipeline(transaction=False) as pipe:
             for i in range(0, len(removed), 2):
-                owner = _text(removed[i + 1]).partition(" ")[2]
+                owner = text(removed[i + 1]).partition(" ")[2]
                 if owner:
-                    pipe.srem(self._keys.user_connections(owner), _text(removed[i]))
+                    pipe.srem(self._keys.user_connections(owner), text(removed[i]))
             for connection_id, user_id in live.items():
                 if user_id is not None:
                     pipe.sadd(self._keys.user_connections(user_id), connection_id)
@@ -179,7 +176,7 @@ class Directory:
     async def user_connections(self, user_id: str) -> frozenset[str]:
         """Ids of ``user_id``'s connections on every worker."""
         members = await self._client.smembers(self._keys.user_connections(user_id))
-        return frozenset(_text(m) for m in members)
+        return frozenset(text(m) for m in members)
 
     async def send(self, worker_id: str, connection_ids: Sequence[str], payload: Any) -> int:
         """Publish a DIRECT envelope on ``worker_id``'s inbox if it holds any of

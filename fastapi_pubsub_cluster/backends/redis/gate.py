@@ -41,15 +41,17 @@ class ChannelGate:
                     self._changed.notify_all()
 
     @asynccontextmanager
-    async def reconciliation(self, name: str) -> AsyncIterator[None]:
-        """Hold while ``name`` is reconciled: alone, after the changes in flight."""
+    async def reconciliation(self, *names: str) -> AsyncIterator[None]:
+        """Hold while ``names`` are reconciled: alone, after the changes in flight. All are
+        taken at once, so that two reconciliations of several names never wait on each
+        other."""
         async with self._changed:
-            await self._changed.wait_for(lambda: name not in self._exclusive)
-            self._exclusive.add(name)
-            await self._changed.wait_for(lambda: name not in self._active)
+            await self._changed.wait_for(lambda: self._exclusive.isdisjoint(names))
+            self._exclusive.update(names)
+            await self._changed.wait_for(lambda: self._active.keys().isdisjoint(names))
         try:
             yield
         finally:
             async with self._changed:
-                self._exclusive.discard(name)
+                self._exclusive.difference_update(names)
                 self._changed.notify_all()

@@ -10,7 +10,7 @@ from ...errors import MalformedMessageError
 from ...settings import PubSubSettings
 from . import scripts
 from .clients import CommandClient
-from .presence import text
+from .replies import text
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 

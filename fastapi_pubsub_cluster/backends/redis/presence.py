@@ -10,12 +10,11 @@ next heartbeat; every channel is reconciled now and then regardless.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from ...codec import encode_json
@@ -28,18 +27,10 @@ from .directory import Directory
 from .gate import ChannelGate
 from .keys import RedisKeys
 from .reaping import Reaper
+from .replies import metadata_of, text
+from .sweep import CHANNELS_PER_BEAT, Sweep
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
-
-#: Channels reconciled per heartbeat by the sweep that covers every channel in turn.
-SWEEP_CHANNELS_PER_BEAT = 64
-#: Heartbeats between the starts of two sweeps over every channel.
-BEATS_PER_SWEEP = 10
-
-
-def text(value: bytes | str) -> str:
-    """A Redis reply as text."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Presence:
@@ -83,8 +74,7 @@ class Presence:
         self._in_doubt: set[str] = set()
         # Earlier instances of this worker, reaped once nothing is in doubt.
         self._retired: list[str] = []
-        self._sweep: deque[str] = deque()
-        self._beats_since_sweep = BEATS_PER_SWEEP
+        self._sweep = Sweep(local.local_channels)
         #: Keeps reconciliations from racing this worker's own joins and leaves.
         self.gate = ChannelGate()
         #: Which worker holds which connection, and whose it is (targeted sends).
@@ -200,7 +190,7 @@ class Presence:
         raw_members, raw_seq, raw_meta = await self._snapshot(
             keys=[keys.members(channel), keys.seq(channel), keys.meta(channel)]
         )
-        return frozenset(text(m) for m in raw_members), int(raw_seq or 0), _metadata(raw_meta)
+        return frozenset(text(m) for m in raw_members), int(raw_seq or 0), metadata_of(raw_meta)
 
     async def presence(self, channel: str) -> dict[str, Any]:
         """Connection id -> metadata (None without) in ``channel``."""
@@ -227,60 +217,78 @@ class Presence:
     async def reconcile(self, channel: str) -> int:
         """Make this worker's entries in ``channel`` match its live connections there;
         how many entries changed (each announced)."""
-        async with self.gate.reconciliation(channel):
-            return await self._reconcile_alone(channel)
+        return await self.reconcile_together([channel])
 
-    async def _reconcile_alone(self, channel: str) -> int:
-        live = list(self._local.local_members(channel))
-        if live and channel not in self._recorded_channels:
-            await self.record_channel(channel)
+    async def reconcile_together(self, channels: Sequence[str]) -> int:
+        """Reconcile ``channels`` (a heartbeat's share, a few dozen) in one round trip on a
+        single Redis, and one by one on a cluster (a pipeline of scripts there would span
+        slots); how many entries changed in all."""
+        async with self.gate.reconciliation(*channels):
+            unrecorded = [
+                channel
+                for channel in channels
+                if channel not in self._recorded_channels and self._local.local_members(channel)
+            ]
+            calls = [self._reconcile_call(channel) for channel in channels]
+            if isinstance(self._client, RedisCluster):
+                for channel in unrecorded:
+                    await self.record_channel(channel)
+                changes = [await self._reconcile(keys=keys, args=args) for keys, args in calls]
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    if unrecorded:
+                        pipe.sadd(self._keys.worker_channels(self.instance), *unrecorded)
+                    for keys, args in calls:
+                        await self._reconcile(keys=keys, args=args, client=pipe)
+                    replies = await pipe.execute()
+                self._recorded_channels.update(unrecorded)
+                changes = replies[1:] if unrecorded else replies
+        for channel, changed in zip(channels, changes, strict=True):
+            if changed:
+                logger.info(
+                    "reconciled %d presence entries of %s in %r", changed, self.instance, channel
+                )
+        return sum(int(changed) for changed in changes)
+
+    def _reconcile_call(self, channel: str) -> tuple[list[str], list[Any]]:
+        """The reconcile script's keys and arguments for ``channel``, from the local truth."""
         metadata = self._local.local_metadata(channel)
         live_with_meta: list[str] = []
-        for connection_id in live:
+        for connection_id in self._local.local_members(channel):
             meta = metadata.get(connection_id)
             live_with_meta += [connection_id, encode_json(meta) if meta is not None else ""]
         keys = self._keys
-        changed = await self._reconcile(
-            keys=self._keys.presence(channel),
-            args=[
-                self._publish_command,
-                keys.topic(channel),
-                channel,
-                self.instance,
-                f"{self._worker_id}#",
-                scripts.SEQ_IDLE_TTL_MS,
-                *live_with_meta,
-            ],
-        )
-        if changed:
-            logger.info(
-                "reconciled %d presence entries of %s in %r", changed, self.instance, channel
-            )
-        return int(changed)
+        args = [
+            self._publish_command,
+            keys.topic(channel),
+            channel,
+            self.instance,
+            f"{self._worker_id}#",
+            scripts.SEQ_IDLE_TTL_MS,
+            *live_with_meta,
+        ]
+        return keys.presence(channel), args
 
     async def reconcile_in_doubt(self) -> None:
         """Reconcile every channel in doubt; those Redis does not answer for stay in doubt."""
         await self.settle(list(self._in_doubt))
 
     async def settle(self, channels: Iterable[str]) -> None:
-        """Reconcile ``channels`` now; raises (leaving the rest in doubt) if Redis does not
-        answer."""
-        for channel in channels:
-            self._in_doubt.add(channel)
-            await self.reconcile(channel)
-            self._in_doubt.discard(channel)
+        """Reconcile ``channels`` now, a heartbeat's share per round trip; raises if Redis
+        does not answer, leaving those not reconciled yet in doubt."""
+        pending = list(channels)
+        self._in_doubt.update(pending)
+        for start in range(0, len(pending), CHANNELS_PER_BEAT):
+            batch = pending[start : start + CHANNELS_PER_BEAT]
+            await self.reconcile_together(batch)
+            self._in_doubt.difference_update(batch)
 
     async def _sweep_some(self) -> None:
-        """Reconcile a few more channels of the sweep that covers every channel in turn."""
-        if not self._sweep:
-            self._beats_since_sweep += 1
-            if self._beats_since_sweep < BEATS_PER_SWEEP:
-                return
-            self._beats_since_sweep = 0
-            self._sweep.extend(self._local.local_channels())
-        for _ in range(min(SWEEP_CHANNELS_PER_BEAT, len(self._sweep))):
-            await self.reconcile(self._sweep[0])
-            self._sweep.popleft()
+        """Reconcile this heartbeat's share of the sweep over every channel."""
+        share = self._sweep.share()
+        if share:
+            await self.reconcile_together(share)
+            self._sweep.done(share)
 
     # -- heartbeat and reaping ---------------------------------------------------------
 
@@ -358,14 +366,3 @@ class Presence:
         """Remove what a worker instance registered; -1 if it turned out alive (``force``
         removes it all the same: a worker's own shutdown). See :class:`Reaper`."""
         return await self.reaper.reap(instance, by=self.instance, force=force)
-
-
-def _metadata(raw: list[Any]) -> dict[str, Any]:
-    """A metadata hash's HGETALL reply (flat pairs of id, JSON) as a dict."""
-    metadata: dict[str, Any] = {}
-    for i in range(0, len(raw) - 1, 2):
-        try:
-            metadata[text(raw[i])] = json.loads(raw[i + 1])
-        except ValueError:
-            continue  # not ours: ignored
-    return metadata

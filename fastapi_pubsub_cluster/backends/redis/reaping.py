@@ -9,13 +9,9 @@ from . import scripts
 from .clients import CommandClient
 from .directory import Directory
 from .keys import RedisKeys
+from .replies import text
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
-
-
-def text(value: bytes | str) -> str:
-    """A Redis reply as text."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Reaper:

@@ -1,0 +1,48 @@
+"""The periodic sweep: every channel is reconciled now and then, even when nothing marked
+it in doubt, so that presence lost behind a worker's back comes back by itself."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from fastapi_pubsub_cluster import PubSubHub
+from fastapi_pubsub_cluster.backends.redis import RedisKeys
+from tests.apps.local_app import build_app
+from tests.conftest import make_settings
+from tests.live import connect_identified, serve, wait_for_async_condition
+
+#: More channels than one heartbeat's share of the sweep, so that it takes several.
+CHANNELS = 150
+
+
+async def test_members_removed_behind_the_workers_back_come_back_on_every_channel(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    keys = RedisKeys(key_prefix)
+    channels = [f"sweep-{index}" for index in range(CHANNELS)]
+    # A heartbeat every 0.2 s: a sweep over every channel starts about every 2 s.
+    settings = make_settings(key_prefix, redis_url, heartbeat_ttl=0.6)
+    async with PubSubHub(settings=settings) as hub, serve(build_app(hub)) as url:
+        clients = await asyncio.gather(
+            *(connect_identified(f"{url}/id/{channel}") for channel in channels)
+        )
+        expected = {
+            channel: {connection_id} for channel, (_, connection_id) in zip(channels, clients)
+        }
+
+        async def members_are_right() -> bool:
+            for channel in channels:
+                if await hub.members(channel) != expected[channel]:
+                    return False
+            return True
+
+        await wait_for_async_condition(members_are_right, 10)
+        # Redis loses the entries (a flush by an operator, a failover to a stale replica),
+        # while the worker's heartbeat key and the list of its channels stay.
+        await redis_client.delete(*(keys.members(channel) for channel in channels))
+        assert all([not await hub.members(channel) for channel in channels])
+        await wait_for_async_condition(members_are_right, 15)
+        for ws, _ in clients:
+            await ws.close()
