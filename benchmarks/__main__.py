@@ -49,6 +49,7 @@ from benchmarks.scenarios import (
     measure_history,
     measure_idle,
 )
+from benchmarks.servers import KEEPALIVE_NOTE
 from benchmarks.targets import by_name
 from tools.processes import raise_open_files_limit
 
@@ -66,6 +67,7 @@ NOTES = (
     "fastapi_websocket_pubsub (its users publish in-app) via a control websocket.",
     "Repeats are interleaved (every configuration once, then again) so drift hits all alike; "
     "±N% after a figure is half the max-min spread of the repeats when it exceeds 7%.",
+    KEEPALIVE_NOTE,
 )
 SCENARIOS = ("fanout", "channels", "idle", "cluster", "history", "deflate", "publish")
 CLUSTER_NOTES = (

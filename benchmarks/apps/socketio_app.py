@@ -15,7 +15,8 @@ from fastapi import FastAPI
 from benchmarks.apps.peer_settings import REDIS_URL, socketio_channel
 
 manager = socketio.AsyncRedisManager(REDIS_URL, channel=socketio_channel())
-sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager)
+# No engine.io pings while measuring, as every measured server (servers.KEEPALIVE_NOTE).
+sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager, ping_interval=86_400)
 http = FastAPI()
 
 

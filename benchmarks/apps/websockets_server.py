@@ -48,7 +48,13 @@ async def main(port: int, compression: str | None) -> None:
         asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
     server: Server
     async with serve(
-        handler, "127.0.0.1", port, process_request=health, compression=compression, backlog=2048
+        handler,
+        "127.0.0.1",
+        port,
+        process_request=health,
+        compression=compression,
+        backlog=2048,
+        ping_interval=None,  # as every measured server (benchmarks.servers.KEEPALIVE_NOTE)
     ) as server:
         await stop
         server.close()
