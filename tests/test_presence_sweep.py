@@ -4,11 +4,19 @@ it in doubt, so that presence lost behind a worker's back comes back by itself."
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastapi_pubsub_cluster import PubSubHub
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
+from fastapi_pubsub_cluster.backends.redis.sweep import (
+    CHANNELS_PER_BEAT,
+    CONNECTIONS_PER_ROUND_TRIP,
+    round_trips,
+)
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import connect_identified, serve, wait_for_async_condition
@@ -29,7 +37,8 @@ async def test_members_removed_behind_the_workers_back_come_back_on_every_channe
             *(connect_identified(f"{url}/id/{channel}") for channel in channels)
         )
         expected = {
-            channel: {connection_id} for channel, (_, connection_id) in zip(channels, clients)
+            channel: {connection_id}
+            for channel, (_, connection_id) in zip(channels, clients, strict=True)
         }
 
         async def members_are_right() -> bool:
@@ -46,3 +55,19 @@ async def test_members_removed_behind_the_workers_back_come_back_on_every_channe
         await wait_for_async_condition(members_are_right, 15)
         for ws, _ in clients:
             await ws.close()
+
+
+@given(st.lists(st.integers(min_value=0, max_value=CONNECTIONS_PER_ROUND_TRIP * 2), max_size=300))
+def test_round_trips_keep_order_and_bound_each_pipeline(sizes: list[int]) -> None:
+    channels = [f"c{index}" for index in range(len(sizes))]
+    size_of = dict(zip(channels, sizes, strict=True))
+    groups = list(round_trips(channels, size_of.__getitem__))
+    assert [channel for group in groups for channel in group] == channels
+    for group in groups:
+        assert 1 <= len(group) <= CHANNELS_PER_BEAT
+        weight = sum(size_of[channel] for channel in group)
+        assert len(group) == 1 or weight <= CONNECTIONS_PER_ROUND_TRIP
+    # A group is cut only where the next channel would not fit.
+    for group, following in itertools.pairwise(groups):
+        weight = sum(size_of[channel] for channel in group) + size_of[following[0]]
+        assert len(group) == CHANNELS_PER_BEAT or weight > CONNECTIONS_PER_ROUND_TRIP

@@ -28,7 +28,7 @@ from .gate import ChannelGate
 from .keys import RedisKeys
 from .reaping import Reaper
 from .replies import metadata_of, text
-from .sweep import CHANNELS_PER_BEAT, Sweep
+from .sweep import Sweep, round_trips
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -74,7 +74,7 @@ class Presence:
         self._in_doubt: set[str] = set()
         # Earlier instances of this worker, reaped once nothing is in doubt.
         self._retired: list[str] = []
-        self._sweep = Sweep(local.local_channels)
+        self._sweep = Sweep(local.local_channels, self._connections_here)
         #: Keeps reconciliations from racing this worker's own joins and leaves.
         self.gate = ChannelGate()
         #: Which worker holds which connection, and whose it is (targeted sends).
@@ -278,10 +278,12 @@ class Presence:
         does not answer, leaving those not reconciled yet in doubt."""
         pending = list(channels)
         self._in_doubt.update(pending)
-        for start in range(0, len(pending), CHANNELS_PER_BEAT):
-            batch = pending[start : start + CHANNELS_PER_BEAT]
+        for batch in round_trips(pending, self._connections_here):
             await self.reconcile_together(batch)
             self._in_doubt.difference_update(batch)
+
+    def _connections_here(self, channel: str) -> int:
+        return len(self._local.local_members(channel))
 
     async def _sweep_some(self) -> None:
         """Reconcile this heartbeat's share of the sweep over every channel."""
