@@ -214,15 +214,11 @@ class Presence:
 
     # -- reconciliation ----------------------------------------------------------------
 
-    async def reconcile(self, channel: str) -> int:
-        """Make this worker's entries in ``channel`` match its live connections there;
-        how many entries changed (each announced)."""
-        return await self.reconcile_together([channel])
-
-    async def reconcile_together(self, channels: Sequence[str]) -> int:
-        """Reconcile ``channels`` (a heartbeat's share, a few dozen) in one round trip on a
-        single Redis, and one by one on a cluster (a pipeline of scripts there would span
-        slots); how many entries changed in all."""
+    async def reconcile(self, channels: Sequence[str]) -> int:
+        """Make this worker's entries in ``channels`` match its live connections there; how
+        many entries changed (each announced). Several channels (one of
+        :func:`round_trips`' groups) take one round trip on a single Redis, and go one by one
+        on a cluster (a pipeline of scripts there would span slots)."""
         async with self.gate.reconciliation(*channels):
             unrecorded = [
                 channel
@@ -230,7 +226,7 @@ class Presence:
                 if channel not in self._recorded_channels and self._local.local_members(channel)
             ]
             calls = [self._reconcile_call(channel) for channel in channels]
-            if isinstance(self._client, RedisCluster):
+            if len(calls) == 1 or isinstance(self._client, RedisCluster):
                 for channel in unrecorded:
                     await self.record_channel(channel)
                 changes = [await self._reconcile(keys=keys, args=args) for keys, args in calls]
@@ -279,7 +275,7 @@ class Presence:
         pending = list(channels)
         self._in_doubt.update(pending)
         for batch in round_trips(pending, self._connections_here):
-            await self.reconcile_together(batch)
+            await self.reconcile(batch)
             self._in_doubt.difference_update(batch)
 
     def _connections_here(self, channel: str) -> int:
@@ -289,7 +285,7 @@ class Presence:
         """Reconcile this heartbeat's share of the sweep over every channel."""
         share = self._sweep.share()
         if share:
-            await self.reconcile_together(share)
+            await self.reconcile(share)
             self._sweep.done(share)
 
     # -- heartbeat and reaping ---------------------------------------------------------
