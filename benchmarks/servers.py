@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from benchmarks.apps import NO_KEEPALIVE_SECONDS
 from benchmarks.targets import Target
 from tools.ports import free_port
 from tools.processes import (
@@ -32,9 +33,10 @@ CpuSnapshot = dict[int, tuple[float, float, float | None]]
 
 
 def on_cpu_seconds(pid: int) -> float | None:
-    """Seconds the process's threads ran, in nanoseconds (``/proc/<pid>/task/*/schedstat``);
-    None where the kernel does not say. ``cpu_times()`` counts 10 ms clock ticks, which at
-    a few µs per delivery is ±30% of a burst: too coarse for ratios near 1."""
+    """Seconds the process's threads ran, from ``/proc/<pid>/task/*/schedstat`` (which
+    counts nanoseconds); None where the kernel does not say. ``cpu_times()`` counts 10 ms
+    clock ticks, which at a few µs per delivery is ±30% of a burst: too coarse for ratios
+    near 1."""
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -131,8 +133,6 @@ class RunningServer:
         return len(self.processes())
 
 
-#: Keepalive ping interval of every measured server: a day, i.e. none within a run.
-NO_KEEPALIVE_SECONDS = 86_400
 KEEPALIVE_NOTE = (
     "Keepalive pings are off in every server: 1,000 connections opened together ping "
     "together every 20 s (websockets' and uvicorn's default), a burst of about 50 ms of CPU "

@@ -6,6 +6,9 @@ on the control websocket ``/control``: each text frame is ``<channel>\\n<JSON pa
 """
 
 CONTROL_PATH = "/control"
+#: Keepalive ping interval of every measured server: a day, i.e. none within a run (see
+#: ``benchmarks.servers.KEEPALIVE_NOTE``).
+NO_KEEPALIVE_SECONDS = 86_400
 
 
 def split_control_frame(frame: str) -> tuple[str, str]:

@@ -12,11 +12,14 @@ from urllib.parse import parse_qs
 import socketio
 from fastapi import FastAPI
 
+from benchmarks.apps import NO_KEEPALIVE_SECONDS
 from benchmarks.apps.peer_settings import REDIS_URL, socketio_channel
 
 manager = socketio.AsyncRedisManager(REDIS_URL, channel=socketio_channel())
 # No engine.io pings while measuring, as every measured server (servers.KEEPALIVE_NOTE).
-sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager, ping_interval=86_400)
+sio = socketio.AsyncServer(
+    async_mode="asgi", client_manager=manager, ping_interval=NO_KEEPALIVE_SECONDS
+)
 http = FastAPI()
 
 
