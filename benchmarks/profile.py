@@ -1,8 +1,8 @@
-"""Where a server's CPU goes in a burst: ``python -m benchmarks.profile [--target NAME]``.
+"""Where a server's CPU goes: ``python -m benchmarks.profile [--target NAME] [--rate N]``.
 
-Runs one fan-out burst against a real server process while ``py-spy`` samples it (install
-``py-spy``), then prints the functions with the most samples: on-CPU time of their own
-("self") and including callees ("total").
+Runs fan-out traffic (a burst, or ``--rate`` messages per second) against a real server
+process while ``py-spy`` samples it (install ``py-spy``), then prints the functions with the
+most samples: on-CPU time of their own ("self") and including callees ("total").
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from benchmarks.publishers import make_payload
@@ -56,10 +57,12 @@ async def profile(
     native: bool,
     channels: int = 1,
     deflate: bool = False,
+    rate: float = 0.0,
 ) -> None:
-    """Sample every worker of ``target_name`` (py-spy, one recorder per process) during a
-    burst of ``messages`` round-robin over ``channels`` channels of ``subscribers`` in all
-    (clients offering permessage-deflate if ``deflate``)."""
+    """Sample every worker of ``target_name`` (py-spy, one recorder per process) while
+    ``messages`` are published round-robin over ``channels`` channels of ``subscribers`` in
+    all (clients offering permessage-deflate if ``deflate``): back to back, or ``rate`` per
+    second if given (steady traffic, where each message wakes the workers on its own)."""
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not installed (pip install py-spy)")
@@ -90,7 +93,10 @@ async def profile(
             try:
                 await asyncio.sleep(1.0)  # py-spy attaches
                 names = list(layout)
+                start = time.monotonic()
                 for sequence in range(messages):
+                    if rate > 0 and (delay := start + sequence / rate - time.monotonic()) > 0:
+                        await asyncio.sleep(delay)
                     await live.publisher.publish(
                         names[sequence % len(names)], make_payload(sequence)
                     )
@@ -111,9 +117,10 @@ async def profile(
                 collapsed += await asyncio.to_thread(Path(name).read_text, "utf-8")
                 await asyncio.to_thread(Path(name).unlink)
     own, total, samples = top_functions(collapsed, limit)
+    pace = f"{rate:g} msg/s" if rate > 0 else "a burst"
     print(
-        f"{target_name}: {samples} samples of pids {pids} during a burst of {messages} "
-        f"messages over {channels} channel(s), {subscribers} subscribers in all"
+        f"{target_name}: {samples} samples of pids {pids} during {messages} messages "
+        f"({pace}) over {channels} channel(s), {subscribers} subscribers in all"
     )
     for title, rows in (("self", own), ("total (with callees)", total)):
         print(f"\nTop functions by {title}:")
@@ -130,6 +137,7 @@ def main() -> None:
     parser.add_argument("--native", action="store_true", help="include C frames (uvloop)")
     parser.add_argument("--channels", type=int, default=1, help="round-robin over this many")
     parser.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate")
+    parser.add_argument("--rate", type=float, default=0.0, help="msg/s (default: a burst)")
     arguments = parser.parse_args()
     raise_open_files_limit()
     asyncio.run(
@@ -141,6 +149,7 @@ def main() -> None:
             arguments.native,
             arguments.channels,
             arguments.deflate,
+            arguments.rate,
         )
     )
 
