@@ -114,6 +114,16 @@ def wire_frame(frame: OutgoingFrame, *, text: bool) -> bytes:
     return frame.wire_binary
 
 
+#: What makes two sockets' compressed frames the same: text or binary, the server's window
+#: bits and the compressor settings (one dict per factory).
+DeflateKey = tuple[bool, int, int]
+
+
+def deflate_key(deflate: PerMessageDeflate, *, text: bool) -> DeflateKey:
+    """The parameter set of ``deflate`` for a text or binary frame."""
+    return (text, deflate.local_max_window_bits, id(deflate.compress_settings))
+
+
 class PreparedFrames:
     """The compressed frames of the message being fanned out now, one per parameter set.
 
@@ -125,7 +135,7 @@ class PreparedFrames:
 
     def __init__(self) -> None:
         self._frame: OutgoingFrame | None = None
-        self._frames: dict[tuple[bool, int, int], bytes] = {}
+        self._frames: dict[DeflateKey, bytes] = {}
         self._data: dict[bool, Frame] = {}
 
     def _select(self, frame: OutgoingFrame) -> None:
@@ -146,16 +156,19 @@ class PreparedFrames:
             self._data[text] = data
         return data
 
-    def deflated(self, frame: OutgoingFrame, *, text: bool, deflate: PerMessageDeflate) -> bytes:
-        """``frame`` compressed by ``deflate`` (without context takeover) and framed."""
-        self._select(frame)
-        key = (text, deflate.local_max_window_bits, id(deflate.compress_settings))
-        wire = self._frames.get(key)
-        if wire is None:
-            # Without context takeover, encode() starts a fresh compressor for each message:
-            # the socket's extension object keeps nothing from it.
-            data = self.data(frame, text=text)
-            wire = self._frames[key] = data.serialize(mask=False, extensions=[deflate])
+    def deflated(self, frame: OutgoingFrame, key: DeflateKey, deflate: PerMessageDeflate) -> bytes:
+        """``frame`` compressed by ``deflate`` (without context takeover) and framed, once per
+        parameter set ``key`` (see :func:`deflate_key`)."""
+        if frame is self._frame:
+            wire = self._frames.get(key)
+            if wire is not None:
+                return wire  # every socket but the first of its parameter set
+        else:
+            self._select(frame)
+        # Without context takeover, encode() starts a fresh compressor for each message:
+        # the socket's extension object keeps nothing from it.
+        data = self.data(frame, text=key[0])
+        wire = self._frames[key] = data.serialize(mask=False, extensions=[deflate])
         return wire
 
 
@@ -167,13 +180,14 @@ class DirectWriter:
     the end of the loop iteration, so that a socket's frames of one iteration take one
     write: see :mod:`~fastapi_pubsub_cluster.coalescing`)."""
 
-    __slots__ = ("frames_written", "protocol", "transport")
+    __slots__ = ("_deflate_keys", "frames_written", "protocol", "transport")
 
     def __init__(self, protocol: WebSocketsSansIOProtocol, transport: OrderedTransport) -> None:
         self.protocol = protocol
         self.transport = transport
         #: Frames this writer wrote (so that tests and metrics can see the path is used).
         self.frames_written = 0
+        self._deflate_keys: tuple[DeflateKey, DeflateKey] | None = None
 
     def try_write(self, frame: OutgoingFrame, *, text: bool) -> bool:
         """Write ``frame`` if the socket can take it now; False: use ASGI instead."""
@@ -194,7 +208,13 @@ class DirectWriter:
             if len(extensions) != 1 or not isinstance(deflate, PerMessageDeflate):
                 return False
             if deflate.local_no_context_takeover:
-                wire = PREPARED.deflated(frame, text=text, deflate=deflate)
+                keys = self._deflate_keys
+                if keys is None:  # negotiated once, at the handshake
+                    keys = self._deflate_keys = (
+                        deflate_key(deflate, text=False),
+                        deflate_key(deflate, text=True),
+                    )
+                wire = PREPARED.deflated(frame, keys[text], deflate)
             elif conn.writes or conn.expect_continuation_frame:
                 return False  # its compressed frames must go out in the order compressed
             else:
