@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 from typing import Any
 
 from benchmarks.redis_server import BenchRedis, bench_redis
+from benchmarks.report import show_results
 from benchmarks.scenarios import session, steady, wait_until_quiet
 from benchmarks.targets import OURS_DIRECT, REDIS_PY_LOOP, WEBSOCKETS, Target
 from tools.processes import raise_open_files_limit
@@ -103,10 +103,7 @@ def main() -> None:
     rates = [float(rate) for rate in arguments.rates.split(",")]
     raise_open_files_limit()
     results = asyncio.run(run(rates, arguments.seconds, arguments.repeats))
-    print(json.dumps(results, indent=2))
-    if arguments.json:
-        with open(arguments.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+    show_results(results, arguments.json)
 
 
 if __name__ == "__main__":

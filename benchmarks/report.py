@@ -216,6 +216,15 @@ def write_report(report: dict[str, Any]) -> str:
     return path
 
 
+def show_results(results: dict[str, Any], path: str | None) -> None:
+    """Print a side benchmark's results as JSON, and write them to ``path`` if given."""
+    text = json.dumps(results, indent=2)
+    print(text)
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+
+
 def _cell(value: Any, fmt: str, spread_value: Any = None) -> str:
     if value is None:
         return "-"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 import uuid
@@ -27,6 +26,7 @@ from typing import Any
 from benchmarks.client_pool import ClientPool
 from benchmarks.publishers import make_payload, publisher_for
 from benchmarks.redis_server import BenchRedis, bench_redis
+from benchmarks.report import show_results
 from benchmarks.scenarios import (
     SETTLE_SECONDS,
     Session,
@@ -169,10 +169,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     arguments = parser.parse_args()
     results = asyncio.run(run(arguments.sockets, arguments.messages, arguments.repeats))
-    print(json.dumps(results, indent=2))
-    if arguments.json:
-        with open(arguments.json, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2)
+    show_results(results, arguments.json)
 
 
 if __name__ == "__main__":
