@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import os
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,7 +24,7 @@ from fastapi_pubsub_cluster.uvicorn_ws import (
     compression_from_env,
 )
 from tests.apps.local_app import build_app
-from tests.live import connect, recv_until, serve
+from tests.live import close_code_of, connect, recv_until, serve
 
 #: The offers as browsers and common clients send them (Sec-WebSocket-Extensions).
 OFFERS: dict[str, list[ClientExtensionFactory] | None] = {
@@ -193,3 +195,71 @@ def test_the_gunicorn_worker_negotiates_deflate_under_the_policy() -> None:
     config = uvicorn.Config("tests.apps.local_app:app", **PubSubUvicornWorker.CONFIG_KWARGS)
     assert config.ws_per_message_deflate is True
     assert config.ws == "fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol"
+
+
+# -- hostile compressed input ---------------------------------------------------------------
+
+
+def masked_text_frame(payload: bytes, *, rsv1: bool) -> bytes:
+    """A client's text frame built by hand (client libraries refuse to set RSV1 themselves)."""
+    first = 0x80 | (0x40 if rsv1 else 0) | 0x1  # FIN, RSV1 (compressed), text
+    size = len(payload)
+    assert size < 2**16
+    header = bytes([first, 0x80 | size]) if size < 126 else bytes([first, 0xFE]) + size.to_bytes(2)
+    key = os.urandom(4)
+    return header + key + bytes(byte ^ key[index % 4] for index, byte in enumerate(payload))
+
+
+def deflated(data: bytes) -> bytes:
+    """``data`` as a permessage-deflate payload (raw deflate, without the final 00 00 ff ff)."""
+    compressor = zlib.compressobj(wbits=-15)
+    return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def sends_text(size: int) -> Callable[[ClientConnection], Awaitable[None]]:
+    async def send(ws: ClientConnection) -> None:
+        await ws.send('"' + " " * size + '"')  # compressed by the client to a few KB
+
+    return send
+
+
+def writes_raw(frame: bytes) -> Callable[[ClientConnection], Awaitable[None]]:
+    async def send(ws: ClientConnection) -> None:
+        ws.transport.write(frame)
+
+    return send
+
+
+#: (the offer the hostile client makes, what it sends, the close code it must get)
+HOSTILE: dict[str, tuple[str, Callable[[ClientConnection], Awaitable[None]], int]] = {
+    "inflates past max_message_bytes": ("chromium", sends_text(4 * 2**20), 1009),
+    "inflates past uvicorn's frame limit": ("chromium", sends_text(64 * 2**20), 1009),
+    "RSV1 on data that is not deflate": (
+        "chromium",
+        writes_raw(masked_text_frame(b"\xff\xfe\xfd not deflate", rsv1=True)),
+        1002,
+    ),
+    "RSV1 without deflate negotiated": (
+        "uncompressed",
+        writes_raw(masked_text_frame(deflated(b'{"a": 1}'), rsv1=True)),
+        1002,
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["memory"])
+@pytest.mark.parametrize("case", list(HOSTILE))
+async def test_a_hostile_compressed_frame_closes_its_sender_only(hub: PubSubHub, case: str) -> None:
+    offer, send, code = HOSTILE[case]
+    async with serving(hub, "shared") as url:
+        good = await open_client(f"{url}/ws/hostile", "chromium")
+        await recv_until(good, lambda m: m == {"count": 1})
+        bad = await open_client(f"{url}/ws/hostile", offer)
+        await recv_until(good, lambda m: m == {"count": 2})
+        await send(bad)
+        assert await close_code_of(bad) == code
+        # Its leave reaches the others, who go on receiving, compressed.
+        await recv_until(good, lambda m: m == {"count": 1})
+        await hub.publish("hostile", SMALL)
+        assert await recv_until(good, lambda m: "kind" in m) == SMALL
+        await good.close()
