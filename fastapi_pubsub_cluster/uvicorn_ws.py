@@ -229,6 +229,17 @@ class DirectWriter:
         """Drop the connection without flushing: uvicorn then reports a disconnect."""
         self.transport.abort()
 
+    def limit_inbound(self, max_bytes: int) -> None:
+        """Lower the size at which the connection refuses a message (1009) to ``max_bytes``
+        (never raise it above ``--ws-max-size``). websockets checks it frame by frame, and
+        stops inflating a compressed frame there."""
+        conn = self.protocol.conn
+        # websockets 15 renamed it from max_size (an int, or None for no limit, in both).
+        name = "max_message_size" if hasattr(conn, "max_message_size") else "max_size"
+        current = getattr(conn, name)
+        if current is None or max_bytes < current:
+            setattr(conn, name, max_bytes)
+
 
 class PubSubWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol, announcing a :class:`DirectWriter` in the

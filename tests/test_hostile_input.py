@@ -22,6 +22,7 @@ from fastapi_pubsub_cluster import (
 )
 from fastapi_pubsub_cluster.codec import MAX_NESTING_DEPTH
 from fastapi_pubsub_cluster.errors import CloseCode
+from fastapi_pubsub_cluster.uvicorn_ws import PubSubWebSocketProtocol
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import close_code_of, connect, recv_until, serve
@@ -178,11 +179,17 @@ def frame_of_exactly(size: int) -> str:
     return json.dumps({"t": "x" * (size - len(text))})
 
 
-@pytest.fixture
-async def small_limit_server(settings: PubSubSettings) -> AsyncIterator[str]:
+@pytest.fixture(params=["asgi", "direct"])
+async def small_limit_server(
+    settings: PubSubSettings, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    """The relays with ``max_message_bytes=LIMIT``, on plain ASGI or on the direct-write
+    protocol (where websockets itself stops reading, and inflating, at the limit); the
+    clients offer permessage-deflate, as ``websockets`` does by default."""
+    options = {"ws": PubSubWebSocketProtocol} if request.param == "direct" else {}
     async with (
         PubSubHub(settings=settings.with_changes(max_message_bytes=LIMIT)) as hub,
-        serve(relay_app(hub)) as url,
+        serve(relay_app(hub), **options) as url,
     ):
         yield url
 
@@ -196,6 +203,21 @@ async def test_frame_at_the_size_limit_relayed_verbatim_is_delivered(
     await ws.send(frame)
     assert await recv_until(ws, lambda m: "t" in m) == json.loads(frame)
     await ws.close()
+
+
+@pytest.mark.parametrize("backend", ["memory"])
+async def test_frame_one_byte_over_the_limit_closes_its_sender_1009(
+    small_limit_server: str,
+) -> None:
+    ws = await connect(f"{small_limit_server}/verbatim/edge")
+    listener = await connect(f"{small_limit_server}/verbatim/edge")
+    await ws.send(frame_of_exactly(LIMIT + 1))
+    assert await close_code_of(ws) == CloseCode.MESSAGE_TOO_BIG
+    assert f"{LIMIT} bytes" in (ws.close_reason or "")
+    # Nothing of it reached the channel; the channel still works.
+    await listener.send(frame_of_exactly(LIMIT))
+    assert await recv_until(listener, lambda m: "t" in m) == json.loads(frame_of_exactly(LIMIT))
+    await listener.close()
 
 
 async def test_relay_that_grows_a_frame_past_the_limit_closes_its_sender_1009(

@@ -122,6 +122,10 @@ class ClientConnection:
         self._direct: DirectWriter | None = (websocket.scope.get("extensions") or {}).get(
             DIRECT_WRITE_EXTENSION
         )
+        if self._direct is not None:
+            # Before the handshake, so that it holds from the first frame: a few KB of
+            # deflate cannot make the worker inflate up to the server's own, larger limit.
+            self._direct.limit_inbound(settings.max_message_bytes)
         # Created on first need, as is the writer: most clients never fall behind, and
         # idle connections are what a worker holds by the thousand.
         self._outbox: deque[dict[str, Any]] | None = None

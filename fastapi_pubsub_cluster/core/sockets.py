@@ -34,3 +34,7 @@ class DirectWriter(Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once, without waiting to flush what is buffered."""
+
+    def limit_inbound(self, max_bytes: int) -> None:
+        """Refuse (close 1009) a client message over ``max_bytes`` while reading it: a
+        compressed one is not inflated past the limit. Called before the handshake."""
