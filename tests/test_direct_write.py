@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgpack
 import pytest
 
 from fastapi_pubsub_cluster import PubSubHub
 from fastapi_pubsub_cluster.errors import CloseCode
-from fastapi_pubsub_cluster.uvicorn_ws import PubSubWebSocketProtocol
+from fastapi_pubsub_cluster.uvicorn_ws import Compression, PubSubWebSocketProtocol
 from tests.apps.local_app import build_app
 from tests.live import close_code_of, connect, recv_until, serve
+from tests.test_compression import OFFERS
 from tests.test_slow_clients import BIG, stalled_client
 
 
@@ -79,3 +82,62 @@ async def test_a_stalled_socket_still_gets_the_slow_client_policy(hub: PubSubHub
             await recv_until(fast, lambda m: m == {"count": 1}, timeout=10)
         assert await close_code_of(slow, timeout=20) == CloseCode.POLICY_VIOLATION
         await fast.close()
+
+
+@pytest.mark.parametrize("backend", ["memory"])
+@pytest.mark.parametrize(
+    ("policy", "offer"),
+    [("shared", "chromium"), ("per-socket", "chromium"), ("per-socket", "small-window")],
+)
+async def test_a_compressing_client_that_falls_behind_and_catches_up_gets_every_message(
+    hub: PubSubHub, policy: Compression, offer: str
+) -> None:
+    """While the client pushes back, its frames go through uvicorn's sends; once it catches
+    up, straight to the socket again. A context kept per socket must compress them in the
+    order they reach the wire, whichever path each took: the client inflates all, in order."""
+    patient = PubSubHub(settings=hub.settings.with_changes(send_queue_size=100_000))
+    shared_text = os.urandom(1500).hex()  # what a kept context can refer back to
+
+    def payload(n: int) -> dict[str, Any]:
+        return {"n": n, "pad": shared_text[: 2000 + n % 900] + os.urandom(4000).hex()}
+
+    protocol = PubSubWebSocketProtocol.with_compression(policy)
+    async with patient, serve(build_app(patient), ws=protocol) as url:
+        ws = await connect(
+            f"{url}/ws/behind",
+            compression=None,
+            extensions=OFFERS[offer],
+            max_size=None,
+            max_queue=None,
+        )
+        await recv_until(ws, lambda m: m == {"count": 1})
+        (connection,) = patient.fanout.local_connections("behind")
+        initial = connection.frames_written_directly
+        sent: list[dict[str, Any]] = []
+
+        def direct() -> int:
+            return connection.frames_written_directly - initial
+
+        ws.transport.pause_reading()
+        while direct() == len(sent):  # until the socket pushes back
+            assert len(sent) < 20_000, "the socket never pushed back"
+            sent.append(payload(len(sent)))
+            await patient.publish("behind", sent[-1])
+        for _ in range(200):
+            sent.append(payload(len(sent)))
+            await patient.publish("behind", sent[-1])
+        ws.transport.resume_reading()
+        for _ in range(500):  # while it catches up
+            sent.append(payload(len(sent)))
+            await patient.publish("behind", sent[-1])
+            await asyncio.sleep(0)  # a turn of the loop: the client drains meanwhile
+        received = [await recv_until(ws, lambda m: "n" in m) for _ in sent]
+        assert received == sent
+        assert 0 < direct() < len(sent)  # both paths carried some
+
+        # Caught up: straight to the socket again.
+        before = direct()
+        await patient.publish("behind", {"n": -1})
+        assert await recv_until(ws, lambda m: "n" in m) == {"n": -1}
+        assert direct() == before + 1
+        await ws.close()
