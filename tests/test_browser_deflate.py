@@ -15,11 +15,10 @@ from fastapi_pubsub_cluster.uvicorn_ws import Compression, PubSubWebSocketProtoc
 from tests.apps.client_app import build_app
 from tests.browser import chromium, requires_chromium
 from tests.live import serve, wait_for_condition
+from tests.test_compression import LARGE, SMALL
 
 pytestmark = requires_chromium
 
-SMALL = {"kind": "small", "text": "hello, world " * 6}
-LARGE = {"kind": "large", "rows": [{"id": i, "name": f"user-{i}"} for i in range(300)]}
 
 #: A plain WebSocket in the page (as any browser app opens one); resolves with the
 #: extensions the browser negotiated, and keeps every text frame in ``window.received``.

@@ -24,11 +24,10 @@ from fastapi_pubsub_cluster import PubSubHub
 from fastapi_pubsub_cluster.uvicorn_ws import Compression, PubSubWebSocketProtocol
 from tests.apps.local_app import build_app
 from tests.live import serve
+from tests.test_compression import LARGE, SMALL, direct_frames
 
 NODE_DIR = Path(__file__).parent / "node"
 CLIENTS = ("default", "no-context-takeover", "small-window", "uncompressed")
-SMALL = {"kind": "small", "text": "hello, world " * 6}
-LARGE = {"kind": "large", "rows": [{"id": i, "name": f"user-{i}"} for i in range(300)]}
 SAID = {"said": "x" * 5000}
 TIMEOUT = 15.0
 
@@ -109,10 +108,6 @@ async def node_clients(node_script: tuple[str, Path], url: str) -> AsyncIterator
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-
-
-def direct_frames(hub: PubSubHub, channel: str) -> int:
-    return sum(c.frames_written_directly for c in hub.fanout.local_connections(channel))
 
 
 @pytest.mark.parametrize("backend", ["memory"])
