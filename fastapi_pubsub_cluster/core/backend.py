@@ -40,6 +40,14 @@ class ChannelDropped:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelReloading:
+    """A new snapshot of ``channel`` is on its way (a :class:`ChannelLoaded`): the events
+    heard until then are kept, to be applied after it where they are newer."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
 class LinkRestored:
     """The backend lost its link for ``channels`` and has it back: messages published in
     the gap were not heard (history channels can be replayed)."""
@@ -48,7 +56,7 @@ class LinkRestored:
 
 
 #: What a backend reports: an envelope from a channel, or a change in what it hears.
-BackendEvent = Envelope | ChannelLoaded | ChannelDropped | LinkRestored
+BackendEvent = Envelope | ChannelLoaded | ChannelReloading | ChannelDropped | LinkRestored
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,10 @@ class FanOutSink(Protocol):
     def listens(self, channel: str) -> bool:
         """True while this worker needs ``channel``'s envelopes: it holds sockets there, or
         server-side subscribers."""
+
+    def mirror_state(self, channel: str) -> tuple[int, int] | None:
+        """This worker's view of ``channel``: the sequence number of the last membership
+        event it took in, and its number of members (None while it has no view of it)."""
 
 
 class Backend(Protocol):

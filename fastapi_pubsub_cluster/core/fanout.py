@@ -20,7 +20,14 @@ from ..errors import CloseCode
 from ..metrics import Metrics
 from ..settings import PubSubSettings, WireFormat
 from ..tasks import TaskSupervisor
-from .backend import Backend, BackendEvent, ChannelDropped, ChannelLoaded, LinkRestored
+from .backend import (
+    Backend,
+    BackendEvent,
+    ChannelDropped,
+    ChannelLoaded,
+    ChannelReloading,
+    LinkRestored,
+)
 from .client import ClientConnection
 from .delivery import LocalDelivery
 from .joins import RuntimeJoins
@@ -245,6 +252,10 @@ class FanOut:
         """True while this worker has sockets or server-side subscribers in ``channel``."""
         return channel in self._local or self._subscribers.listens(channel)
 
+    def mirror_state(self, channel: str) -> tuple[int, int] | None:
+        """``channel``'s mirror: its last membership event and its number of members."""
+        return self._mirror.state(channel)
+
     def local_connections(self, channel: str) -> list[ClientConnection]:
         """This worker's connections in ``channel``."""
         return self._local.connections(channel)
@@ -357,7 +368,10 @@ class FanOut:
             elif event.channel in self._local:
                 self._mirror.hold_early(event)
         elif isinstance(event, ChannelLoaded):
-            self._mirror.load(event, self._local.intern)
+            if self._mirror.load(event, self._local.intern):
+                self._regenerator.schedule(event.channel)  # a reload corrected the view
+        elif isinstance(event, ChannelReloading):
+            self._mirror.begin_reload(event.channel)
         elif isinstance(event, ChannelDropped):
             self._mirror.drop(event.channel)
             self._stored.forget(event.channel)

@@ -15,7 +15,8 @@ class MembershipMirror:
     A channel is loaded from a snapshot (members as of sequence number ``seq``); later
     join and leave events apply only if their sequence number is newer, so an event that
     is part of the snapshot, or heard twice, changes nothing. Events heard before the
-    snapshot are kept aside and applied after it. Presence metadata is kept beside, for
+    snapshot are kept aside and applied after it; so are those heard while a loaded
+    channel waits for a new snapshot (:meth:`begin_reload`). Presence metadata is kept beside, for
     the members that have some.
     """
 
@@ -40,17 +41,25 @@ class MembershipMirror:
         """Channels mirrored now."""
         return list(self._members)
 
+    def state(self, channel: str) -> tuple[int, int] | None:
+        """The sequence number ``channel``'s members are at, and how many there are (None
+        if not mirrored)."""
+        members = self._members.get(channel)
+        return None if members is None else (self._seq.get(channel, 0), len(members))
+
     def is_loaded(self, channel: str) -> bool:
         """True once a snapshot of ``channel`` was loaded (and until it is dropped)."""
         return channel in self._members
 
-    def load(self, snapshot: ChannelLoaded, intern: Callable[[str, str], str]) -> None:
-        """Replace ``snapshot.channel``'s members, then apply newer events heard early.
+    def load(self, snapshot: ChannelLoaded, intern: Callable[[str, str], str]) -> bool:
+        """Replace ``snapshot.channel``'s members, then apply newer events heard early;
+        True if the channel was mirrored before and its members changed.
 
         ``intern(channel, id)`` maps an id to an equal string already held elsewhere (one
         string per local connection, not two).
         """
         channel = snapshot.channel
+        before = self._members.get(channel)
         self._members[channel] = {intern(channel, member) for member in snapshot.members}
         self._seq[channel] = snapshot.seq
         self._metadata[channel] = {
@@ -60,6 +69,13 @@ class MembershipMirror:
         }
         for envelope in self._early.pop(channel, []):
             self.apply(envelope, intern)
+        return before is not None and before != self._members[channel]
+
+    def begin_reload(self, channel: str) -> None:
+        """A new snapshot of a loaded ``channel`` is on its way: events applied until it
+        comes are also kept, to be applied again to it where they are newer."""
+        if channel in self._members:
+            self._early.setdefault(channel, [])
 
     def hold_early(self, envelope: Envelope) -> None:
         """Keep an event of a channel whose snapshot is on its way."""
@@ -69,7 +85,14 @@ class MembershipMirror:
         """Apply a join or leave of a loaded channel; False if it was not newer."""
         channel = envelope.channel
         members = self._members.get(channel)
-        if members is None or envelope.seq <= self._seq.get(channel, 0):
+        if members is None:
+            return False
+        reloading = self._early.get(channel)
+        if reloading is not None:
+            # Kept whatever its number: the snapshot decides what is newer (after a
+            # counter went back, events this view thinks old are the ones it needs).
+            reloading.append(envelope)
+        if envelope.seq <= self._seq.get(channel, 0):
             return False
         self._seq[channel] = envelope.seq
         metadata = self._metadata.setdefault(channel, {})

@@ -15,6 +15,7 @@ from ...codec import EventKind, decode_envelope
 from ...core.backend import (
     ChannelDropped,
     ChannelLoaded,
+    ChannelReloading,
     FanOutSink,
     HistorySlice,
     LinkRestored,
@@ -38,6 +39,7 @@ from .history import ResumePoints, read_history
 from .keys import RedisKeys
 from .link import TopicLink
 from .links import Links
+from .mirror_check import MirrorCheck
 from .presence import Presence
 from .publishing import PublishPath
 
@@ -175,6 +177,11 @@ class RedisBackend:
             ) from exc
         self._started = started
         self._tasks.spawn(presence.keep_forever(), name="pubsub-redis-presence")
+        mirrors = MirrorCheck(client, self.keys, sink, self._reload, self.metrics)
+        self._tasks.spawn(
+            mirrors.keep_forever(self.settings.heartbeat_ttl / 3, links.subscribed_channels),
+            name="pubsub-redis-mirrors",
+        )
         logger.info("worker %s joined the cluster at %s", self.worker_id, endpoint.safe_url)
 
     async def stop(self) -> None:
@@ -348,6 +355,15 @@ class RedisBackend:
                 started.sink.receive(ChannelDropped(channel))
                 await links.unsubscribe(channel)
                 await started.presence.forget_channel(channel)
+
+    async def _reload(self, channel: str) -> None:
+        """Load ``channel``'s membership again, keeping the events heard meanwhile."""
+        started = self._running()
+        async with self._subscription_lock:  # not while the channel is being dropped
+            if started.links.is_subscribed(channel):
+                started.sink.receive(ChannelReloading(channel))
+                # If this fails, the next check or the link's restore loads it.
+                await self._load(started, channel)
 
     async def _load(self, started: _Started, channel: str) -> None:
         members, seq, metadata = await started.presence.snapshot(channel)
