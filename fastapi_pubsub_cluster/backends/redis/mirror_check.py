@@ -28,6 +28,9 @@ logger = logging.getLogger("fastapi_pubsub_cluster")
 
 #: Channels read per round trip (two commands each).
 CHANNELS_PER_ROUND_TRIP = 500
+#: Channels checked per beat: a worker with more checks them in turns (those that differed
+#: last time are checked again whatever their turn).
+CHANNELS_PER_CHECK = 2000
 
 
 class MirrorCheck:
@@ -48,6 +51,7 @@ class MirrorCheck:
         self._metrics = metrics
         # Channel -> the mirror's state when it was last found to differ from Redis.
         self._differing: dict[str, tuple[int, int]] = {}
+        self._turn = 0  # where the next share of a long list of channels starts
 
     async def keep_forever(self, interval: float, channels: Callable[[], Sequence[str]]) -> None:
         """:meth:`run` over ``channels()`` every ``interval`` seconds (a quarter of it after
@@ -58,7 +62,7 @@ class MirrorCheck:
             # so a second look soon tells lost from late.
             await asyncio.sleep(interval / 4 if self._differing else interval)
             try:
-                reloaded = await self.run(channels())
+                reloaded = await self.run(self._share(channels()))
             except REDIS_DOWN as exc:
                 logger.debug("mirror check skipped (%r)", exc)  # the link reports outages
             except Exception:
@@ -72,6 +76,16 @@ class MirrorCheck:
                         len(reloaded),
                         ", ".join(reloaded[:5]),
                     )
+
+    def _share(self, channels: Sequence[str]) -> list[str]:
+        """This beat's channels: all, or the next :data:`CHANNELS_PER_CHECK` of them."""
+        if len(channels) <= CHANNELS_PER_CHECK:
+            return list(channels)
+        start = self._turn % len(channels)
+        self._turn = start + CHANNELS_PER_CHECK
+        share = [*channels[start:], *channels[:start]][:CHANNELS_PER_CHECK]
+        taken = set(share)
+        return share + [channel for channel in self._differing if channel not in taken]
 
     async def run(self, channels: Sequence[str]) -> list[str]:
         """Check the mirrors of ``channels``; reload those found stale, and return them."""
