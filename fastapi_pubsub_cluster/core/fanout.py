@@ -369,7 +369,9 @@ class FanOut:
                 self._mirror.hold_early(event)
         elif isinstance(event, ChannelLoaded):
             if self._mirror.load(event, self._local.intern):
-                self._regenerator.schedule(event.channel)  # a reload corrected the view
+                # A check's reload corrected the view. (After a lost link, the resync
+                # regenerates once its replay is done.)
+                self._regenerator.schedule(event.channel)
         elif isinstance(event, ChannelReloading):
             self._mirror.begin_reload(event.channel)
         elif isinstance(event, ChannelDropped):

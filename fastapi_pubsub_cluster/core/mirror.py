@@ -53,13 +53,15 @@ class MembershipMirror:
 
     def load(self, snapshot: ChannelLoaded, intern: Callable[[str, str], str]) -> bool:
         """Replace ``snapshot.channel``'s members, then apply newer events heard early;
-        True if the channel was mirrored before and its members changed.
+        True if this was a reload (:meth:`begin_reload`) and it changed the members.
 
         ``intern(channel, id)`` maps an id to an equal string already held elsewhere (one
         string per local connection, not two).
         """
         channel = snapshot.channel
         before = self._members.get(channel)
+        # Only begin_reload keeps events aside for a channel already mirrored.
+        reloading = before is not None and channel in self._early
         self._members[channel] = {intern(channel, member) for member in snapshot.members}
         self._seq[channel] = snapshot.seq
         self._metadata[channel] = {
@@ -69,7 +71,7 @@ class MembershipMirror:
         }
         for envelope in self._early.pop(channel, []):
             self.apply(envelope, intern)
-        return before is not None and before != self._members[channel]
+        return reloading and before != self._members[channel]
 
     def begin_reload(self, channel: str) -> None:
         """A new snapshot of a loaded ``channel`` is on its way: events applied until it
