@@ -460,12 +460,14 @@ class Rig:
         """How many pub/sub links Redis has subscribed to ``topic`` (one per worker that
         holds sockets in its channel)."""
         if isinstance(self.admin, RedisCluster):
+            # Through redis-py's own command, whose name ("PUBSUB SHARDNUMSUB") the node's
+            # reply parser and the cluster's merge both know: sent as "PUBSUB",
+            # "SHARDNUMSUB", the merge got the node's flat reply unparsed and failed.
             node = self.admin.get_node_from_key(topic)
-            reply = await self.admin.execute_command(
-                "PUBSUB", "SHARDNUMSUB", topic, target_nodes=node
-            )
-            return int(reply[1])
-        return int((await self.admin.pubsub_numsub(topic))[0][1])
+            reply = await self.admin.pubsub_shardnumsub(topic, target_nodes=node)
+        else:
+            reply = await self.admin.pubsub_numsub(topic)
+        return int(reply[0][1])
 
     async def converged(self) -> bool:
         try:
