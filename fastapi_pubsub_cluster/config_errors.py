@@ -12,6 +12,12 @@ from pydantic.fields import FieldInfo
 
 from .errors import ConfigurationError
 
+#: The exit status of a process that could not start. uvicorn (``STARTUP_FAILURE``) and
+#: gunicorn (``WORKER_BOOT_ERROR``) both use 3: a worker that exits with it makes
+#: ``uvicorn --workers N`` and gunicorn's arbiter stop the whole server instead of
+#: restarting that worker forever.
+STARTUP_FAILURE = 3
+
 
 def describe_errors(
     exc: ValidationError, fields: Mapping[str, FieldInfo], names: Mapping[str, str] | None = None
@@ -49,7 +55,8 @@ def _reason(fields: Mapping[str, FieldInfo], field: str, error: Any) -> str:
 
 @contextmanager
 def exit_on_configuration_error() -> Iterator[None]:
-    """Turn a :class:`ConfigurationError` into one line on stderr and exit status 2.
+    """Turn a :class:`ConfigurationError` into one line on stderr and exit status 3
+    (:data:`STARTUP_FAILURE`).
 
     ::
 
@@ -62,4 +69,4 @@ def exit_on_configuration_error() -> Iterator[None]:
         yield
     except ConfigurationError as exc:
         print(f"fastapi-pubsub-cluster: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(STARTUP_FAILURE) from None

@@ -342,7 +342,7 @@ def test_a_configuration_error_stops_startup_with_one_line() -> None:
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 2
+    assert done.returncode == 3
     assert "Traceback" not in done.stderr
     assert (
         "fastapi-pubsub-cluster: configuration error: PUBSUB_SLOW_CLIENT_POLICY='drop' is "
