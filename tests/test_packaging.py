@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-REPOSITORY = "https://github.com/fastapi-pubsub-cluster/fastapi-pubsub-cluster"
+DOCS = ROOT / "docs"
+MARKDOWN = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+# The project has no public address: an address under this one was invented.
+INVENTED = "github.com/" + "fastapi-pubsub-cluster"
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +23,68 @@ def project() -> dict[str, Any]:
     return dict(loaded["project"])
 
 
-def test_readme_links_are_absolute_so_they_work_on_the_package_index() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    targets = re.findall(r"\]\(([^)]+)\)", readme)
-    assert targets
-    for target in targets:
-        assert target.startswith(("https://", "http://", "#")), target
-        if target.startswith(f"{REPOSITORY}/blob/main/"):
-            assert (ROOT / target.removeprefix(f"{REPOSITORY}/blob/main/")).exists(), target
+def _prose(text: str) -> str:
+    """Markdown without its fenced code blocks and code spans (their brackets are code)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def _links(path: Path) -> list[str]:
+    prose = _prose(path.read_text(encoding="utf-8"))
+    inline = re.findall(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)", prose)
+    automatic = re.findall(r"<([a-z][a-z0-9+.-]*:[^>\s]+)>", prose)
+    return inline + automatic
+
+
+def _anchors(path: Path) -> set[str]:
+    """The ids Python-Markdown's toc (what mkdocs uses) gives the headings of ``path``."""
+    ids = set()
+    for line in _prose(path.read_text(encoding="utf-8")).splitlines():
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading:
+            text = unicodedata.normalize("NFKD", heading.group(1))
+            text = re.sub(r"[^\w\s-]", "", text.encode("ascii", "ignore").decode()).strip()
+            ids.add(re.sub(r"[-\s]+", "-", text.lower()))
+    return ids
+
+
+@pytest.mark.parametrize("page", MARKDOWN, ids=lambda page: str(page.relative_to(ROOT)))
+def test_markdown_links_are_relative_and_resolve_inside_the_repository(page: Path) -> None:
+    links = _links(page)
+    assert links or page.parent == DOCS, page
+    for link in links:
+        if re.match(r"https?://(localhost|127\.0\.0\.1)(:\d+)?(/|$)", link):
+            continue  # an address to open on one's own machine (the demo's)
+        assert not re.match(r"[a-z][a-z0-9+.-]*:", link), f"{page.name}: {link} is not relative"
+        target, _, anchor = link.partition("#")
+        resolved = (page.parent / target).resolve() if target else page
+        assert resolved.is_relative_to(ROOT), f"{page.name}: {link} leaves the repository"
+        assert resolved.exists(), f"{page.name}: {link} names no file"
+        if page.parent == DOCS:
+            # mkdocs builds docs/ alone: a link out of it would be broken on the site.
+            assert resolved.is_relative_to(DOCS), f"{page.name}: {link} leaves docs/"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in _anchors(resolved), f"{page.name}: {link} names no heading"
+
+
+def test_no_file_names_an_invented_address() -> None:
+    named = [
+        path
+        for pattern in ("*.md", "*.py", "*.toml", "*.yml", "*.yaml", "*.conf", "*.js", "*.html")
+        for path in ROOT.rglob(pattern)
+        if not any(
+            part in {".git", "node_modules", "site", "build", "dist", ".venv"}
+            or part.endswith(".egg-info")
+            for part in path.relative_to(ROOT).parts
+        )
+        and INVENTED in path.read_text(encoding="utf-8", errors="replace")
+    ]
+    named += [
+        ROOT / name
+        for name in ("Dockerfile", "compose.yaml", "MANIFEST.in")
+        if (ROOT / name).exists() and INVENTED in (ROOT / name).read_text(encoding="utf-8")
+    ]
+    assert not named
 
 
 def test_the_licence_is_mit_by_the_developers() -> None:
@@ -35,12 +93,11 @@ def test_the_licence_is_mit_by_the_developers() -> None:
     assert "Copyright (c) 2026 fastapi-pubsub-cluster developers" in licence
 
 
-def test_the_project_names_its_homepage_repository_and_issues(project: dict[str, Any]) -> None:
-    assert project["urls"] == {
-        "Homepage": REPOSITORY,
-        "Repository": REPOSITORY,
-        "Issues": f"{REPOSITORY}/issues",
-    }
+def test_the_project_names_no_address(project: dict[str, Any]) -> None:
+    # No public homepage, repository or tracker exists: the index page shows none.
+    assert "urls" not in project
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert not re.search(r"https?://", text)
 
 
 def test_settings_dependency_is_declared(project: dict[str, Any]) -> None:
