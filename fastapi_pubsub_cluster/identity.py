@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import math
 from typing import Any
 
-from .errors import PresenceMetadataError
+from .codec import MAX_NESTING_DEPTH, encode_json, encode_payload
+from .errors import MalformedMessageError, PresenceMetadataError
+
+#: Integers metadata may hold: what msgpack (and so every client and worker) can carry.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def checked_user_id(user_id: object, max_length: int) -> str | None:
@@ -23,16 +27,63 @@ def checked_user_id(user_id: object, max_length: int) -> str | None:
 
 
 def checked_presence_metadata(metadata: object, max_bytes: int) -> dict[str, Any] | None:
-    """``metadata`` as presence metadata: None, or a JSON object of at most ``max_bytes``
-    (compact JSON); else :class:`PresenceMetadataError`."""
+    """``metadata`` as presence metadata: None, or a JSON object that every wire format can
+    carry (string keys, UTF-8 strings, integers that fit 64 bits, finite floats, nesting at
+    most MAX_NESTING_DEPTH deep) of at most ``max_bytes`` (compact JSON); else
+    :class:`PresenceMetadataError`."""
     if metadata is None:
         return None
     if not isinstance(metadata, dict):
         raise PresenceMetadataError("presence metadata must be a dict (a JSON object)")
+    problem = _unencodable(metadata)
+    if problem is not None:
+        raise PresenceMetadataError(f"presence metadata {problem}")
     try:
-        size = len(json.dumps(metadata, separators=(",", ":"), allow_nan=False).encode())
-    except (TypeError, ValueError) as exc:
-        raise PresenceMetadataError(f"presence metadata is not JSON: {exc}") from None
+        size = len(encode_json(metadata).encode())
+        encode_payload(metadata)
+    except (MalformedMessageError, UnicodeEncodeError) as exc:  # the walk should catch all
+        raise PresenceMetadataError(f"presence metadata cannot be encoded: {exc}") from None
     if size > max_bytes:
         raise PresenceMetadataError(f"presence metadata is {size} bytes; the limit is {max_bytes}")
     return metadata
+
+
+def _unencodable(metadata: dict[str, Any]) -> str | None:
+    """What in ``metadata`` JSON or msgpack cannot carry, or None (iterative: the depth
+    checked may be past the recursion limit)."""
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_NESTING_DEPTH:
+                return f"nests deeper than {MAX_NESTING_DEPTH} levels"
+            if isinstance(item, dict):
+                for key in item:
+                    if not isinstance(key, str):
+                        return f"has a key that is not a string: {type(key).__name__}"
+                    stack.append((key, depth))
+                stack.extend((value, depth + 1) for value in item.values())
+            else:
+                stack.extend((value, depth + 1) for value in item)
+        elif isinstance(item, str):
+            if not _is_utf8(item):
+                return "holds a string that is not valid Unicode (a lone surrogate)"
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not _INT_MIN <= item <= _INT_MAX:
+                return "holds an integer that does not fit 64 bits"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "holds NaN or an infinity"
+        else:
+            return f"holds a {type(item).__name__}, which is not a JSON type"
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

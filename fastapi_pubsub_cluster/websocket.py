@@ -140,8 +140,10 @@ class BasePubSubWebSocket:
 
     async def presence_metadata(self) -> dict[str, Any] | None:
         """Override to register a small JSON object with this socket's presence (e.g. a
-        name), which ``hub.presence()`` returns; at most ``max_presence_metadata_bytes``, or
-        the socket is closed with 1008 before joining. Called after :meth:`authorize`."""
+        name), which ``hub.presence()`` returns: string keys, and values that JSON and
+        msgpack both carry (UTF-8 strings, integers that fit 64 bits, finite floats, at most
+        64 levels deep), at most ``max_presence_metadata_bytes``; else the socket is closed
+        with 1008 before joining. Called after :meth:`authorize`."""
         return None
 
     async def on_connect(self) -> None:
@@ -304,11 +306,13 @@ class BasePubSubWebSocket:
         else:
             await self.on_message(data)
 
-    def _welcome(self) -> dict[str, str]:
-        welcome = {
+    def _welcome(self) -> dict[str, str | bool]:
+        welcome: dict[str, str | bool] = {
             "event": "welcome",
             "connection_id": self.connection_id,
             "channel": self.channel_id,
+            # So that a client's join of a further channel fails at once where none is taken.
+            "client_joins": self.client_joins,
         }
         connection = self._connection
         if connection is not None and self.hub.settings.has_history(self.channel_id):

@@ -4,13 +4,15 @@ and in join/leave events; on every backend, and across workers on Redis."""
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from fastapi import FastAPI, WebSocket
 
-from fastapi_pubsub_cluster import PubSubHub, RedisBackend
+from fastapi_pubsub_cluster import BasePubSubWebSocket, PubSubHub, RedisBackend
 from fastapi_pubsub_cluster.errors import CloseCode
 from tests.apps.local_app import build_app
 from tests.live import (
@@ -52,6 +54,77 @@ async def test_metadata_over_the_limit_closes_1008_and_registers_nothing(
     ws, connection_id = await connect_identified(f"{server}/id/limits?meta={quote(just_fits)}")
     assert await hub.presence("limits") == {connection_id: {"bio": "x" * 1000}}
     await ws.close()
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        metadata = {"in": metadata}
+    return metadata
+
+
+#: Metadata a socket may not register: each is not encodable in some wire format (JSON,
+#: msgpack, UTF-8), or nests deeper than client frames may.
+UNENCODABLE_METADATA: dict[str, Any] = {
+    "int beyond 64 bits": {"uid": 2**128 + 1},
+    "lone surrogate": {"name": "\ud800"},
+    "nested past the recursion limit": _nested(5000),
+    "nested one level too deep": _nested(65),
+    "bytes": {"token": b"\x00"},
+    "NaN": {"score": float("nan")},
+    "non-string key": {1: "one"},
+}
+
+
+class MetadataSocket(BasePubSubWebSocket):
+    """Registers the metadata named by ``?kind=`` (a key of UNENCODABLE_METADATA)."""
+
+    async def presence_metadata(self) -> dict[str, Any] | None:
+        kind = self.websocket.query_params.get("kind", "")
+        if kind == "nested to the bound":
+            return _nested(64)
+        return dict(UNENCODABLE_METADATA[kind])
+
+    async def generate_object_to_send(self) -> Any:
+        return {"count": len(self.connection_manager.get(self.channel_id))}
+
+
+def _metadata_app(hub: PubSubHub) -> FastAPI:
+    app = build_app(hub)
+
+    @app.websocket("/meta/{channel}")
+    async def metadata_socket(websocket: WebSocket, channel: str) -> None:
+        await MetadataSocket(websocket, channel, hub=hub).run()
+
+    return app
+
+
+@pytest.mark.parametrize("kind", sorted(UNENCODABLE_METADATA))
+async def test_metadata_not_encodable_in_every_format_closes_1008_and_registers_nothing(
+    hub: PubSubHub, kind: str
+) -> None:
+    async with serve(_metadata_app(hub)) as url:
+        # A msgpack client in the channel: metadata it cannot receive must not get in.
+        listener = await connect(f"{url}/ws/odd?format=msgpack&frames=tagged")
+        await wait_for_condition(lambda: len(hub.get("odd")) == 1, 5)
+        ws = await connect(f"{url}/meta/odd?kind={quote(kind)}&format=msgpack")
+        assert await close_code_of(ws) == CloseCode.POLICY_VIOLATION
+        assert ws.close_reason is not None and "presence metadata" in ws.close_reason
+        assert len(await hub.members("odd")) == 1
+        assert hub.fanout.local_connection_count == 1
+        await listener.close()
+
+
+async def test_metadata_nested_to_the_bound_is_registered(hub: PubSubHub) -> None:
+    async with serve(_metadata_app(hub)) as url:
+        ws = await connect(f"{url}/meta/deep?kind={quote('nested to the bound')}")
+        await wait_for_async_condition(lambda: _has_members(hub, "deep", 1), 5)
+        assert list((await hub.presence("deep")).values()) == [_nested(64)]
+        await ws.close()
+
+
+async def _has_members(hub: PubSubHub, channel: str, count: int) -> bool:
+    return len(await hub.members(channel)) == count
 
 
 # -- across workers on one Redis ---------------------------------------------------------
