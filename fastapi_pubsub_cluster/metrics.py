@@ -51,6 +51,10 @@ class Metrics:
     def loop_restarted(self, loop: str) -> None:
         """A background loop (``loop`` names it) failed unexpectedly and was restarted."""
 
+    def encoding_failed(self) -> None:
+        """A frame could not be encoded in some client's wire format (e.g. an integer
+        msgpack cannot carry): those clients missed it, the others got it."""
+
     def inbound_limited(self) -> None:
         """A client message went over its inbound message or byte rate (the client closed,
         the message dropped, or the read delayed)."""
@@ -120,6 +124,11 @@ class PrometheusMetrics(Metrics):
             ["path"],
             **options,
         )
+        self._encoding_failures = Counter(
+            "encoding_failures",
+            "Frames some clients missed: their wire format could not carry the payload",
+            **options,
+        )
         self._inbound_limited = Counter(
             "inbound_limited", "Client messages over the inbound rate limits", **options
         )
@@ -181,6 +190,9 @@ class PrometheusMetrics(Metrics):
 
     def loop_restarted(self, loop: str) -> None:
         self._restarts.labels(loop=loop).inc()
+
+    def encoding_failed(self) -> None:
+        self._encoding_failures.inc()
 
     def inbound_limited(self) -> None:
         self._inbound_limited.inc()

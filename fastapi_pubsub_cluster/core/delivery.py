@@ -54,6 +54,7 @@ class LocalDelivery:
                 # This client's wire format cannot carry the payload; others' may.
                 if not failed:
                     logger.error("cannot deliver a message on %r: %s", channel, exc)
+                    self._metrics.encoding_failed()
                 failed = True
             except Exception:  # one client's failure never stops the others
                 logger.exception("delivery to %s failed", connection.id)
@@ -71,5 +72,17 @@ class LocalDelivery:
         if len(members) <= self._settings.presence_event_max_members:
             fields["members"] = self._mirror.presence(channel)
         frame = event_frame("presence", channel, **fields)
+        counted: OutgoingFrame | None = None
         for connection in tagged:
-            connection.send_event(frame)
+            try:
+                connection.send_event(frame)
+            except MalformedMessageError as exc:
+                # Members' metadata this client's wire format cannot carry (from a worker
+                # that did not check it): it still gets the count.
+                if counted is None:
+                    logger.error("presence of %r cannot be encoded: %s", channel, exc)
+                    self._metrics.encoding_failed()
+                    counted = event_frame("presence", channel, count=len(members))
+                connection.send_event(counted)
+            except Exception:  # one client's failure never stops the others
+                logger.exception("presence event to %s failed", connection.id)

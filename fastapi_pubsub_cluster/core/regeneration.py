@@ -57,7 +57,12 @@ class Regenerator:
                 speaker = self._registry.newest(channel)
                 if speaker is None:
                     break
-                self._announce(channel)
+                # A failure of one step (an encoding, a hook) stops neither the other step
+                # nor later runs: both isolate each client's failure too.
+                try:
+                    self._announce(channel)
+                except Exception:
+                    logger.exception("presence event on channel %r failed", channel)
                 try:
                     async with asyncio.timeout(HOOK_TIMEOUT):
                         payload = await speaker.hooks.generate_object_for(channel)
@@ -65,7 +70,10 @@ class Regenerator:
                     logger.exception("generate_object_to_send failed for channel %r", channel)
                     continue
                 if payload is not None:
-                    self._deliver(channel, OutgoingFrame(payload))
+                    try:
+                        self._deliver(channel, OutgoingFrame(payload))
+                    except Exception:
+                        logger.exception("delivery on channel %r failed", channel)
         finally:
             self._dirty.discard(channel)
             self._running.pop(channel, None)
