@@ -2,13 +2,18 @@
 
 Whether a channel keeps history decides how a message is published (stored, with an id,
 or not): an outside publisher must decide as the workers do, so it reads what they
-announced rather than trusting its own environment.
+announced rather than trusting its own environment. A worker announces at startup and,
+should Redis lose the announcement (a restart without persistence, a flush, an eviction),
+again at its next heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 
 from ...errors import ConfigurationError
 from ...settings import PubSubSettings
@@ -38,6 +43,14 @@ async def announce(client: CommandClient, keys: RedisKeys, settings: PubSubSetti
             differing,
         )
     await client.hset(keys.settings, mapping=dict[Any, Any](ours))
+
+
+def restore(pipe: Pipeline | ClusterPipeline, keys: RedisKeys, settings: PubSubSettings) -> None:
+    """Queue on ``pipe`` the announcement of each shared setting that Redis lacks (one reply
+    each, 1 where it was missing). Idempotent; leaves what a worker announced alone, so
+    that workers configured apart do not overwrite each other every heartbeat."""
+    for name, value in shared_values(settings).items():
+        pipe.hsetnx(keys.settings, name, value)
 
 
 async def follow(

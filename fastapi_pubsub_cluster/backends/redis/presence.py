@@ -21,7 +21,7 @@ from ...codec import encode_json
 from ...core.backend import FanOutSink
 from ...metrics import Metrics
 from ...settings import PubSubSettings
-from . import scripts
+from . import announced, scripts
 from .clients import REDIS_DOWN, CommandClient
 from .directory import Directory
 from .gate import ChannelGate
@@ -310,14 +310,18 @@ class Presence:
         self._beating = True
 
     async def _renew(self) -> bool:
-        """Write the heartbeat; True if it had expired or the channel record was claimed."""
+        """Write the heartbeat (and the settings announcement, if Redis lost it); True if
+        it had expired or the channel record was claimed."""
         ttl_ms = int(self._settings.heartbeat_ttl * 1000)
         instance = self.instance
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.set(self._keys.heartbeat(instance), "1", px=ttl_ms, get=True)
             pipe.sadd(self._keys.workers, instance)
             pipe.exists(self._keys.worker_channels(instance))
-            previous, _, recorded = await pipe.execute()
+            announced.restore(pipe, self._keys, self._settings)
+            previous, _, recorded, *restored = await pipe.execute()
+        if any(restored):
+            logger.warning("Redis had lost the workers' settings; announced them again")
         return previous is None or bool(self._recorded_channels and not recorded)
 
     async def keep(self) -> None:
