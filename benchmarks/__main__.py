@@ -7,14 +7,14 @@ import importlib.util
 import sys
 
 # The [bench] extra, checked before anything imports it: one line, not a traceback.
+# (broadcaster and fastapi_websocket_pubsub are not in it: each runs in a peer venv of its
+# own, built on first use by benchmarks.peer_venvs.)
 BENCH_MODULES = (
     "uvicorn",
     "websockets",
     "psutil",
     "rich",
     "socketio",
-    "broadcaster",
-    "fastapi_websocket_pubsub",
     "fastapi_pubsub_cluster",
 )
 _missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
@@ -32,11 +32,14 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from benchmarks.environment import library_revision, machine, package_versions
+from benchmarks.installs import shared_files
+from benchmarks.peer_venvs import describe
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.progress import ProgressDisplay
-from benchmarks.publish_rate import measure_publish_rate
+from benchmarks.publish_rate import PEER_VENV_OF, measure_publish_rate
 from benchmarks.redis_server import BenchRedis, bench_cluster, bench_redis
 from benchmarks.report import build_report, print_report, write_report
 from benchmarks.scenarios import (
@@ -63,11 +66,21 @@ NOTES = (
     "Clients: two processes, plain `websockets` client, no permessage-deflate offered "
     "(so no server compresses), engine.io spoken by hand for socket.io.",
     "Publishing: ours (Redis) via RedisPublisher, socket.io via a write-only "
-    "AsyncRedisManager, broadcaster via Broadcast.publish; in-memory systems, ceilings and "
+    "AsyncRedisManager, broadcaster via the PUBLISH its Broadcast.publish sends (redis-py: "
+    "broadcaster is only in its peer venv); in-memory systems, ceilings and "
     "fastapi_websocket_pubsub (its users publish in-app) via a control websocket.",
     "Repeats are interleaved (every configuration once, then again) so drift hits all alike; "
     "±N% after a figure is half the max-min spread of the repeats when it exceeds 7%.",
     KEEPALIVE_NOTE,
+)
+#: Distributions named in the peer venv notes.
+PEER_PACKAGES = (
+    "broadcaster",
+    "fastapi-websocket-pubsub",
+    "fastapi-websocket-rpc",
+    "permit-broadcaster",
+    "asyncio-redis",
+    "redis",
 )
 SCENARIOS = ("fanout", "channels", "idle", "cluster", "history", "deflate", "publish")
 CLUSTER_NOTES = (
@@ -200,6 +213,19 @@ def build_steps(
     return steps
 
 
+def peer_venvs_of(steps: list[Step]) -> list[str]:
+    """The peer venvs the steps run on (their servers', or a publish system's)."""
+    names: set[str] = set()
+    for step in steps:
+        if step.scenario.startswith("publish-"):
+            venv = PEER_VENV_OF.get(step.target)
+        else:
+            venv = by_name(step.target).venv
+        if venv is not None:
+            names.add(venv)
+    return sorted(names)
+
+
 def _fanout(plan: Plan, redis: BenchRedis, name: str, size: int) -> Callable[[], Awaitable[Values]]:
     return lambda: measure_fanout(
         by_name(name),
@@ -267,8 +293,12 @@ async def run(plan: Plan, only: set[str], scenarios: set[str], step_timeout: flo
         cluster = (
             stack.enter_context(bench_cluster()) if needs_cluster(plan, only, scenarios) else None
         )
-        environment = {
+        steps = build_steps(plan, redis, only, scenarios, cluster)
+        environment: dict[str, Any] = {
             "packages": package_versions(),
+            "shared_files": shared_files(),
+            # Built (first use) or checked before the first step: never inside a measurement.
+            "peer_venvs": {name: describe(name) for name in peer_venvs_of(steps)},
             "machine": machine(),
             "redis_server": redis.version(),
             "redis_owned": redis.owned,
@@ -276,7 +306,6 @@ async def run(plan: Plan, only: set[str], scenarios: set[str], step_timeout: flo
             "redis_cluster_owned": cluster.owned if cluster is not None else None,
             "library_revision": library_revision(),
         }
-        steps = build_steps(plan, redis, only, scenarios, cluster)
         measurements: list[Measurement] = []
         interrupted = asyncio.Event()
         current: asyncio.Task[Values] | None = None
@@ -319,6 +348,18 @@ async def run(plan: Plan, only: set[str], scenarios: set[str], step_timeout: flo
         *(CLUSTER_NOTES if "cluster" in ran else ()),
         *(HISTORY_NOTES if "history" in ran else ()),
     ]
+    for name, venv in environment["peer_venvs"].items():
+        packages = venv["packages"]
+        peer = ", ".join(f"{k} {packages[k]}" for k in PEER_PACKAGES if k in packages)
+        notes.append(
+            f"Peer venv {name} ({venv['requirements']}; server stack pinned to the driver's): "
+            f"{peer}; files owned by two distributions: {len(venv['shared_files'])}."
+        )
+    if environment["shared_files"]:
+        notes.append(
+            f"The driver's environment has {len(environment['shared_files'])} files owned by "
+            "two distributions (see benchmarks/installs.py); no peer server runs in it."
+        )
     if environment["redis_cluster_owned"] is False:
         notes.append("REDIS_CLUSTER_URL given: its nodes' CPU is not measured (only INFO cpu).")
     if not environment["redis_owned"]:

@@ -7,7 +7,8 @@ Run in its own process by the suite (``--scenario publish``), or by hand::
 Systems: ``ours`` (``hub.publish`` of a started Redis hub, as a route would call it),
 ``redis-py-pool`` (a bare ``redis.asyncio`` client and its default pool, ``PUBLISH``),
 ``redis-py-blocking-pool`` (the same with a blocking pool of 200 connections),
-``broadcaster`` (``Broadcast.publish``). Prints one JSON line: publications per second,
+``broadcaster`` (``Broadcast.publish``; the suite runs it on the broadcaster peer venv's
+python, see ``benchmarks.peer_venvs``). Prints one JSON line: publications per second,
 failed calls (and the first error), CPU seconds of this process per publication.
 """
 
@@ -25,6 +26,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Systems measured on a peer venv's python (``benchmarks.peer_venvs``), not the driver's.
+PEER_VENV_OF = {"broadcaster": "broadcaster"}
 Publish = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
@@ -114,8 +117,15 @@ async def measure_publish_rate(
     system: str, redis_url: str, callers: int, seconds: float
 ) -> dict[str, float | None]:
     """:func:`measure` in a process of its own (one worker), for the suite."""
+    venv = PEER_VENV_OF.get(system)
+    if venv is None:
+        python = sys.executable
+    else:
+        from benchmarks.peer_venvs import ensure_venv
+
+        python = str(await asyncio.to_thread(ensure_venv, venv))
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
+        python,
         "-m",
         "benchmarks.publish_rate",
         *("--system", system, "--redis-url", redis_url),

@@ -82,22 +82,24 @@ class SocketioPublisher(Publisher):
 
 
 class BroadcasterPublisher(Publisher):
-    def __init__(self, redis_url: str, prefix: str) -> None:
-        from broadcaster import Broadcast
+    """What ``broadcaster.Broadcast(redis_url).publish(channel, text)`` sends (its Redis
+    backend: one redis-py ``PUBLISH``), from the driver: broadcaster is installed only in its
+    peer venv (``benchmarks.peer_venvs``)."""
 
-        self._broadcast = Broadcast(redis_url)
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        import redis.asyncio as aioredis
+
+        self._client = aioredis.Redis.from_url(redis_url)
         self._prefix = prefix
 
     async def start(self) -> None:
-        await self._broadcast.connect()
+        pass  # connects on first use
 
     async def publish(self, channel: str, payload: dict[str, Any]) -> None:
-        await self._broadcast.publish(
-            broadcaster_channel(channel, self._prefix), json.dumps(payload)
-        )
+        await self._client.publish(broadcaster_channel(channel, self._prefix), json.dumps(payload))
 
     async def close(self) -> None:
-        await self._broadcast.disconnect()
+        await self._client.aclose()
 
 
 class RawRedisPublisher(Publisher):

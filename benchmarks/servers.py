@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import psutil
 
 from benchmarks.apps import NO_KEEPALIVE_SECONDS
+from benchmarks.peer_venvs import ensure_venv
 from benchmarks.targets import Target
 from tools.ports import free_port
 from tools.processes import (
@@ -141,6 +142,14 @@ KEEPALIVE_NOTE = (
 
 
 def _command(target: Target, port: int) -> list[str]:
+    """The server's command line, on its peer venv's python if it has one."""
+    command = _driver_command(target, port)
+    if target.venv is not None:
+        command[0] = str(ensure_venv(target.venv))
+    return command
+
+
+def _driver_command(target: Target, port: int) -> list[str]:
     if target.asgi_app is None:
         if target.module is None:
             raise ValueError(f"{target.name}: neither an ASGI app nor a module")

@@ -28,7 +28,9 @@ class PublishVia(StrEnum):
     OURS_REDIS = "fastapi_pubsub_cluster.RedisPublisher"
     RAW_REDIS = "redis-py PUBLISH of the JSON payload"
     SOCKETIO_REDIS = "socketio.AsyncRedisManager(write_only=True).emit"
-    BROADCASTER_REDIS = "broadcaster.Broadcast.publish"
+    #: The command ``Broadcast.publish`` sends, from the driver: broadcaster is installed only
+    #: in its peer venv (the publish scenario runs ``Broadcast.publish`` itself there).
+    BROADCASTER_REDIS = "redis-py PUBLISH, as broadcaster.Broadcast.publish sends it"
     CONTROL_SOCKET = "control websocket into the app"
 
 
@@ -58,6 +60,9 @@ class Target:
     env: tuple[tuple[str, str], ...] = ()
     #: Extra arguments of a ``module`` server.
     module_args: tuple[str, ...] = ()
+    #: The peer venv (``benchmarks.peer_venvs``) whose python runs the server, or None for
+    #: the driver's own environment.
+    venv: str | None = None
 
     def client_url(self, port: int, channel: str) -> str:
         """Where a client of ``channel`` connects."""
@@ -163,6 +168,7 @@ BROADCASTER = Target(
     uses_redis=True,
     publish_via=PublishVia.BROADCASTER_REDIS,
     workarounds=BROADCASTER_WORKAROUNDS,
+    venv="broadcaster",
 )
 PERMIT = Target(
     "permit-pubsub-redis",
@@ -171,6 +177,7 @@ PERMIT = Target(
     "permit_app",
     uses_redis=True,
     protocol=Protocol.PERMIT_RPC,
+    venv="permit",
 )
 
 ALL_TARGETS: tuple[Target, ...] = (
