@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -283,13 +284,23 @@ def event_frame(event: str, channel: str, **fields: Any) -> OutgoingFrame:
     return OutgoingFrame({"event": event, "channel": channel, **fields})
 
 
+def _json_bytes(value: Any) -> Any:
+    # JSON has no bytes (msgpack does): JSON clients get them as {"$bytes": "<base64>"}.
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 #: One encoder for every frame: ``json.dumps`` with options builds a new one per call.
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_JSON = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_json_bytes
+)
 
 
 def encode_json(payload: Any) -> str:
-    """Strict compact JSON: bytes, NaN and infinities are not JSON (browsers' ``JSON.parse``
-    rejects them) and raise MalformedMessageError, as does nesting too deep to encode."""
+    """Strict compact JSON, with bytes as ``{"$bytes": "<base64>"}``: NaN and infinities
+    are not JSON (browsers' ``JSON.parse`` rejects them) and raise MalformedMessageError,
+    as does nesting too deep to encode."""
     try:
         return _JSON.encode(payload)
     except (TypeError, ValueError, RecursionError) as exc:

@@ -460,7 +460,9 @@ def test_payload_msgpack_cannot_hold_is_a_clear_error() -> None:
     with pytest.raises(MalformedMessageError):
         encode_envelope(Envelope(EventKind.MESSAGE, "c", "o", "r", 0, object()))
     with pytest.raises(MalformedMessageError):
-        _ = OutgoingFrame({"raw": b"\x00"}).text  # bytes have no JSON form
+        _ = OutgoingFrame({"nan": float("nan")}).text  # NaN has no JSON form
+    # Bytes have none either: JSON clients get them base64-encoded.
+    assert OutgoingFrame({"raw": b"\x00"}).text == '{"raw":{"$bytes":"AA=="}}'
 
 
 def test_outgoing_frame_encodes_each_format_once() -> None:

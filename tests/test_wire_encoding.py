@@ -4,6 +4,7 @@ and bytes reach JSON clients in a defined form."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -84,3 +85,42 @@ async def test_metadata_msgpack_cannot_carry_from_an_older_worker_stops_no_deliv
         for ws in (plain, packed, third):
             await ws.close()
         await wait_for_condition(lambda: hub.fanout.local_connection_count == 0, 5)
+
+
+# -- bytes: msgpack carries them, JSON clients get {"$bytes": "<base64>"} ------------------
+
+
+async def test_bytes_a_msgpack_client_publishes_reach_json_clients_as_base64(
+    server: str,
+) -> None:
+    as_json = await connect(f"{server}/ws/blobs")
+    as_tagged_json = await connect(f"{server}/ws/blobs?frames=tagged")
+    as_msgpack = await connect(f"{server}/ws/blobs?format=msgpack")
+    await recv_until(as_json, lambda m: m == {"count": 3})
+    # The test app publishes {"echo": <what the client sent>} to the channel.
+    await as_msgpack.send(msgpack.packb([b"\x00\xff", "text"], use_bin_type=True))
+    echo = {"echo": [{"$bytes": base64.b64encode(b"\x00\xff").decode()}, "text"]}
+    assert await recv_until(as_json, lambda m: "echo" in m) == echo
+    assert await recv_until(as_tagged_json, lambda m: "echo" in m.get("data", {})) == {
+        "channel": "blobs",
+        "data": echo,
+    }
+    received = await recv_msgpack_until(as_msgpack, lambda m: "echo" in m)
+    assert received == {"echo": [b"\x00\xff", "text"]}
+    for ws in (as_json, as_tagged_json, as_msgpack):
+        await ws.close()
+
+
+async def test_bytes_published_by_the_server_reach_json_clients_as_base64(
+    server: str, hub: PubSubHub
+) -> None:
+    as_json = await connect(f"{server}/ws/files")
+    as_msgpack = await connect(f"{server}/ws/files?format=msgpack")
+    await recv_until(as_json, lambda m: m == {"count": 2})
+    await hub.publish("files", b"\x89PNG\r\n")
+    assert await recv_until(as_json, lambda m: "$bytes" in m) == {
+        "$bytes": base64.b64encode(b"\x89PNG\r\n").decode()
+    }
+    assert await recv_msgpack_until(as_msgpack, lambda m: m == b"\x89PNG\r\n")
+    await as_json.close()
+    await as_msgpack.close()
