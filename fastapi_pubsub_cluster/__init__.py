@@ -20,6 +20,7 @@ from .errors import (
     PresenceMetadataError,
     PublishError,
     PubSubError,
+    SettingsNotAnnouncedError,
     SubscriberOverflowError,
 )
 from .hub import PubSubHub, close_implicit_hubs, current_hub
@@ -53,6 +54,7 @@ __all__ = [
     "RedisBackend",
     "RedisCredentials",
     "RedisPublisher",
+    "SettingsNotAnnouncedError",
     "SubscriberOverflowError",
     "Subscription",
     "client_script_route",

@@ -47,6 +47,13 @@ class PublishError(BackendUnavailableError):
     """A message could not be handed to the backend."""
 
 
+class SettingsNotAnnouncedError(PublishError):
+    """An outside publisher found no settings announced by the workers in Redis (no worker
+    is running, or Redis lost them and no worker has announced them again yet), and has no
+    ``history_channels`` of its own: it cannot tell whether a channel keeps history, so it
+    publishes nothing rather than a message the channel's history would miss."""
+
+
 class PresenceError(BackendUnavailableError):
     """A connection could not be registered, or presence could not be read."""
 

@@ -3,13 +3,16 @@
 Outside publishers configured as the docs advise (the Redis URL and the key prefix, no
 ``PUBSUB_HISTORY_CHANNELS``) learn from the workers' announcement in Redis which channels
 keep history. Redis that restarts empty loses that announcement: the workers announce it
-again by themselves.
+again by themselves, and a publisher that finds none refuses to publish rather than
+publishing plain what a history channel should have stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,10 +20,25 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from websockets.asyncio.client import ClientConnection
 
-from fastapi_pubsub_cluster import PubSubHub
+from fastapi_pubsub_cluster import (
+    PublishError,
+    PubSubHub,
+    PubSubSettings,
+    RedisPublisher,
+    SettingsNotAnnouncedError,
+    publish_sync,
+)
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
+from tests.apps.local_app import build_app
 from tests.conftest import make_settings
-from tests.live import reconnect_signal, recv_until, wait_for_async_condition
+from tests.live import (
+    connect,
+    reconnect_signal,
+    recv_until,
+    serve,
+    wait_for_async_condition,
+    wait_for_condition,
+)
 from tools.redis_servers import OwnedRedisServer
 
 pytestmark = pytest.mark.slow
@@ -79,3 +97,124 @@ async def test_the_workers_announce_their_settings_again_once_redis_lost_them(
         await asyncio.to_thread(owned_redis.restart)
         await asyncio.wait_for(reconnected.wait(), 15)
         await wait_for_async_condition(restored, settings.heartbeat_ttl)
+
+
+async def test_a_publisher_that_cannot_learn_the_workers_settings_publishes_nothing(
+    owned_redis: OwnedRedisServer, key_prefix: str, admin: aioredis.Redis
+) -> None:
+    # Configured as the docs advise, but no worker announced anything (none runs yet).
+    outside = make_settings(key_prefix, owned_redis.url)
+    with pytest.raises(SettingsNotAnnouncedError, match="PUBSUB_HISTORY_CHANNELS"):
+        async with RedisPublisher(owned_redis.url, settings=outside) as publisher:
+            await publisher.publish("news", {"n": 1})
+    with pytest.raises(SettingsNotAnnouncedError, match="Start a worker"):
+        await asyncio.to_thread(publish_sync, owned_redis.url, "news", {"n": 2}, settings=outside)
+    assert issubclass(SettingsNotAnnouncedError, PublishError)  # caught where Redis down is
+    stats = await admin.info("commandstats")
+    sent = {"cmdstat_publish", "cmdstat_evalsha", "cmdstat_eval", "cmdstat_spublish"} & set(stats)
+    assert not sent, f"published nonetheless: {sent}"
+    # A publisher that names the history channels itself needs no announcement.
+    own = outside.with_changes(history_channels="news")
+    async with RedisPublisher(owned_redis.url, settings=own) as publisher:
+        await publisher.publish("news", {"n": 3})
+    assert await admin.xlen(RedisKeys(key_prefix).history("news")) == 1
+
+
+class NumberedPublishing:
+    """Publishes ``{"n": 1}``, ``{"n": 2}``, ... on ``news`` with ``publish_sync`` from a
+    thread, as a script or a job queue would, and notes which publishes succeeded."""
+
+    def __init__(self, url: str, settings: PubSubSettings) -> None:
+        self.url = url
+        self.settings = settings
+        self.results: list[tuple[int, bool]] = []
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            try:
+                publish_sync(self.url, "news", {"n": n}, settings=self.settings)
+            except PublishError:
+                self.results.append((n, False))
+                self._stop.wait(0.02)  # a retry's backoff
+            else:
+                self.results.append((n, True))
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        thread = threading.Thread(target=self._run, name="numbered-publishing")
+        thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            thread.join(10)
+
+    @property
+    def failed(self) -> bool:
+        return any(not ok for _, ok in self.results)
+
+    def succeeded_after_first_failure(self) -> list[int]:
+        first = next(i for i, (_, ok) in enumerate(self.results) if not ok)
+        return [n for n, ok in self.results[first:] if ok]
+
+
+async def test_a_long_lived_publisher_stores_again_after_an_empty_redis_restart(
+    owned_redis: OwnedRedisServer, key_prefix: str
+) -> None:
+    settings = make_settings(key_prefix, owned_redis.url, history_channels="news")
+    outside = make_settings(key_prefix, owned_redis.url)
+    async with (
+        PubSubHub(settings=settings) as hub,
+        serve(build_app(hub)) as url,
+        RedisPublisher(owned_redis.url, settings=outside, follow_interval=0.05) as publisher,
+    ):
+        reconnected = reconnect_signal(hub)
+        ws = await connect(f"{url}/ws/news")
+        await publisher.publish("news", {"n": 0})
+        seen = await recv_until(ws, stored_or_gap)
+        assert seen["data"] == {"n": 0}
+        await ws.close()
+        await asyncio.to_thread(owned_redis.restart)
+        await asyncio.wait_for(reconnected.wait(), 15)
+        # The publisher reads the workers' settings again (or is refused while it cannot).
+        async with asyncio.timeout(15):
+            for n in range(1, 21):
+                while True:
+                    try:
+                        await publisher.publish("news", {"n": n})
+                    except PublishError:
+                        await asyncio.sleep(0.02)  # a retry's backoff
+                    else:
+                        break
+        back = await connect(f"{url}/ws/news?since={seen['id']}")
+        assert await resumed(back, 20) == ["gap", *range(1, 21)]
+        await back.close()
+
+
+async def test_a_resume_across_an_empty_restart_misses_nothing_an_outside_publisher_published(
+    owned_redis: OwnedRedisServer, key_prefix: str
+) -> None:
+    """Publishing goes on through an empty restart of Redis. What Redis held is lost (the
+    resuming client is told of the gap); every publish that succeeded after the first that
+    failed (Redis away, or its settings not yet announced again) reaches the client."""
+    settings = make_settings(key_prefix, owned_redis.url, history_channels="news")
+    outside = make_settings(key_prefix, owned_redis.url)
+    publishing = NumberedPublishing(owned_redis.url, outside)
+    async with PubSubHub(settings=settings) as hub, serve(build_app(hub)) as url:
+        ws = await connect(f"{url}/ws/news")
+        with publishing.running():
+            seen = await recv_until(ws, stored_or_gap)
+            await ws.close()
+            await asyncio.to_thread(owned_redis.stop)
+            await wait_for_condition(lambda: publishing.failed, 10)
+            await asyncio.to_thread(owned_redis.start)
+            await wait_for_condition(
+                lambda: len(publishing.succeeded_after_first_failure()) >= 20, 20
+            )
+        expected = publishing.succeeded_after_first_failure()
+        back = await connect(f"{url}/ws/news?since={seen['id']}")
+        assert await resumed(back, expected[-1]) == ["gap", *expected]
+        await back.close()

@@ -2,9 +2,9 @@
 
 Whether a channel keeps history decides how a message is published (stored, with an id,
 or not): an outside publisher must decide as the workers do, so it reads what they
-announced rather than trusting its own environment. A worker announces at startup and,
-should Redis lose the announcement (a restart without persistence, a flush, an eviction),
-again at its next heartbeat.
+announced rather than trusting its own environment, and refuses to publish when it finds
+nothing to read. A worker announces at startup and, should Redis lose the announcement (a
+restart without persistence, a flush, an eviction), again at its next heartbeat.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 
-from ...errors import ConfigurationError
+from ...errors import ConfigurationError, SettingsNotAnnouncedError
 from ...settings import PubSubSettings
 from .clients import CommandClient
 from .keys import RedisKeys
@@ -59,12 +59,22 @@ async def follow(
     """``settings`` with the shared fields the workers announced.
 
     Raises :class:`ConfigurationError` when ``settings`` sets history channels of its own
-    that differ from the cluster's; without any announcement, ``settings`` is used as is.
+    that differ from the cluster's. Without an announcement, ``settings`` is used as is if
+    it names history channels itself; else :class:`SettingsNotAnnouncedError` is raised,
+    as a plain publish might be one that a channel's history should have kept.
     """
     raw = {text(k): text(v) for k, v in (await client.hgetall(keys.settings)).items()}
     if not all(name in raw for name in SHARED_FIELDS):
+        if not settings.history_channels:
+            raise SettingsNotAnnouncedError(
+                f"the workers' settings are not announced in Redis ({keys.settings!r}): no "
+                "worker runs with this key prefix, or Redis lost them and no worker has "
+                "announced them again yet (it will within a heartbeat); without them this "
+                "process cannot tell which channels keep history. Start a worker, or set "
+                "PUBSUB_HISTORY_CHANNELS to the workers' value"
+            )
         logger.warning(
-            "no worker announced its settings under %r yet: publishing with this process's "
+            "no worker announced its settings under %r: publishing with this process's "
             "own (history_channels=%r)",
             keys.settings,
             settings.history_channels,

@@ -32,13 +32,19 @@ class RedisPublisher:
 
     Use the same ``key_prefix`` (settings) as the web app. It publishes exactly as a
     worker does (same encoding, same store script, same time limit), and decides which
-    channels keep history as the workers announced it in Redis.
+    channels keep history as the workers announced it in Redis, read again every
+    ``follow_interval`` seconds.
     """
 
     def __init__(
-        self, redis_url: RedisCredentialsLike, *, settings: PubSubSettings | None = None
+        self,
+        redis_url: RedisCredentialsLike,
+        *,
+        settings: PubSubSettings | None = None,
+        follow_interval: float = FOLLOW_INTERVAL,
     ) -> None:
         self.settings = settings if settings is not None else PubSubSettings.from_env()
+        self.follow_interval = follow_interval
         self._endpoint = RedisEndpoint(redis_url_from(redis_url), self.settings, client_name=None)
         self._client = self._endpoint.command_client(max_connections=4)
         self._path: PublishPath | None = None
@@ -49,7 +55,7 @@ class RedisPublisher:
         return await (await self._publish_path()).publish(channel, payload)
 
     async def _publish_path(self) -> PublishPath:
-        if self._path is None or time.monotonic() - self._followed_at > FOLLOW_INTERVAL:
+        if self._path is None or time.monotonic() - self._followed_at > self.follow_interval:
             keys = RedisKeys(self.settings.key_prefix)
             try:
                 cluster = await announced.follow(self._client, keys, self.settings)
