@@ -349,3 +349,44 @@ async def test_a_resume_from_further_back_than_history_is_a_gap_event(
         assert stream_id_key(gap["oldest"]) > stream_id_key(first)
         kept = [m["data"]["n"] for m in await events(page, "message")]
         assert kept == list(range(250 - len(kept), 250)) and len(kept) >= 5
+
+
+async def test_a_join_rejects_at_once_where_the_socket_class_takes_no_client_joins(
+    client_app_url: tuple[PubSubHub, str],
+) -> None:
+    """The server's welcome says whether its socket class takes joins: a join asked before
+    the socket opened, and one asked after, are refused instead of waiting forever."""
+    hub, base = client_app_url
+    async with chromium() as browser:
+        page = await client_page(browser, base, "/own/lobby")
+        asked_early = "window.early = window.client.join('room-1').then(() => 'joined', (e) => e.message)"
+        await page.evaluate(f"() => {{ {asked_early}; }}")
+        await wait_for_event(page, "open")
+        early = await page.evaluate("() => window.early")
+        later = await page.evaluate(
+            "() => window.client.join('room-2').then(() => 'joined', (e) => e.message)"
+        )
+        assert early == later == "this server's socket does not take joins from clients"
+        assert [r["channel"] for r in await events(page, "refused")] == ["room-1", "room-2"]
+        assert await page.evaluate("() => window.client.channels") == ["lobby"]
+        await hub.publish("lobby", {"still": "open"})
+        await wait_for_event(page, "message", "p.data.still === 'open'")
+        assert await events(page, "close") == []
+
+
+async def test_a_refused_resume_position_is_dropped_for_a_gap_and_a_fresh_join(
+    client_app_url: tuple[PubSubHub, str],
+) -> None:
+    """The server refuses a resume position that is not a stream id (1008): the client
+    reports a gap, forgets the position and joins afresh, instead of retrying it forever."""
+    hub, base = client_app_url
+    async with chromium() as browser:
+        page = await client_page(browser, base, "/ws/feed-b?since=yesterday", minDelay=50)
+        await wait_for_event(page, "open")
+        (gap,) = await events(page, "gap")
+        assert gap["channel"] == "feed-b" and gap["since"] == "yesterday"
+        assert gap["oldest"] is None and "stream id" in gap["reason"]
+        assert [c["code"] for c in await events(page, "close")] == [1008]
+        await hub.publish("feed-b", {"n": 1})
+        await wait_for_event(page, "message", "p.data.n === 1")
+        assert await page.evaluate("() => window.client.lastId('feed-b')") != "yesterday"

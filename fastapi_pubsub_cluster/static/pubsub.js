@@ -38,6 +38,9 @@ function compareDigits(a, b) {
   return x.length - y.length || (x < y ? -1 : x > y ? 1 : 0);
 }
 
+/** Why a join fails where the server's socket class sets no `client_joins`. */
+const NO_CLIENT_JOINS = "this server's socket does not take joins from clients";
+
 /**
  * A socket in its own channel (the URL's) and in any further channels it joins; reconnects
  * with backoff and resumes history channels after the last message it saw on each.
@@ -45,8 +48,9 @@ function compareDigits(a, b) {
  * Events (see {@link on}): `message` {@link ChannelMessage}, `presence` {@link Presence},
  * `direct` (a send to this client alone: `hub.send_to`, or what the app sent with
  * `send_json`), `open` `{connectionId, channel, resumed}`, `close` {@link CloseInfo},
- * `joined`/`left` `{channel}`, `refused` `{channel, reason, retry}` (with `retry` the client asks again by itself), `gap` `{channel, since, oldest}`
- * (a resume reached back further than history: resync from elsewhere).
+ * `joined`/`left` `{channel}`, `refused` `{channel, reason, retry}` (with `retry` the client
+ * asks again by itself), `gap` `{channel, since, oldest, reason}` (a resume reached back
+ * further than history, or the server refused the resume position: resync from elsewhere).
  */
 export class PubSubClient {
   /**
@@ -89,6 +93,8 @@ export class PubSubClient {
     this._timer = null;
     this._welcomed = false;
     this._opened = false;
+    /** @type {boolean | null} whether the server takes joins (its welcome says); null: not yet */
+    this._clientJoins = null;
     /** @type {WebSocket | null} */
     this._socket = null;
     this._connect();
@@ -136,7 +142,8 @@ export class PubSubClient {
 
   /**
    * Joins a further channel (the socket class must set `client_joins = True`). Resolves on
-   * `joined`, rejects on `refused`; while disconnected it waits for the next connection.
+   * `joined`, rejects on `refused`, and at once where the server's welcome said its socket
+   * takes no joins; while disconnected it waits for the next connection.
    * The channel is joined again after every reconnect, resuming its history.
    * @param {string} channel
    * @returns {Promise<void>}
@@ -144,6 +151,10 @@ export class PubSubClient {
   join(channel) {
     if (typeof channel !== "string") return Promise.reject(new TypeError("a channel is a string"));
     if (this.state === "closed") return Promise.reject(new Error("the client is closed"));
+    if (this._clientJoins === false && channel !== this.channel) {
+      this._emit("refused", { channel, reason: NO_CLIENT_JOINS, retry: false });
+      return Promise.reject(new Error(NO_CLIENT_JOINS));
+    }
     const answered = this._await(channel, "join");
     if (channel !== this.channel) this._joined.add(channel);
     this._sendJoin(channel);
@@ -209,6 +220,12 @@ export class PubSubClient {
     socket.onclose = (event) => {
       clearTimeout(timeout);
       if (this._socket !== socket) return; // replaced, or closed by close()
+      if (event.code === 1008 && since && !this._welcomed) {
+        // Refused before it was welcomed, with a resume position: asking again with the same
+        // position would be refused forever. Report the gap and come back without it.
+        this._lastIds.delete(this.channel);
+        this._emit("gap", { channel: this.channel, since, oldest: null, reason: event.reason });
+      }
       this._socket = null;
       this._welcomed = false;
       this.connectionId = null;
@@ -246,9 +263,7 @@ export class PubSubClient {
           this._retryJoin(channel); // the server's backend was unavailable: ask again later
           return this._emit("refused", { channel, reason: frame.reason, retry: true });
         }
-        this._joined.delete(channel);
-        this._settle((e) => e.channel === channel, new Error(frame.reason || "refused"));
-        return this._emit("refused", { channel, reason: frame.reason, retry: false });
+        return this._refuse(channel, frame.reason || "refused");
       case "presence": {
         const { count, members } = frame;
         return this._emit("presence", { channel, count, members });
@@ -285,7 +300,12 @@ export class PubSubClient {
     this._startAt(this.channel, frame.last_id);
     this.state = "open";
     this._settle((e) => e.channel === this.channel && e.kind === "join", null);
-    for (const channel of this._joined) this._sendJoin(channel);
+    this._clientJoins = frame.client_joins !== false; // servers before the flag took joins
+    if (this._clientJoins) {
+      for (const channel of this._joined) this._sendJoin(channel);
+    } else {
+      for (const channel of [...this._joined]) this._refuse(channel, NO_CLIENT_JOINS);
+    }
     this._emit("open", { connectionId: this.connectionId, channel: this.channel, resumed });
   }
 
@@ -295,6 +315,13 @@ export class PubSubClient {
     if (typeof lastId === "string" && !this._lastIds.has(channel)) {
       this._lastIds.set(channel, lastId);
     }
+  }
+
+  /** A join refused for good: it is not asked again, and whoever waits on it is told. */
+  _refuse(channel, reason) {
+    this._joined.delete(channel);
+    this._settle((e) => e.channel === channel, new Error(reason));
+    this._emit("refused", { channel, reason, retry: false });
   }
 
   /** Ask again for a join refused for now, after a jittered, growing delay. */

@@ -1,5 +1,6 @@
 """An app for the browser client's tests: serves ``pubsub.js`` and a blank page that imports
-it, and sockets whose clients may join further channels (not those named ``secret-*``).
+it, and sockets whose clients may join further channels (not those named ``secret-*``), or, at
+``/own/<channel>``, stay in their own channel.
 
 ``build_app(hub)`` for in-process tests; ``tests.apps.client_server:app`` for server
 processes (a module of its own: a hub made at import would be the one that apps naming none
@@ -46,6 +47,13 @@ class ClientSocket(BasePubSubWebSocket):
             await self.publish({"echo": data})
 
 
+class OwnChannelSocket(BasePubSubWebSocket):
+    """A socket in its own channel only: its class sets no ``client_joins``."""
+
+    async def on_message(self, data: Any) -> None:
+        await self.publish({"echo": data})
+
+
 def build_app(hub: PubSubHub) -> FastAPI:
     app = FastAPI(lifespan=hub.lifespan)
     app.include_router(client_script_route())
@@ -61,5 +69,9 @@ def build_app(hub: PubSubHub) -> FastAPI:
     @app.websocket("/ws/{channel}")
     async def channel_socket(websocket: WebSocket, channel: str) -> None:
         await ClientSocket(websocket, channel, hub=hub).run()
+
+    @app.websocket("/own/{channel}")
+    async def own_channel_socket(websocket: WebSocket, channel: str) -> None:
+        await OwnChannelSocket(websocket, channel, hub=hub).run()
 
     return app
