@@ -359,8 +359,10 @@ async def test_a_join_rejects_at_once_where_the_socket_class_takes_no_client_joi
     hub, base = client_app_url
     async with chromium() as browser:
         page = await client_page(browser, base, "/own/lobby")
-        asked_early = "window.early = window.client.join('room-1').then(() => 'joined', (e) => e.message)"
-        await page.evaluate(f"() => {{ {asked_early}; }}")
+        await page.evaluate(
+            "() => { window.early = window.client.join('room-1')"
+            ".then(() => 'joined', (e) => e.message); }"
+        )
         await wait_for_event(page, "open")
         early = await page.evaluate("() => window.early")
         later = await page.evaluate(

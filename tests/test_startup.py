@@ -80,7 +80,18 @@ def uvicorn_workers(app: str, workers: int) -> list[str]:
 def gunicorn_workers(app: str, workers: int) -> list[str]:
     bind = f"127.0.0.1:{free_port()}"
     worker_class = "fastapi_pubsub_cluster.gunicorn_worker.PubSubUvicornWorker"
-    return [sys.executable, "-m", "gunicorn", app, "-w", str(workers), "-b", bind, "-k", worker_class]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        app,
+        "-w",
+        str(workers),
+        "-b",
+        bind,
+        "-k",
+        worker_class,
+    ]
 
 
 SERVERS = {"uvicorn --workers 4": uvicorn_workers, "gunicorn -w 4": gunicorn_workers}

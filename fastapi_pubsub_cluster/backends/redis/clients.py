@@ -147,7 +147,7 @@ class RedisEndpoint:
             }
         if is_sentinel_url(url):
             self._target = parse_sentinel_url(url)
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
                 list(self._target.sentinels),
                 sentinel_kwargs={
                     "password": self._target.sentinel_password,

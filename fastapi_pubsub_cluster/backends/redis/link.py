@@ -152,7 +152,7 @@ class TopicLink:
                 await pubsub.subscribe(*topics)
         except BaseException:
             with contextlib.suppress(*REDIS_DOWN):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             raise
         self._pubsub = pubsub
         self._up.set()
@@ -162,7 +162,7 @@ class TopicLink:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             with contextlib.suppress(*REDIS_DOWN):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def _listen_forever(self) -> None:
         delay = self._settings.reconnect_delay_initial
@@ -226,7 +226,7 @@ class TopicLink:
             # pending message is dispatched before the task yields to the loop again.
             response = await read(timeout=math.inf, disconnect_on_error=False, push_request=True)
             if type(response) is not list or len(response) != 3 or response[0] != kind:
-                await pubsub.handle_message(  # type: ignore[no-untyped-call]
+                await pubsub.handle_message(  # type: ignore[no-untyped-call, unused-ignore]
                     response, ignore_subscribe_messages=True
                 )
                 continue
