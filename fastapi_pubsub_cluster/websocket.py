@@ -14,6 +14,7 @@ from .channel_requests import answer_channel_request, is_channel_request
 from .codec import OutgoingFrame
 from .core.client import ClientConnection, ConnectionState
 from .core.fanout import FanOut
+from .core.sends import send_unless_closed
 from .errors import (
     CloseCode,
     InvalidChannelError,
@@ -173,14 +174,16 @@ class BasePubSubWebSocket:
         connection = self._connection
         if connection is not None and connection.state is ConnectionState.OPEN:
             connection.offer(frame)
-        elif self.wire_format == "msgpack":
-            await self.websocket.send_bytes(frame.binary)
-        else:
-            await self.websocket.send_text(frame.text)
+        else:  # before it runs, or once it closes (then nothing is sent: not an error)
+            await self._send_direct(frame.binary if self.wire_format == "msgpack" else frame.text)
 
     async def send_message(self, message: str) -> None:
-        """Send a text frame to this client only."""
-        await self.websocket.send_text(message)
+        """Send a text frame to this client only (nothing to a client closing or gone)."""
+        await self._send_direct(message)
+
+    async def _send_direct(self, message: str | bytes) -> None:
+        gone = self._connection is not None and self._connection.state in _GONE
+        await send_unless_closed(self.websocket, message, self.connection_id, gone=gone)
 
     async def receive_message(self) -> str:
         """Receive one text frame (the original package's helper; :meth:`run` reads for you)."""
@@ -340,6 +343,10 @@ class BasePubSubWebSocket:
         logger.debug("refused %s: cooling down after flooding", self._address())
         await self._refuse(f"sending too fast: try again in {math.ceil(wait)} s")
         return True
+
+
+#: Connection states in which a client takes nothing more.
+_GONE = frozenset((ConnectionState.CLOSED, ConnectionState.EVICTED))
 
 
 def _requested_format(websocket: WebSocket, default: WireFormat) -> WireFormat:

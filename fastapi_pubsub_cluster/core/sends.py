@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -85,3 +85,21 @@ def warn_cannot_abort(connection_id: str, code: int) -> None:
             connection_id,
             code,
         )
+
+
+async def send_unless_closed(
+    websocket: WebSocket, message: str | bytes, connection_id: str, *, gone: bool = False
+) -> None:
+    """Send a text (str) or binary (bytes) frame straight to ``websocket``; nothing, with a
+    debug line, if the socket is closed, closing or ``gone``, or its client disconnects
+    meanwhile: a client that left is not an error. Other errors are raised."""
+    if gone or websocket.application_state != WebSocketState.CONNECTED:
+        logger.debug("nothing sent to %s: its socket is closed", connection_id)
+        return
+    try:
+        if isinstance(message, bytes):
+            await websocket.send_bytes(message)
+        else:
+            await websocket.send_text(message)
+    except WebSocketDisconnect as exc:  # the client went away meanwhile
+        logger.debug("nothing sent to %s: it disconnected (%r)", connection_id, exc)
