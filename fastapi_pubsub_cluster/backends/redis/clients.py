@@ -239,6 +239,16 @@ class RedisEndpoint:
             **extra,
         )
 
+    async def follow_primary(self) -> None:
+        """Through Sentinel, move the command clients' connections to the primary the
+        Sentinel names now (a link that reconnected may have found a new one: commands
+        left on the old one would publish its probes where it no longer listens)."""
+        for client in self._clients:
+            pool = getattr(client, "connection_pool", None)
+            if isinstance(pool, WaitingSentinelPool):
+                with contextlib.suppress(*REDIS_DOWN):  # its next connection asks again
+                    await pool.follow_primary()
+
     @staticmethod
     async def publish_raw(client: CommandClient, topic: str, data: bytes) -> int:
         """PUBLISH (or SPUBLISH on a cluster) ``data``; how many subscribers got it."""

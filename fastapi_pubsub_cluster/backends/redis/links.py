@@ -121,7 +121,7 @@ class Links:
             probe_topic=self._keys.probe_topic(self._worker_id, probe_tag),
             publish=lambda topic, data: self._endpoint.publish_raw(self._client, topic, data),
             on_message=self._on_message,
-            on_restored=self._on_restored,
+            on_restored=self._restored,
             settings=self._settings,
             tasks=self._tasks,
             metrics=self._metrics,
@@ -130,6 +130,12 @@ class Links:
         self._links[name] = link
         link.start()
         return link
+
+    async def _restored(self, link: TopicLink) -> None:
+        # A link reconnects to the primary the Sentinel names now: the commands (its
+        # probes among them) follow it there before presence is registered again.
+        await self._endpoint.follow_primary()
+        await self._on_restored(link)
 
     async def _link_for(self, topic: str) -> TopicLink:
         """The link that carries ``topic`` (on a cluster: its shard's)."""

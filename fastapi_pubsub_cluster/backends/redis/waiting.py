@@ -12,13 +12,38 @@ import asyncio
 from typing import Any
 
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 
 class WaitingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's pool of connections to the current primary, blocking like
-    ``BlockingConnectionPool``: a caller waits up to ``timeout`` for a free connection."""
+    ``BlockingConnectionPool``: a caller waits up to ``timeout`` for a free connection.
+
+    It keeps every connection on the primary the Sentinel named last. redis-py's pool asks
+    the Sentinel only when it opens a connection, and then closes only the idle ones: the
+    connections in use at that moment came back still connected to the old primary (which
+    stays a primary until the Sentinel demotes it) and served commands there, for good.
+    Here a connection released while connected elsewhere is closed (its next command
+    reconnects through the Sentinel), and :meth:`follow_primary` asks the Sentinel now.
+    """
+
+    async def release(self, connection: AbstractConnection) -> None:
+        try:
+            if self._elsewhere(connection):
+                await connection.disconnect()
+        finally:
+            await super().release(connection)
+
+    def _elsewhere(self, connection: AbstractConnection) -> bool:
+        primary = self.master_address
+        address = (getattr(connection, "host", None), getattr(connection, "port", None))
+        return bool(self.is_master and primary is not None and address != tuple(primary))
+
+    async def follow_primary(self) -> None:
+        """Ask the Sentinel for the primary now: when it changed, idle connections close at
+        once and those in use as they come back."""
+        await self.get_master_address()  # type: ignore[no-untyped-call]
 
 
 class WaitingRedisCluster(RedisCluster):
