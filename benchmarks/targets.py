@@ -106,9 +106,9 @@ OURS_DIRECT = Target(
     workers=2,
     uses_redis=True,
     publish_via=PublishVia.OURS_REDIS,
-    ws_protocol="fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol",
+    ws_protocol="fastapi_pubsub_cluster.servers.uvicorn_ws:PubSubWebSocketProtocol",
 )
-DIRECT_PROTOCOL = "fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol"
+DIRECT_PROTOCOL = "fastapi_pubsub_cluster.servers.uvicorn_ws:PubSubWebSocketProtocol"
 OURS_DIRECT_POLICIES = tuple(
     Target(
         f"ours-redis-2w-direct-{policy}",

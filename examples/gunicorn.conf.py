@@ -22,7 +22,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", str(os.cpu_count() or 1)))
 # each broadcast once for every socket (PUBSUB_COMPRESSION picks the policy). The library's
 # log lines go to gunicorn's error log. WORKER_CLASS=uvicorn_worker.UvicornWorker for plain ASGI.
 worker_class = os.environ.get(
-    "WORKER_CLASS", "fastapi_pubsub_cluster.gunicorn_worker.PubSubUvicornWorker"
+    "WORKER_CLASS", "fastapi_pubsub_cluster.servers.gunicorn_worker.PubSubUvicornWorker"
 )
 
 # On SIGTERM (a deploy) a worker gets this long to close its sockets with 1001 and remove

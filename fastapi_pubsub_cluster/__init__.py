@@ -5,6 +5,7 @@ from .backends.redis import RedisBackend, RedisCredentials, RedisPublisher, publ
 from .client_script import client_script_route
 from .core import Backend, FanOut
 from .core.subscription import Subscription
+from .edge.websocket import BasePubSubWebSocket
 from .errors import (
     BackendUnavailableError,
     ChannelLimitError,
@@ -26,7 +27,6 @@ from .errors import (
 from .hub import PubSubHub, close_implicit_hubs, current_hub
 from .metrics import Metrics, PrometheusMetrics
 from .settings import PubSubSettings
-from .websocket import BasePubSubWebSocket
 
 __all__ = [
     "Backend",

@@ -12,12 +12,8 @@ from typing import Any, cast
 import msgpack  # type: ignore[import-untyped]
 
 from .errors import MalformedMessageError
-
-# The client-frame parsers live in .inbound; they are importable from here as before.
-from .inbound import MAX_NESTING_DEPTH as MAX_NESTING_DEPTH
-from .inbound import all_finite
-from .inbound import decode_client_binary as decode_client_binary
-from .inbound import decode_client_text as decode_client_text
+from .payloads import MAX_NESTING_DEPTH as MAX_NESTING_DEPTH
+from .payloads import all_finite
 
 ENVELOPE_VERSION = 1
 

@@ -1,39 +1,7 @@
-"""A gunicorn worker class for the fast path: uvicorn with the library's websocket protocol.
+"""Kept so that ``--worker-class fastapi_pubsub_cluster.gunicorn_worker.PubSubUvicornWorker``
+in existing deployments goes on working: the worker class lives in
+:mod:`fastapi_pubsub_cluster.servers.gunicorn_worker`."""
 
-    gunicorn app:app --worker-class fastapi_pubsub_cluster.gunicorn_worker.PubSubUvicornWorker
+from .servers.gunicorn_worker import PubSubUvicornWorker
 
-(``examples/gunicorn.conf.py`` sets it). Needs ``gunicorn`` and ``uvicorn-worker``
-(``pip install 'fastapi-pubsub-cluster[gunicorn]'``).
-"""
-
-from __future__ import annotations
-
-from typing import Any, ClassVar
-
-from uvicorn_worker import UvicornWorker
-
-from .logs import attach_to
-
-#: The uvicorn websocket protocol that frames each broadcast once (needs uvicorn >= 0.35).
-PROTOCOL = "fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol"
-
-
-class PubSubUvicornWorker(UvicornWorker):
-    """uvicorn's gunicorn worker, serving websockets with
-    :class:`~fastapi_pubsub_cluster.uvicorn_ws.PubSubWebSocketProtocol`.
-
-    permessage-deflate is on, as browsers offer it, under the protocol's compression policy
-    (``PUBSUB_COMPRESSION``, default ``shared``: each broadcast compressed once per worker,
-    the same frame written to every compressing socket). The library's log lines go to
-    gunicorn's error log, with its time and level, once.
-    """
-
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
-        **UvicornWorker.CONFIG_KWARGS,
-        "ws": PROTOCOL,
-        "ws_per_message_deflate": True,
-    }
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        attach_to(self.log.error_log)
+__all__ = ["PubSubUvicornWorker"]

@@ -19,8 +19,8 @@ from .config_errors import exit_on_configuration_error
 from .core.backend import Backend
 from .core.fanout import FanOut
 from .core.subscription import SubscriberPolicy, Subscription
+from .edge.limits import InboundAllowances
 from .errors import ConfigurationError, HubClosedError, PubSubError
-from .limits import InboundAllowances
 from .metrics import Metrics
 from .redaction import redact_url
 from .settings import PubSubSettings

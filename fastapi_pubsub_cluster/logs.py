@@ -8,7 +8,8 @@ Python prints warnings bare, without time or level, and drops info lines. Call
     from fastapi_pubsub_cluster.logs import configure_logging
     configure_logging()
 
-Under gunicorn, :class:`~fastapi_pubsub_cluster.gunicorn_worker.PubSubUvicornWorker` hands the
+Under gunicorn,
+:class:`~fastapi_pubsub_cluster.servers.gunicorn_worker.PubSubUvicornWorker` hands the
 library's logger to gunicorn's error log instead, as uvicorn's worker does for uvicorn's own
 loggers; :func:`configure_logging` then leaves it alone.
 """

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from fastapi_pubsub_cluster import PubSubHub
+from fastapi_pubsub_cluster.servers.uvicorn_ws import Compression, PubSubWebSocketProtocol
 from fastapi_pubsub_cluster.settings import PubSubSettings
-from fastapi_pubsub_cluster.uvicorn_ws import Compression, PubSubWebSocketProtocol
 from tests.apps.client_app import build_app
 from tests.browser import chromium, requires_chromium
 from tests.live import serve, wait_for_condition

@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection
 
 from fastapi_pubsub_cluster import PubSubHub
 from fastapi_pubsub_cluster.errors import CloseCode
-from fastapi_pubsub_cluster.uvicorn_ws import PubSubWebSocketProtocol
+from fastapi_pubsub_cluster.servers.uvicorn_ws import PubSubWebSocketProtocol
 from tests.apps.local_app import CountingSocket, build_app
 from tests.conftest import make_settings
 from tests.live import close_code_of, connect, recv_until, serve, stalled_client

@@ -17,7 +17,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 
 from fastapi_pubsub_cluster import PubSubHub
 from fastapi_pubsub_cluster.errors import ConfigurationError
-from fastapi_pubsub_cluster.uvicorn_ws import (
+from fastapi_pubsub_cluster.servers.uvicorn_ws import (
     COMPRESSION_ENV,
     Compression,
     PubSubWebSocketProtocol,
@@ -190,11 +190,11 @@ def test_the_policy_comes_from_the_environment() -> None:
 
 
 def test_the_gunicorn_worker_negotiates_deflate_under_the_policy() -> None:
-    from fastapi_pubsub_cluster.gunicorn_worker import PubSubUvicornWorker
+    from fastapi_pubsub_cluster.servers.gunicorn_worker import PubSubUvicornWorker
 
     config = uvicorn.Config("tests.apps.local_app:app", **PubSubUvicornWorker.CONFIG_KWARGS)
     assert config.ws_per_message_deflate is True
-    assert config.ws == "fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol"
+    assert config.ws == "fastapi_pubsub_cluster.servers.uvicorn_ws:PubSubWebSocketProtocol"
 
 
 # -- hostile compressed input ---------------------------------------------------------------

@@ -25,11 +25,10 @@ from fastapi_pubsub_cluster.codec import (
     Envelope,
     EventKind,
     OutgoingFrame,
-    decode_client_binary,
-    decode_client_text,
     decode_envelope,
     encode_envelope,
 )
+from fastapi_pubsub_cluster.edge.inbound import decode_client_binary, decode_client_text
 
 
 def test_settings_read_from_environment_variables() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from fastapi_pubsub_cluster import PubSubHub
 from fastapi_pubsub_cluster.errors import CloseCode
-from fastapi_pubsub_cluster.uvicorn_ws import Compression, PubSubWebSocketProtocol
+from fastapi_pubsub_cluster.servers.uvicorn_ws import Compression, PubSubWebSocketProtocol
 from tests.apps.local_app import build_app
 from tests.live import close_code_of, connect, recv_until, serve
 from tests.test_compression import OFFERS

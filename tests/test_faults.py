@@ -30,7 +30,7 @@ from fastapi_pubsub_cluster import (
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
 from fastapi_pubsub_cluster.backends.redis.scripts import REAP_CHANNEL, SEQ_IDLE_TTL_MS
 from fastapi_pubsub_cluster.errors import CloseCode
-from fastapi_pubsub_cluster.uvicorn_ws import PubSubWebSocketProtocol
+from fastapi_pubsub_cluster.servers.uvicorn_ws import PubSubWebSocketProtocol
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import (

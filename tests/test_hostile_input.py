@@ -22,7 +22,7 @@ from fastapi_pubsub_cluster import (
 )
 from fastapi_pubsub_cluster.codec import MAX_NESTING_DEPTH
 from fastapi_pubsub_cluster.errors import CloseCode
-from fastapi_pubsub_cluster.uvicorn_ws import PubSubWebSocketProtocol
+from fastapi_pubsub_cluster.servers.uvicorn_ws import PubSubWebSocketProtocol
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import close_code_of, connect, recv_until, serve

@@ -85,7 +85,7 @@ async def test_metrics_count_redis_reconnects(
 
 
 async def test_the_path_broadcasts_take_to_each_socket_is_counted(key_prefix: str) -> None:
-    from fastapi_pubsub_cluster.uvicorn_ws import PubSubWebSocketProtocol
+    from fastapi_pubsub_cluster.servers.uvicorn_ws import PubSubWebSocketProtocol
 
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(registry=registry)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from fastapi_pubsub_cluster import PubSubHub
-from fastapi_pubsub_cluster.uvicorn_ws import Compression, PubSubWebSocketProtocol
+from fastapi_pubsub_cluster.servers.uvicorn_ws import Compression, PubSubWebSocketProtocol
 from tests.apps.local_app import build_app
 from tests.live import serve
 from tests.test_compression import LARGE, SMALL, direct_frames

@@ -8,7 +8,7 @@ import pytest
 import websockets
 
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
-from fastapi_pubsub_cluster.origins import origin_allowed
+from fastapi_pubsub_cluster.edge.origins import origin_allowed
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import connect, recv_until, serve

@@ -79,7 +79,7 @@ def uvicorn_workers(app: str, workers: int) -> list[str]:
 
 def gunicorn_workers(app: str, workers: int) -> list[str]:
     bind = f"127.0.0.1:{free_port()}"
-    worker_class = "fastapi_pubsub_cluster.gunicorn_worker.PubSubUvicornWorker"
+    worker_class = "fastapi_pubsub_cluster.servers.gunicorn_worker.PubSubUvicornWorker"
     return [
         sys.executable,
         "-m",

@@ -244,7 +244,7 @@ def uvicorn_process(app_path: str, env: dict[str, str], workers: int = 1) -> Ite
 
 
 #: gunicorn's worker class for the library's fast path (uvicorn with its websocket protocol).
-GUNICORN_WORKER_CLASS = "fastapi_pubsub_cluster.gunicorn_worker.PubSubUvicornWorker"
+GUNICORN_WORKER_CLASS = "fastapi_pubsub_cluster.servers.gunicorn_worker.PubSubUvicornWorker"
 
 
 @contextlib.contextmanager

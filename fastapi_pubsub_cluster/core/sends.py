@@ -80,7 +80,7 @@ def warn_cannot_abort(connection_id: str, code: int) -> None:
         logger.warning(
             "client %s did not take its close frame (%d) and this server offers no way to "
             "abort its connection; serve with "
-            "--ws fastapi_pubsub_cluster.uvicorn_ws:PubSubWebSocketProtocol "
+            "--ws fastapi_pubsub_cluster.servers.uvicorn_ws:PubSubWebSocketProtocol "
             "(or the gunicorn worker class PubSubUvicornWorker) to cut such clients off",
             connection_id,
             code,

@@ -7,13 +7,13 @@ from typing import Any, Protocol
 from ..codec import OutgoingFrame
 
 #: Key, in the ASGI scope's ``extensions``, of a :class:`DirectWriter` offered by the server
-#: integration (``fastapi_pubsub_cluster.uvicorn_ws``).
+#: integration (``fastapi_pubsub_cluster.servers.uvicorn_ws``).
 DIRECT_WRITE_EXTENSION = "fastapi_pubsub_cluster.direct_write"
 
 
 class SocketHooks(Protocol):
     """What the core calls on the application's socket object
-    (:class:`~fastapi_pubsub_cluster.websocket.BasePubSubWebSocket`)."""
+    (:class:`~fastapi_pubsub_cluster.edge.websocket.BasePubSubWebSocket`)."""
 
     async def generate_object_for(self, channel: str) -> Any:
         """What every client of ``channel`` (one this socket is in) receives after a join

@@ -16,10 +16,10 @@ from redis.exceptions import RedisError
 
 from ..backends.redis.clients import RedisEndpoint
 from ..client_script import client_script_route
+from ..edge.websocket import BasePubSubWebSocket
 from ..http_errors import add_exception_handlers
 from ..hub import PubSubHub
 from ..settings import PubSubSettings
-from ..websocket import BasePubSubWebSocket
 
 #: Environment variable naming the channel the page joins unless its URL names another.
 DEMO_CHANNEL_ENV = "PUBSUB_DEMO_CHANNEL"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .codec import MAX_NESTING_DEPTH, encode_json, encode_payload
-from .errors import MalformedMessageError, PresenceMetadataError
+from ..codec import MAX_NESTING_DEPTH, encode_json, encode_payload
+from ..errors import MalformedMessageError, PresenceMetadataError
 
 #: Integers metadata may hold: what msgpack (and so every client and worker) can carry.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1

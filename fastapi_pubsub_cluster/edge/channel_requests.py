@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from .codec import event_frame
-from .core.client import ClientConnection
-from .errors import (
+from ..codec import event_frame
+from ..core.client import ClientConnection
+from ..errors import (
     BackendUnavailableError,
     ChannelLimitError,
     InvalidChannelError,
     NotJoinedError,
 )
-from .settings import PubSubSettings
+from ..settings import PubSubSettings
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 

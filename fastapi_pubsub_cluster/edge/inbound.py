@@ -8,10 +8,9 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from .errors import MalformedMessageError
+from ..errors import MalformedMessageError
+from ..payloads import MAX_NESTING_DEPTH, all_finite
 
-#: Deepest nesting of arrays and objects accepted in a client frame (JSON or msgpack).
-MAX_NESTING_DEPTH = 64
 #: Integers a client may send: what msgpack (and so every worker) can carry.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
@@ -91,19 +90,3 @@ def _check_depth(value: Any) -> None:
                     )
                 stack.append((child, depth + 1))
     return None
-
-
-def all_finite(value: Any) -> bool:
-    """False if ``value`` holds NaN or an infinity anywhere (keys included)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return False
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-    return True

@@ -9,9 +9,9 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from .core.client import ClientConnection, ConnectionState
-from .errors import CloseCode, MalformedMessageError, MessageTooLargeError
-from .hub import PubSubHub
+from ..core.client import ClientConnection, ConnectionState
+from ..errors import CloseCode, MalformedMessageError, MessageTooLargeError
+from ..hub import PubSubHub
 from .inbound import decode_client_binary, decode_client_text
 from .limits import InboundLimiter
 

@@ -9,24 +9,24 @@ from typing import Any, ClassVar
 
 from starlette.websockets import WebSocket, WebSocketState
 
-from .backends.redis import RedisCredentialsLike
-from .channel_requests import answer_channel_request, is_channel_request
-from .codec import OutgoingFrame
-from .core.client import ClientConnection, ConnectionState
-from .core.fanout import FanOut
-from .core.sends import send_unless_closed
-from .errors import (
+from ..backends.redis import RedisCredentialsLike
+from ..codec import OutgoingFrame
+from ..core.client import ClientConnection, ConnectionState
+from ..core.fanout import FanOut
+from ..core.sends import send_unless_closed
+from ..errors import (
     CloseCode,
     InvalidChannelError,
     NotJoinedError,
     PresenceMetadataError,
     PubSubError,
 )
-from .hub import PubSubHub, hub_for_socket, settings_from_environment
+from ..hub import PubSubHub, hub_for_socket, settings_from_environment
+from ..settings import WireFormat
+from .channel_requests import answer_channel_request, is_channel_request
 from .identity import checked_presence_metadata, checked_user_id
 from .origins import origin_allowed
 from .reading import close_reason, read_until_disconnect
-from .settings import WireFormat
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
