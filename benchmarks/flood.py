@@ -243,6 +243,7 @@ STAGES: list[tuple[str, str]] = [
     ("WebSocketsSansIOProtocol.send ", "writing frames to sockets"),
     ("Frame.serialize", "writing frames to sockets"),
     ("core/client.py", "writing frames to sockets"),
+    ("core/outbox.py", "writing frames to sockets"),
     ("core/fanout.py", "fan-out (publish, deliver)"),
     ("backends/memory.py", "fan-out (publish, deliver)"),
     ("codec.py", "encoding, decoding"),
