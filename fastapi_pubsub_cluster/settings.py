@@ -8,49 +8,46 @@ environment variable (or the field) and what it accepts, fit to stop a worker at
 
 from __future__ import annotations
 
-import difflib
 import functools
-import logging
-import os
 import re
 from collections.abc import Mapping
-from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
-    DotEnvSettingsSource,
-    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
 from .config_errors import describe_errors
+from .environment import (
+    DEMO_ENV_PREFIX,
+    ENV_FILE,
+    ENV_PREFIX,
+    named_after_variables,
+    read_environment,
+    variable_names,
+)
 from .errors import ConfigurationError, InvalidChannelError, MessageTooLargeError
+
+__all__ = [
+    "DEMO_ENV_PREFIX",
+    "ENV_FILE",
+    "ENV_PREFIX",
+    "InboundRatePolicy",
+    "PubSubSettings",
+    "SlowClientPolicy",
+    "WireFormat",
+]
 
 SlowClientPolicy = Literal["disconnect", "drop_oldest"]
 InboundRatePolicy = Literal["disconnect", "drop", "throttle"]
 WireFormat = Literal["json", "msgpack"]
 
-ENV_PREFIX = "PUBSUB_"
-#: Variables under this prefix belong to the demo app, not to the library.
-DEMO_ENV_PREFIX = ENV_PREFIX + "DEMO_"
-#: The file :meth:`PubSubSettings.from_env` reads from the working directory, if present.
-ENV_FILE = ".env"
-
-logger = logging.getLogger("fastapi_pubsub_cluster")
-
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")
-# How alike an unknown PUBSUB_ name must be to a known one to count as its typo.
-_TYPO_CUTOFF = 0.8
-_warned_unknown: set[str] = set()
-# Field -> environment variable, for the values from_env() is validating (error messages).
-_environment_names: ContextVar[Mapping[str, str] | None] = ContextVar(
-    "_environment_names", default=None
-)
 
 
 class PubSubSettings(BaseSettings):
@@ -142,7 +139,7 @@ class PubSubSettings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            names = _environment_names.get()
+            names = variable_names()
             raise ConfigurationError(describe_errors(exc, type(self).model_fields, names)) from None
 
     @classmethod
@@ -301,58 +298,16 @@ class PubSubSettings(BaseSettings):
         A ``PUBSUB_*`` variable that looks like a typo of a setting is an error; any other
         unknown one is logged once per process.
         """
-        env = _MappingEnvSource(cls, os.environ if environ is None else environ)
-        layers: list[_MappingEnvSource | DotEnvSettingsSource] = [env]
-        if environ is None and os.path.isfile(ENV_FILE):
-            layers.insert(0, DotEnvSettingsSource(cls, env_file=ENV_FILE))
-        values: dict[str, Any] = {}
-        names: set[str] = set()
-        for layer in layers:  # later layers win: the process environment over .env
-            try:
-                found = layer()
-            except ValueError as exc:  # a value the source could not even decode
-                raise ConfigurationError(str(exc).splitlines()[0]) from None
-            values.update((k, v) for k, v in found.items() if k in cls.model_fields)
-            names.update(name.upper() for name in layer.env_vars)
-        _check_unknown_names(names)
+        known = {PubSubSettings.environment_variable(name) for name in PubSubSettings.model_fields}
+        values = read_environment(cls, environ, known)
         from_environment = {
             name: cls.environment_variable(name) for name in values if name not in overrides
         }
         values.update(overrides)
-        token = _environment_names.set(from_environment)
-        try:
+        with named_after_variables(from_environment):
             return cls(**values)
-        finally:
-            _environment_names.reset(token)
-
-
-class _MappingEnvSource(EnvSettingsSource):
-    """pydantic-settings' environment source, reading a given mapping instead of os.environ."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {name.lower(): value for name, value in self._environ.items()}
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
-
-
-def _check_unknown_names(names: set[str]) -> None:
-    known = {PubSubSettings.environment_variable(name) for name in PubSubSettings.model_fields}
-    for name in sorted(names):
-        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(DEMO_ENV_PREFIX):
-            continue
-        suffixes = {variable[len(ENV_PREFIX) :]: variable for variable in known}
-        close = difflib.get_close_matches(
-            name[len(ENV_PREFIX) :], list(suffixes), n=1, cutoff=_TYPO_CUTOFF
-        )
-        if close:
-            raise ConfigurationError(f"{name} is not a setting: did you mean {suffixes[close[0]]}?")
-        if name not in _warned_unknown:
-            _warned_unknown.add(name)
-            logger.warning("ignoring %s: fastapi-pubsub-cluster has no such setting", name)
