@@ -2,6 +2,7 @@
 
 The class users subclass (:mod:`.websocket`), how a socket reads its client
 (:mod:`.reading`, :mod:`.inbound`, :mod:`.limits`), answers its channel requests
-(:mod:`.channel_requests`), and checks who may connect (:mod:`.origins`, :mod:`.identity`).
+(:mod:`.channel_requests`), and checks who may connect (:mod:`.admission`, with
+:mod:`.origins` and :mod:`.identity`).
 It depends on the core; the core never imports it.
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from typing import Any, ClassVar
 
@@ -14,19 +13,12 @@ from ..codec import OutgoingFrame
 from ..core.client import ClientConnection, ConnectionState
 from ..core.fanout import FanOut
 from ..core.sends import send_unless_closed
-from ..errors import (
-    CloseCode,
-    InvalidChannelError,
-    NotJoinedError,
-    PresenceMetadataError,
-    PubSubError,
-)
+from ..errors import CloseCode, NotJoinedError, PubSubError
 from ..hub import PubSubHub, hub_for_socket, settings_from_environment
 from ..settings import WireFormat
+from .admission import admit
 from .channel_requests import answer_channel_request, is_channel_request
-from .identity import checked_presence_metadata, checked_user_id
-from .origins import origin_allowed
-from .reading import close_reason, read_until_disconnect
+from .reading import read_until_disconnect
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -235,34 +227,8 @@ class BasePubSubWebSocket:
         ``send_message_on_exception=False`` (the original package's flag) leaves without
         telling the channel.
         """
-        settings = self.hub.settings
-        if await self._refused_while_cooling_down():
-            return
-        headers = self.websocket.headers
-        if not origin_allowed(headers.get("origin"), headers.get("host"), settings.allowed_origins):
-            logger.info("refused a socket from origin %r", headers.get("origin", "")[:100])
-            await self.websocket.close()  # before accept: the client gets HTTP 403
-            return
-        try:
-            settings.validate_channel_id(self.channel_id)
-            if self.resume_from is not None:
-                settings.validate_stream_id(self.resume_from)
-        except InvalidChannelError as exc:
-            logger.info("rejected a socket: %s", exc)
-            await self._refuse(close_reason(str(exc)))
-            return
-        if not await self.authorize():
-            logger.info("socket not authorized for channel %r", self.channel_id)
-            await self._refuse("not authorized")
-            return
-        try:
-            self.user_id = checked_user_id(await self.get_user_id(), settings.max_channel_id_length)
-            metadata = checked_presence_metadata(
-                await self.presence_metadata(), settings.max_presence_metadata_bytes
-            )
-        except PresenceMetadataError as exc:
-            logger.info("rejected a socket: %s", exc)
-            await self._refuse(close_reason(str(exc)))
+        admission = await admit(self)  # every check made before the handshake is accepted
+        if admission is None:
             return
         fanout = self.hub.fanout
         # Joined before the handshake completes, with messages held until then: a client
@@ -275,7 +241,7 @@ class BasePubSubWebSocket:
             wire_format=self.wire_format,
             resume_from=self.resume_from,
             user_id=self.user_id,
-            metadata=metadata,
+            metadata=admission.metadata,
             tagged=self.tagged,
         )
         self._connection = connection
@@ -321,28 +287,6 @@ class BasePubSubWebSocket:
         if connection is not None and self.hub.settings.has_history(self.channel_id):
             welcome["last_id"] = connection.resume_from or "0-0"  # where to resume from
         return welcome
-
-    async def _refuse(self, reason: str) -> None:
-        # Checked before accept; the handshake then completes only so that the client
-        # receives a close code it can act on (1008) instead of a bare HTTP 403.
-        await self.websocket.accept()
-        await self.close(CloseCode.POLICY_VIOLATION, reason)
-
-    def _address(self) -> str | None:
-        client = self.websocket.client
-        return client.host if client is not None else None
-
-    async def _refused_while_cooling_down(self) -> bool:
-        # Before anything is registered: a flooder that reconnects at once costs a handshake
-        # and a close, not a join, a leave and their broadcasts. Closed with 1008 rather than
-        # refused with an HTTP status, which browsers do not show to the page.
-        wait = self.hub.inbound.cooling_down(self._address())
-        if wait <= 0:
-            return False
-        self.connection_manager.metrics.inbound_refused()
-        logger.debug("refused %s: cooling down after flooding", self._address())
-        await self._refuse(f"sending too fast: try again in {math.ceil(wait)} s")
-        return True
 
 
 #: Connection states in which a client takes nothing more.
