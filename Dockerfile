@@ -41,4 +41,7 @@ RUN pip install --no-deps . && rm -rf build
 COPY examples ./examples
 COPY benchmarks ./benchmarks
 COPY tools ./tools
+# broadcaster and fastapi-websocket-pubsub each in a venv of its own (they would overwrite
+# each other's files in one install), built now rather than at the first run.
+RUN python -m benchmarks.peer_venvs
 CMD ["python", "-m", "benchmarks"]
