@@ -3,18 +3,28 @@ held, replayed and released in order into its :class:`~.outbox.Outbox`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
 from ..codec import OutgoingFrame
 from ..settings import PubSubSettings, WireFormat
 from .flow import ChannelFlow
-from .lifecycle import ConnectionOwner, ConnectionState
+from .lifecycle import ConnectionState
 from .outbox import Outbox
 from .sockets import SocketHooks
 
 __all__ = ["ClientConnection", "ConnectionOwner", "ConnectionState"]
+
+
+class ConnectionOwner(Protocol):
+    """What a connection tells the core that registered it."""
+
+    def connection_evicted(self, connection: ClientConnection) -> None:
+        """``connection`` fell behind and is being closed: unregister it at once."""
+
+    def message_dropped(self, connection: ClientConnection) -> None:
+        """``connection`` lost its oldest queued message (``drop_oldest`` policy)."""
 
 
 class ClientConnection:
@@ -30,6 +40,7 @@ class ClientConnection:
         "_extra",
         "_outbox",
         "_own",
+        "_owner",
         "_settings",
         "channel",
         "hooks",
@@ -78,7 +89,16 @@ class ClientConnection:
         self.state = ConnectionState.HOLDING
         self._settings = settings
         self._own = ChannelFlow()  # its own channel: held until the handshake completes
-        self._outbox = Outbox(self, owner=owner, settings=settings)
+        self._owner = owner
+        self._outbox = Outbox(self, settings=settings)
+
+    def fell_behind(self) -> None:
+        """Its outbox is evicting it: the owner unregisters it at once."""
+        self._owner.connection_evicted(self)
+
+    def lost_oldest(self) -> None:
+        """Its outbox dropped its oldest message (``drop_oldest``)."""
+        self._owner.message_dropped(self)
 
     @property
     def evicted(self) -> bool:

@@ -1,22 +1,11 @@
-"""Where a client connection is in its life, and what it tells the core that registered it."""
+"""Where a client connection is in its life, and what its outbox needs of it."""
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .client import ClientConnection
-
-
-class ConnectionOwner(Protocol):
-    """What a connection tells the core that registered it."""
-
-    def connection_evicted(self, connection: ClientConnection) -> None:
-        """``connection`` fell behind and is being closed: unregister it at once."""
-
-    def message_dropped(self, connection: ClientConnection) -> None:
-        """``connection`` lost its oldest queued message (``drop_oldest`` policy)."""
+from starlette.websockets import WebSocket
 
 
 class ConnectionState(Enum):
@@ -26,3 +15,27 @@ class ConnectionState(Enum):
     OPEN = "open"  # messages flow
     EVICTED = "evicted"  # fell behind; being closed with 1008
     CLOSED = "closed"  # closing, closed or lost: takes nothing more
+
+
+class OutboxConnection(Protocol):
+    """What an outbox reads of its connection, and tells it."""
+
+    state: ConnectionState
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def channel(self) -> str: ...
+
+    @property
+    def websocket(self) -> WebSocket: ...
+
+    @property
+    def wire_format(self) -> str: ...
+
+    def fell_behind(self) -> None:
+        """The client fell behind and is being closed: it must be unregistered at once."""
+
+    def lost_oldest(self) -> None:
+        """The client lost its oldest queued message (``drop_oldest`` policy)."""

@@ -8,14 +8,14 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from ..codec import OutgoingFrame
 from ..errors import CloseCode
 from ..settings import PubSubSettings
-from .lifecycle import ConnectionOwner, ConnectionState
+from .lifecycle import ConnectionState, OutboxConnection
 from .sends import (
     SuspendedSend,
     finish_send,
@@ -25,9 +25,6 @@ from .sends import (
     warn_cannot_abort,
 )
 from .sockets import DIRECT_WRITE_EXTENSION, DirectWriter
-
-if TYPE_CHECKING:
-    from .client import ClientConnection
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -45,7 +42,6 @@ class Outbox:
         "_connection",
         "_direct",
         "_messages",
-        "_owner",
         "_ready",
         "_send",
         "_settings",
@@ -57,14 +53,11 @@ class Outbox:
         "dropped",
     )
 
-    def __init__(
-        self, connection: ClientConnection, *, owner: ConnectionOwner, settings: PubSubSettings
-    ) -> None:
+    def __init__(self, connection: OutboxConnection, *, settings: PubSubSettings) -> None:
         websocket = connection.websocket
         self._connection = connection
         self._websocket = websocket
         self._send = server_send(websocket)
-        self._owner = owner
         self._settings = settings
         self._text = connection.wire_format == "json"
         #: Messages dropped for falling behind (``drop_oldest`` policy).
@@ -113,7 +106,7 @@ class Outbox:
             if self._settings.slow_client_policy == "drop_oldest":
                 messages.popleft()
                 self.dropped += 1
-                self._owner.message_dropped(self._connection)
+                self._connection.lost_oldest()
             else:
                 self.evict()
                 return False
@@ -170,7 +163,7 @@ class Outbox:
         holding = connection.state is ConnectionState.HOLDING
         connection.state = ConnectionState.EVICTED
         self._messages = None
-        self._owner.connection_evicted(connection)
+        connection.fell_behind()
         writer = self._writer
         if writer is not None and not writer.done() and task_started(writer):
             # Blocked in a send that the client does not read: interrupt it, then close.
