@@ -202,25 +202,25 @@ class PubSubHub:
 
     def get(self, channel: str) -> frozenset[str]:
         """Cluster-wide connection ids of ``channel`` from this worker's mirror (no I/O)."""
-        return self.fanout.get(channel)
+        return self.fanout.view.get(channel)
 
     def presence_of(self, channel: str) -> dict[str, Any]:
         """Cluster-wide connection id -> presence metadata (None without) of ``channel``,
         from this worker's mirror (no I/O; empty unless this worker hears the channel)."""
-        return self.fanout.presence_of(channel)
+        return self.fanout.view.presence_of(channel)
 
     async def presence(self, channel: str) -> dict[str, Any]:
         """Cluster-wide connection id -> presence metadata (None without) of ``channel``,
         read from the source of truth."""
-        return await self.fanout.presence(channel)
+        return await self.fanout.view.presence(channel)
 
     async def members(self, channel: str) -> frozenset[str]:
         """Cluster-wide connection ids of ``channel`` read from the source of truth."""
-        return await self.fanout.members(channel)
+        return await self.fanout.view.members(channel)
 
     async def count(self, channel: str) -> int:
         """Cluster-wide number of connections in ``channel`` read from the source of truth."""
-        return await self.fanout.count(channel)
+        return await self.fanout.view.count(channel)
 
     def add_reconnect_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Call ``hook`` after the Redis link comes back (messages in the gap were lost)."""

@@ -121,7 +121,7 @@ async def test_a_burst_of_users_coming_and_going_leaves_no_entry_behind(
     await wait_for_condition(lambda: hub.fanout.local_connection_count == 0, 15)
     await wait_for_async_condition(lambda: _no_members(hub, "burst"), 15)
     for i in range(5):
-        assert await hub.fanout.backend.user_connections(f"u{i}") == frozenset()
+        assert await hub.fanout.backend.presence_store.user_connections(f"u{i}") == frozenset()
         assert await hub.send_to_user(f"u{i}", {"x": 1}) == 0
     backend = hub.backend
     if isinstance(backend, RedisBackend):
@@ -160,7 +160,7 @@ async def test_targeted_sends_reach_sockets_of_another_worker(
 
 
 async def _no_user(hub: PubSubHub, user: str, left: int = 0) -> bool:
-    return len(await hub.fanout.backend.user_connections(user)) == left
+    return len(await hub.fanout.backend.presence_store.user_connections(user)) == left
 
 
 async def test_a_reaped_worker_leaves_no_user_entries(
@@ -174,7 +174,7 @@ async def test_a_reaped_worker_leaves_no_user_entries(
         assert isinstance(backend, RedisBackend)
         # An operator reaps the other worker as if it were dead.
         assert await backend.reap(there.fanout.worker_id) == 1
-        assert await backend.user_connections("erin") == frozenset()
+        assert await backend.presence_store.user_connections("erin") == frozenset()
         assert await here.send_to(connection_id, {"x": 1}) == 0
         assert await here.send_to_user("erin", {"x": 1}) == 0
         keys = backend.keys

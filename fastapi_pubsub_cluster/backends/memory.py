@@ -11,7 +11,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 
 from ..codec import Envelope, EventKind, encode_payload, membership_payload, stream_id_order
-from ..core.backend import ChannelDropped, ChannelLoaded, FanOutSink, HistorySlice, new_worker_id
+from ..core.backend import ChannelLoaded, FanOutSink, HistorySlice, new_worker_id
 from ..errors import HubClosedError
 from ..settings import PubSubSettings
 
@@ -19,6 +19,7 @@ from ..settings import PubSubSettings
 class MemoryBackend:
     """The default backend: everything stays in this process.
 
+    One object keeps the three contracts (transport, presence store, history store).
     Envelopes go straight back to the core through the same door a Redis backend uses,
     so both share one receive path. With several workers each would have its own view:
     use :class:`~fastapi_pubsub_cluster.backends.redis.RedisBackend` there.
@@ -35,6 +36,21 @@ class MemoryBackend:
         self._metadata: dict[str, dict[str, Any]] = {}
         self._users: dict[str, set[str]] = {}
         self._user_of: dict[str, str] = {}
+
+    @property
+    def transport(self) -> MemoryBackend:
+        """This object: envelopes loop back to the core."""
+        return self
+
+    @property
+    def presence_store(self) -> MemoryBackend:
+        """This object: presence in dicts."""
+        return self
+
+    @property
+    def history_store(self) -> MemoryBackend:
+        """This object: the last messages of each history channel."""
+        return self
 
     async def start(self, sink: FanOutSink) -> None:
         """Take the core's door; nothing to open."""
@@ -68,10 +84,7 @@ class MemoryBackend:
         if directory and user_id is not None:
             self._users.setdefault(user_id, set()).add(connection_id)
             self._user_of[connection_id] = user_id
-        members = self._members.get(channel)
-        if members is None:
-            members = self._members[channel] = set()
-            sink.receive(ChannelLoaded(channel, frozenset(), self._seq.get(channel, 0)))
+        members = self._members.setdefault(channel, set())
         if connection_id not in members:
             members.add(connection_id)
             if metadata is not None:
@@ -98,7 +111,6 @@ class MemoryBackend:
         if not members:
             del self._members[channel]
             self._metadata.pop(channel, None)
-            sink.receive(ChannelDropped(channel))
 
     def _announce(
         self,
@@ -165,8 +177,15 @@ class MemoryBackend:
         return frozenset(self._users.get(user_id, ()))
 
     async def follow(self, channel: str) -> None:
-        """Nothing to subscribe: every envelope comes back through the door."""
-        self._door()
+        """Nothing to subscribe (every envelope comes back through the door): report the
+        channel's members as of its last membership event."""
+        metadata = self._metadata.get(channel, {})
+        members = frozenset(self._members.get(channel, ()))
+        loaded = ChannelLoaded(channel, members, self._seq.get(channel, 0), dict(metadata))
+        self._door().receive(loaded)
+
+    async def unfollow(self, channel: str) -> None:
+        """Nothing to unsubscribe."""
 
     async def presence(self, channel: str) -> dict[str, Any]:
         """Connection id -> presence metadata (None without) in ``channel``."""

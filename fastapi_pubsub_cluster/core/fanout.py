@@ -4,95 +4,115 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from starlette.websockets import WebSocket
 
-from ..codec import (
-    Envelope,
-    EventKind,
-    OutgoingFrame,
-    membership_notify,
-)
-from ..errors import CloseCode
+from ..errors import CloseCode, ConfigurationError
 from ..metrics import Metrics
 from ..settings import PubSubSettings, WireFormat
 from ..tasks import TaskSupervisor
-from .backend import (
-    Backend,
-    BackendEvent,
-    ChannelDropped,
-    ChannelLoaded,
-    ChannelReloading,
-    LinkRestored,
-)
+from .backend import Backend
 from .client import ClientConnection
 from .delivery import LocalDelivery
 from .joins import RuntimeJoins
 from .mirror import MembershipMirror
-from .recent import SEEN_PUBLICATIONS, RecentIds
+from .receiver import Receiver
 from .regeneration import Regenerator
+from .registration import Registration
 from .registry import LocalRegistry
-from .replay import StoredDelivery, resync
+from .replay import ReconnectHook, StoredDelivery
 from .sockets import SocketHooks
 from .subscription import SubscriberPolicy, Subscribers, Subscription
 from .targeted import TargetedSender
+from .view import ChannelView
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
-
-ReconnectHook = Callable[[], Awaitable[None]]
 
 
 class FanOut:
     """Knows which connections are in which channel and delivers messages to them.
 
-    It *has* a :class:`~fastapi_pubsub_cluster.core.backend.Backend` (in memory or Redis)
-    and hears from it through :meth:`receive` only. Local sockets live in
-    ``channel -> {connection id: ClientConnection}``; membership (:meth:`get`) mirrors the
-    whole cluster. After each membership event, the channel's ``generate_object_to_send``
-    runs once for this worker's sockets; a burst of events coalesces into fewer runs, one
-    at a time, and the last run always starts after the last event.
+    It *has* a backend: a transport it tells what to hear and hears through one door
+    (:attr:`receiver`), a presence store where it registers its connections, and maybe
+    a history store. Local sockets live in ``channel -> {connection id:
+    ClientConnection}``; membership (:attr:`view`) mirrors the whole cluster. After each
+    membership event, the channel's ``generate_object_to_send`` runs once for this
+    worker's sockets; a burst of events coalesces into fewer runs, one at a time, and the
+    last run always starts after the last event.
     """
 
     def __init__(
         self, backend: Backend, settings: PubSubSettings, metrics: Metrics | None = None
     ) -> None:
+        if settings.history_channels and backend.history_store is None:
+            raise ConfigurationError(
+                "PUBSUB_HISTORY_CHANNELS is set, but this backend keeps no history"
+            )
         self.backend = backend
+        self.transport = backend.transport
         self.settings = settings
         #: Where figures go (no-op unless the hub was given e.g. ``PrometheusMetrics``).
         self.metrics = metrics if metrics is not None else Metrics()
-        self._local = LocalRegistry()
-        self.metrics.bind(lambda: len(self._local), lambda: len(self._local.channels()))
-        self._mirror = MembershipMirror()
-        self._seen = RecentIds(SEEN_PUBLICATIONS)
+        local = self._local = LocalRegistry()
+        self.metrics.bind(lambda: len(local), lambda: len(local.channels()))
+        mirror = self._mirror = MembershipMirror()
+        #: Who is in which channel, read-only (what sockets see as ``connection_manager``).
+        self.view = ChannelView(mirror, backend.presence_store)
         self._reconnect_hooks: list[ReconnectHook] = []
         self._tasks = TaskSupervisor("fan-out")
-        self._delivery = LocalDelivery(self._local, self._mirror, settings, self.metrics)
-        self._deliver = self._delivery.to_channel
-        self._regenerator = Regenerator(
-            self._local, self._deliver, self._tasks, announce=self._delivery.presence
+        delivery = LocalDelivery(local, mirror, settings, self.metrics)
+        self._deliver = delivery.to_channel
+        regenerator = Regenerator(local, self._deliver, self._tasks, announce=delivery.presence)
+        self._registration = Registration(
+            self.transport,
+            backend.presence_store,
+            self._tasks,
+            listens=self._listens,
+            unfollowed=self._unfollowed,
         )
-        self._subscribers = Subscribers(backend.follow, self._tasks)
-        self._targeted = TargetedSender(self._local, backend, settings, self.metrics)
-        self._stored = StoredDelivery(backend, settings, self._deliver, self._subscribers.feed)
-        self._joins = RuntimeJoins(self._local, backend, settings, self._stored, self._spawn_leave)
+        registration = self._registration
+        self._subscribers = Subscribers(
+            registration.hear, registration.stop_hearing_if_unused, self._tasks
+        )
+        self._targeted = TargetedSender(
+            local, self.transport, backend.presence_store, settings, self.metrics
+        )
+        self._stored = StoredDelivery(
+            backend.history_store, settings, self._deliver, self._subscribers.feed
+        )
+        self._joins = RuntimeJoins(local, registration, settings, self._stored)
+        #: The one door through which the backend reports what it hears.
+        self.receiver = Receiver(
+            local,
+            mirror,
+            deliver=self._deliver,
+            stored=self._stored,
+            subscribers=self._subscribers,
+            targeted=self._targeted,
+            regenerator=regenerator,
+            reconnect_hooks=self._reconnect_hooks,
+            tasks=self._tasks,
+            settings=settings,
+            metrics=self.metrics,
+        )
 
     @property
     def worker_id(self) -> str:
         """This worker's id in the cluster."""
-        return self.backend.worker_id
+        return self.transport.worker_id
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start the backend; raises if it cannot be reached."""
-        await self.backend.start(self)
+        await self.transport.start(self.receiver)
 
     async def stop(self) -> None:
         """Remove this worker's presence, close sockets with 1001, stop background work."""
-        await self.backend.stop()
+        await self.transport.stop()
+        self._registration.forget_all()
         await asyncio.gather(
             *(
                 c.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -156,13 +176,7 @@ class FanOut:
         self._local.add(connection)
         self.metrics.connection_opened("direct" if connection.has_direct_path else "asgi")
         try:
-            await self.backend.join(
-                channel,
-                connection.id,
-                notify=notify,
-                user_id=connection.user_id,
-                metadata=connection.metadata,
-            )
+            await self._registration.register(connection, channel, notify=notify)
             if connection.resume_from is not None:
                 replay, replayed_to = await self._stored.replay_frames(
                     channel, connection.resume_from, report_gap=asked, tagged=connection.tagged
@@ -170,7 +184,7 @@ class FanOut:
                 connection.set_replay(replay, replayed_to)
         except BaseException:
             if self._local.remove(connection):
-                self._spawn_leaves(connection, notify)
+                self._registration.unregister(connection, connection.channels, notify=notify)
             raise
 
     async def disconnect(self, connection: ClientConnection, *, notify: bool = True) -> None:
@@ -180,7 +194,8 @@ class FanOut:
         so that it completes even when the caller is cancelled.
         """
         if self._local.remove(connection):
-            await asyncio.shield(self._spawn_leaves(connection, notify))
+            leaving = self._registration.unregister(connection, connection.channels, notify=notify)
+            await asyncio.shield(leaving)
 
     async def join(
         self, connection: ClientConnection, channel: str, *, since: str | None = None
@@ -199,62 +214,21 @@ class FanOut:
         """A client fell behind: it must not count or receive any more."""
         self.metrics.slow_client_disconnected()
         if self._local.remove(connection):
-            self._spawn_leaves(connection, True)
+            self._registration.unregister(connection, connection.channels, notify=True)
 
     def message_dropped(self, connection: ClientConnection) -> None:
         """A slow client lost its oldest queued message (``drop_oldest``)."""
         self.metrics.dropped()
 
-    def _spawn_leaves(self, connection: ClientConnection, notify: bool) -> asyncio.Task[None]:
-        # Further channels first: the own channel's leave also ends the directory entry.
-        own = connection.channel
-        leaves = [(c, False) for c in connection.channels if c != own] + [(own, True)]
-        return self._tasks.spawn(
-            self._leave_all(leaves, connection.id, notify), name=f"pubsub-leave-{connection.id}"
-        )
-
-    def _spawn_leave(
-        self, channel: str, connection: ClientConnection, notify: bool
-    ) -> asyncio.Task[None]:
-        return self._tasks.spawn(
-            self._leave_all([(channel, False)], connection.id, notify),
-            name=f"pubsub-leave-{connection.id}",
-        )
-
-    async def _leave_all(
-        self, leaves: list[tuple[str, bool]], connection_id: str, notify: bool
-    ) -> None:
-        for channel, directory in leaves:
-            try:
-                await self.backend.leave(channel, connection_id, notify=notify, directory=directory)
-            except Exception as exc:  # the backend retries it; nothing to tell the socket
-                logger.warning("leave of %s not recorded yet: %r", connection_id, exc)
-
-    def local_members(self, channel: str) -> Collection[str]:
-        """Ids of this worker's connections in ``channel``."""
-        return self._local.ids(channel)
-
-    def local_channels(self) -> Collection[str]:
-        """Channels with at least one connection on this worker."""
-        return self._local.channels()
-
-    def local_user_ids(self) -> Mapping[str, str | None]:
-        """Every connection id on this worker, with its user id (None without one)."""
-        return self._local.user_ids()
-
-    def local_metadata(self, channel: str) -> Mapping[str, Any]:
-        """Presence metadata of this worker's connections in ``channel`` that have some."""
-        return {
-            c.id: c.metadata for c in self._local.connections(channel) if c.metadata is not None
-        }
-
-    def listens(self, channel: str) -> bool:
-        """True while this worker has sockets or server-side subscribers in ``channel``."""
+    def _listens(self, channel: str) -> bool:
+        # What decides whether this worker hears a channel: sockets or subscribers here.
         return channel in self._local or self._subscribers.listens(channel)
 
-    def mirror_state(self, channel: str) -> tuple[int, int] | None:
-        """``channel``'s mirror: its last membership event and its number of members."""
-        return self._mirror.state(channel)
+    def _unfollowed(self, channel: str) -> None:
+        self._mirror.drop(channel)
+        self._stored.forget(channel)
+
+    # -- introspection -----------------------------------------------------------------
 
     def local_connections(self, channel: str) -> list[ClientConnection]:
         """This worker's connections in ``channel``."""
@@ -275,39 +249,13 @@ class FanOut:
         """Leaves, regenerations and hooks still running in the background."""
         return len(self._tasks)
 
-    # -- membership and publishing -----------------------------------------------------
-
-    def get(self, channel: str) -> frozenset[str]:
-        """Connection ids in ``channel`` on every worker, from this worker's mirror.
-
-        Synchronous, as in the original package: ``len(manager.get(channel))`` is the
-        cluster-wide count. It trails the source of truth by the backend's latency.
-        """
-        return self._mirror.get(channel)
-
-    def presence_of(self, channel: str) -> dict[str, Any]:
-        """Connection id -> presence metadata (None without) in ``channel`` on every
-        worker, from this worker's mirror (no I/O)."""
-        return self._mirror.presence(channel)
-
-    async def presence(self, channel: str) -> dict[str, Any]:
-        """Connection id -> presence metadata (None without) in ``channel``, read from the
-        source of truth."""
-        return await self.backend.presence(channel)
-
-    async def members(self, channel: str) -> frozenset[str]:
-        """Connection ids in ``channel`` read from the source of truth (not the mirror)."""
-        return await self.backend.members(channel)
-
-    async def count(self, channel: str) -> int:
-        """Number of connections in ``channel`` read from the source of truth."""
-        return len(await self.backend.members(channel))
+    # -- publishing --------------------------------------------------------------------
 
     async def publish(self, channel: str, payload: Any, *, exclude: str | None = None) -> None:
         """Deliver ``payload`` to every client of ``channel`` on every worker, except
         connection ``exclude``."""
         self.settings.validate_channel_id(channel)
-        await self.backend.publish(channel, payload, exclude=exclude)
+        await self.transport.publish(channel, payload, exclude=exclude)
         self.metrics.published()
 
     async def send_to(self, connection_id: str, payload: Any) -> int:
@@ -340,53 +288,3 @@ class FanOut:
     def add_reconnect_hook(self, hook: ReconnectHook) -> None:
         """Call ``hook`` after the backend's link comes back (messages in the gap were lost)."""
         self._reconnect_hooks.append(hook)
-
-    # -- what the backend hears --------------------------------------------------------
-
-    def receive(self, event: BackendEvent) -> None:
-        """The one door through which a backend reports what it hears."""
-        if isinstance(event, Envelope):
-            kind = event.kind
-            if kind is EventKind.MESSAGE:
-                if self._seen.add(event.ref):  # a retried publish arrives twice
-                    channel = event.channel
-                    frame = OutgoingFrame(event.payload)
-                    self._deliver(channel, frame, event.sent_at, event.exclude)
-                    self._subscribers.feed(channel, event.payload)
-            elif kind is EventKind.STORED:
-                self._stored.deliver(
-                    event.channel, event.ref, event.payload, event.sent_at, event.exclude
-                )
-            elif kind is EventKind.DIRECT:
-                if self._seen.add(event.ref):
-                    connection_ids, payload = event.payload
-                    self._targeted.deliver(connection_ids, OutgoingFrame(payload))
-            elif self._mirror.is_loaded(event.channel):
-                applied = self._mirror.apply(event, self._local.intern)
-                if applied and membership_notify(event.payload):
-                    self._regenerator.schedule(event.channel)
-            elif event.channel in self._local:
-                self._mirror.hold_early(event)
-        elif isinstance(event, ChannelLoaded):
-            if self._mirror.load(event, self._local.intern):
-                # A check's reload corrected the view. (After a lost link, the resync
-                # regenerates once its replay is done.)
-                self._regenerator.schedule(event.channel)
-        elif isinstance(event, ChannelReloading):
-            self._mirror.begin_reload(event.channel)
-        elif isinstance(event, ChannelDropped):
-            self._mirror.drop(event.channel)
-            self._stored.forget(event.channel)
-        elif isinstance(event, LinkRestored):
-            # Now, before the link reads again: the replay starts after what was delivered.
-            self._stored.hold(event.channels)
-            resyncing = resync(
-                event.channels,
-                stored=self._stored,
-                regenerator=self._regenerator,
-                hooks=self._reconnect_hooks,
-                connections=self.local_connections,
-                settings=self.settings,
-                metrics=self.metrics,
-            )
-            self._tasks.spawn(resyncing, name="pubsub-resync")

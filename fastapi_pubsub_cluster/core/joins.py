@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from ..codec import OutgoingFrame, event_frame
 from ..errors import ChannelLimitError, NotJoinedError
 from ..settings import PubSubSettings
-from .backend import Backend
 from .client import ClientConnection, ConnectionState
+from .registration import Registration
 from .registry import LocalRegistry
 from .replay import StoredDelivery
-
-#: Starts the cluster-wide removal of a connection from one channel, as a task of the core.
-SpawnLeave = Callable[[str, ClientConnection, bool], "asyncio.Task[None]"]
 
 
 class RuntimeJoins:
@@ -25,16 +21,14 @@ class RuntimeJoins:
     def __init__(
         self,
         registry: LocalRegistry,
-        backend: Backend,
+        registration: Registration,
         settings: PubSubSettings,
         stored: StoredDelivery,
-        spawn_leave: SpawnLeave,
     ) -> None:
         self._local = registry
-        self._backend = backend
+        self._registration = registration
         self._settings = settings
         self._stored = stored
-        self._spawn_leave = spawn_leave
 
     async def join(self, connection: ClientConnection, channel: str, since: str | None) -> bool:
         """Put ``connection`` in ``channel`` too, cluster-wide; False if it was in it
@@ -59,9 +53,7 @@ class RuntimeJoins:
         connection.add_channel(channel)
         self._local.add_to(channel, connection)
         try:
-            await self._backend.join(
-                channel, connection.id, notify=True, metadata=connection.metadata, directory=False
-            )
+            await self._registration.register(connection, channel, notify=True)
             first: list[OutgoingFrame] = [joined]
             replayed_to = None
             if start is not None:
@@ -72,7 +64,7 @@ class RuntimeJoins:
         except BaseException:
             if self._local.remove_from(channel, connection):
                 connection.remove_channel(channel)
-                self._spawn_leave(channel, connection, True)
+                self._registration.unregister(connection, [channel], notify=True)
             raise
         connection.release_channel(channel, first, replayed_to)
         return True
@@ -86,5 +78,5 @@ class RuntimeJoins:
             return False
         self._local.remove_from(channel, connection)
         connection.send_event(event_frame("left", channel))
-        await asyncio.shield(self._spawn_leave(channel, connection, True))
+        await asyncio.shield(self._registration.unregister(connection, [channel], notify=True))
         return True

@@ -9,14 +9,17 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from ..codec import OutgoingFrame, history_gap_frame, stored_message_frame, stream_id_order
-from ..errors import CloseCode
+from ..errors import CloseCode, ConfigurationError
 from ..metrics import Metrics
 from ..settings import PubSubSettings
-from .backend import Backend, HistorySlice
+from .backend import HistorySlice, HistoryStore
 from .client import ClientConnection
 from .regeneration import HOOK_TIMEOUT, Regenerator
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
+
+#: An application's coroutine function, called after a lost link comes back.
+ReconnectHook = Callable[[], Awaitable[None]]
 
 
 class StoredDelivery:
@@ -30,12 +33,12 @@ class StoredDelivery:
 
     def __init__(
         self,
-        backend: Backend,
+        history: HistoryStore | None,
         settings: PubSubSettings,
         deliver: Callable[[str, OutgoingFrame, float, str | None], int],
         feed: Callable[[str, Any], None],
     ) -> None:
-        self._backend = backend
+        self._history = history
         self._settings = settings
         self._deliver = deliver
         self._feed = feed
@@ -44,6 +47,11 @@ class StoredDelivery:
         #: there while nothing newer was delivered.
         self._start: dict[str, str] = {}
         self._held: dict[str, list[tuple[str, Any, float, str | None]]] = {}
+
+    def _store(self) -> HistoryStore:
+        if self._history is None:  # the hub refuses history channels without a store
+            raise ConfigurationError("this backend keeps no history")
+        return self._history
 
     def deliver(
         self,
@@ -106,7 +114,7 @@ class StoredDelivery:
         registered and replayed from after: nothing stored in between is missed."""
         if since is not None or not self._settings.has_history(channel):
             return since
-        return await self._backend.last_stored_id(channel)
+        return await self._store().last_stored_id(channel)
 
     async def replay_frames(
         self, channel: str, since: str, *, report_gap: bool = True, tagged: bool = False
@@ -119,7 +127,7 @@ class StoredDelivery:
             frames = [history_gap_frame(since, None)]
             replayed_to = None
         else:
-            stored = await self._backend.history(channel, since)
+            stored = await self._store().history(channel, since)
             gap = report_gap and not stored.complete
             frames = [history_gap_frame(since, stored.oldest)] if gap else []
             frames.extend(
@@ -142,7 +150,7 @@ class StoredDelivery:
             return stored.entries[-1][0]
         if not client_chose:
             return since
-        return await self._backend.last_stored_id(channel)
+        return await self._store().last_stored_id(channel)
 
     async def replay_missed(self, channel: str) -> None:
         """Deliver what ``channel`` stored after the last message delivered (a lost link),
@@ -153,7 +161,7 @@ class StoredDelivery:
             last = self._last.get(channel) or self._start.get(channel)
             if last is None or not self._settings.has_history(channel):
                 return
-            stored = await self._backend.history(channel, last)
+            stored = await self._store().history(channel, last)
             if not stored.complete:
                 logger.warning("history of %r no longer reaches back to %s", channel, last)
                 self._deliver(channel, history_gap_frame(last, stored.oldest), 0.0, None)
@@ -171,7 +179,7 @@ async def resync(
     *,
     stored: StoredDelivery,
     regenerator: Regenerator,
-    hooks: Sequence[Callable[[], Awaitable[None]]],
+    hooks: Sequence[ReconnectHook],
     connections: Callable[[str], list[ClientConnection]],
     settings: PubSubSettings,
     metrics: Metrics,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from ..errors import HubClosedError, SubscriberOverflowError
+from ..errors import SubscriberOverflowError
 from ..tasks import TaskSupervisor
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -97,12 +97,18 @@ class Subscription:
 class Subscribers:
     """This worker's server-side subscribers, by channel.
 
-    ``follow(channel)`` is the backend's: it makes the backend hear a channel while
-    :meth:`listens` says so, and stop after.
+    ``hear(channel)`` follows a channel while anything here listens to it (:meth:`listens`,
+    or local sockets); ``let_go(channel)`` unfollows it once nothing does, and never raises.
     """
 
-    def __init__(self, follow: Callable[[str], Awaitable[None]], tasks: TaskSupervisor) -> None:
-        self._follow = follow
+    def __init__(
+        self,
+        hear: Callable[[str], Coroutine[Any, Any, None]],
+        let_go: Callable[[str], Coroutine[Any, Any, None]],
+        tasks: TaskSupervisor,
+    ) -> None:
+        self._hear = hear
+        self._let_go = let_go
         self._tasks = tasks
         self._channels: dict[str, set[Subscription]] = {}
 
@@ -130,10 +136,10 @@ class Subscribers:
     ) -> AsyncIterator[Subscription]:
         """A :class:`Subscription` of ``channel`` while the block runs."""
         subscription = Subscription(channel, max_queue, policy)
-        # Registered before any await, so that the backend's subscription sees it.
+        # Registered before any await, so that the decision to hear the channel sees it.
         self._channels.setdefault(channel, set()).add(subscription)
         try:
-            await self._follow(channel)
+            await self._hear(channel)
             yield subscription
         finally:
             subscription.close()
@@ -144,13 +150,5 @@ class Subscribers:
                     del self._channels[channel]
             # A task of the core's: it completes even when the caller is cancelled.
             await asyncio.shield(
-                self._tasks.spawn(self._unfollow(channel), name=f"pubsub-unfollow-{channel}")
+                self._tasks.spawn(self._let_go(channel), name=f"pubsub-unfollow-{channel}")
             )
-
-    async def _unfollow(self, channel: str) -> None:
-        try:
-            await self._follow(channel)
-        except HubClosedError:
-            pass  # stopped: every subscription is gone already
-        except Exception as exc:  # a link that failed drops the topic when it reconnects
-            logger.warning("could not stop hearing %r: %r", channel, exc)

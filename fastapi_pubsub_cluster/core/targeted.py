@@ -10,7 +10,7 @@ from typing import Any
 from ..codec import OutgoingFrame, encode_payload
 from ..metrics import Metrics
 from ..settings import PubSubSettings
-from .backend import Backend
+from .backend import PresenceStore, Transport
 from .registry import LocalRegistry
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -23,13 +23,19 @@ def worker_of(connection_id: str) -> str:
 
 class TargetedSender:
     """Delivers to this worker's connections by id at once, and hands the others to the
-    backend, one DIRECT envelope per worker (its inbox)."""
+    transport, one DIRECT envelope per worker (its inbox)."""
 
     def __init__(
-        self, registry: LocalRegistry, backend: Backend, settings: PubSubSettings, metrics: Metrics
+        self,
+        registry: LocalRegistry,
+        transport: Transport,
+        presence: PresenceStore,
+        settings: PubSubSettings,
+        metrics: Metrics,
     ) -> None:
         self._local = registry
-        self._backend = backend
+        self._transport = transport
+        self._presence = presence
         self._settings = settings
         self._metrics = metrics
 
@@ -38,25 +44,25 @@ class TargetedSender:
         sockets took it (0 for an unknown or absent connection: no error)."""
         self._settings.check_message_size(len(encode_payload(payload)))
         worker_id = worker_of(connection_id)
-        if worker_id == self._backend.worker_id:
+        if worker_id == self._transport.worker_id:
             return self.deliver([connection_id], OutgoingFrame(payload))
         if not worker_id:
             return 0
-        return await self._backend.send(worker_id, [connection_id], payload)
+        return await self._transport.send(worker_id, [connection_id], payload)
 
     async def send_to_user(self, user_id: str, payload: Any) -> int:
         """Send ``payload`` to every connection of ``user_id`` on every worker; how many
         sockets took it (0 if the user has none)."""
         self._settings.check_message_size(len(encode_payload(payload)))
         by_worker: dict[str, list[str]] = {}
-        for connection_id in await self._backend.user_connections(user_id):
+        for connection_id in await self._presence.user_connections(user_id):
             by_worker.setdefault(worker_of(connection_id), []).append(connection_id)
-        by_worker.pop(self._backend.worker_id, None)  # this worker's own index is exact
+        by_worker.pop(self._transport.worker_id, None)  # this worker's own index is exact
         by_worker.pop("", None)
         local = [c.id for c in self._local.of_user(user_id)]
         delivered = self.deliver(local, OutgoingFrame(payload)) if local else 0
         sent = await asyncio.gather(
-            *(self._backend.send(w, ids, payload) for w, ids in by_worker.items())
+            *(self._transport.send(w, ids, payload) for w, ids in by_worker.items())
         )
         return delivered + sum(sent)
 

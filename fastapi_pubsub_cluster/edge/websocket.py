@@ -11,8 +11,8 @@ from starlette.websockets import WebSocket, WebSocketState
 from ..backends.redis import RedisCredentialsLike
 from ..codec import OutgoingFrame
 from ..core.client import ClientConnection, ConnectionState
-from ..core.fanout import FanOut
 from ..core.sends import send_unless_closed
+from ..core.view import ChannelView
 from ..errors import CloseCode, NotJoinedError, PubSubError
 from ..hub import PubSubHub, hub_for_socket, settings_from_environment
 from ..settings import WireFormat
@@ -93,10 +93,11 @@ class BasePubSubWebSocket:
         return connection.channels if connection is not None else [self.channel_id]
 
     @property
-    def connection_manager(self) -> FanOut:
-        """The hub's fan-out core, under the original package's name:
-        ``len(self.connection_manager.get(self.channel_id))`` counts the whole cluster."""
-        return self.hub.fanout
+    def connection_manager(self) -> ChannelView:
+        """Who is in which channel, cluster-wide and read-only, under the original
+        package's name: ``len(self.connection_manager.get(self.channel_id))`` counts the
+        whole cluster (``count``, ``members`` and ``presence`` read the source of truth)."""
+        return self.hub.fanout.view
 
     # -- hooks -------------------------------------------------------------------------
 

@@ -112,6 +112,6 @@ async def healthz() -> dict[str, Any]:
 async def mirror(channel: str) -> dict[str, list[str]]:
     """This worker's own connections in ``channel`` and its mirror of the whole cluster's."""
     return {
-        "local": sorted(hub.fanout.local_members(channel)),
+        "local": sorted(c.id for c in hub.fanout.local_connections(channel)),
         "mirror": sorted(hub.get(channel)),
     }

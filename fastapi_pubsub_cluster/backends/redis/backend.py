@@ -1,47 +1,46 @@
-"""The Redis backend: presence in Redis sets, envelopes over one pub/sub link per server."""
+"""The Redis backend: its transport (envelopes over one pub/sub link per server), its
+lifecycle, and the presence and history stores it composes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
 from ...codec import EventKind, decode_envelope
 from ...core.backend import (
-    ChannelDropped,
     ChannelLoaded,
     ChannelReloading,
     FanOutSink,
-    HistorySlice,
     LinkRestored,
     new_worker_id,
 )
 from ...errors import (
     BackendUnavailableError,
     ConfigurationError,
-    HistoryError,
     HubClosedError,
     MalformedMessageError,
-    PresenceError,
     PublishError,
 )
 from ...metrics import Metrics
 from ...settings import PubSubSettings
 from ...tasks import TaskSupervisor
 from . import announced
-from .clients import REDIS_DOWN, CommandClient, RedisEndpoint
-from .history import ResumePoints, read_history
+from .clients import REDIS_DOWN, RedisEndpoint
+from .history import ResumePoints
+from .history_store import RedisHistoryStore
 from .keys import RedisKeys
 from .link import TopicLink
 from .links import Links
 from .mirror_check import MirrorCheck
 from .presence import Presence
+from .presence_store import RedisPresenceStore
 from .publishing import PublishPath
+from .runtime import RedisRuntime
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -51,21 +50,10 @@ logger = logging.getLogger("fastapi_pubsub_cluster")
 MAX_REDIS_CONNECTIONS = 8
 
 
-@dataclass(frozen=True, slots=True)
-class _Started:
-    """What exists while the backend runs."""
-
-    endpoint: RedisEndpoint
-    client: CommandClient
-    presence: Presence
-    publisher: PublishPath
-    links: Links
-    sink: FanOutSink
-    resume_points: ResumePoints
-
-
 class RedisBackend:
     """Presence and fan-out across every worker that shares one Redis (or Redis Cluster).
+
+    The object is the backend's transport, and has its presence and history stores.
 
     * Each local connection is a member of its channel's set (see :class:`Presence`).
     * Joins, leaves and published messages are envelopes on the channel's topic. A worker
@@ -94,10 +82,25 @@ class RedisBackend:
         self.metrics = metrics if metrics is not None else Metrics()
         self._tasks = TaskSupervisor("redis backend")
         self._subscription_lock = asyncio.Lock()
-        self._started: _Started | None = None
+        self._started: RedisRuntime | None = None
         self._endpoint: RedisEndpoint | None = None
-        # The user of each local connection that has one (to remove it from the directory).
-        self._user_of: dict[str, str] = {}
+        self._presence_store = RedisPresenceStore(self._running, lambda: self._started)
+        self._history_store = RedisHistoryStore(self._running, self.keys)
+
+    @property
+    def transport(self) -> RedisBackend:
+        """This object: publishing, following channels, targeted sends."""
+        return self
+
+    @property
+    def presence_store(self) -> RedisPresenceStore:
+        """Connections in Redis sets, one per channel."""
+        return self._presence_store
+
+    @property
+    def history_store(self) -> RedisHistoryStore:
+        """History channels' Redis streams."""
+        return self._history_store
 
     # -- introspection -----------------------------------------------------------------
 
@@ -158,7 +161,7 @@ class RedisBackend:
         )
         publisher = PublishPath(endpoint, client, self.settings, origin=self.worker_id)
         resume_points = ResumePoints(client, self.settings)
-        started = _Started(endpoint, client, presence, publisher, links, sink, resume_points)
+        started = RedisRuntime(endpoint, client, presence, publisher, links, sink, resume_points)
         try:
             # Bounded as a whole: retries (and Sentinel's discovery) must not stretch an
             # unreachable Redis into a startup that hangs.
@@ -199,12 +202,12 @@ class RedisBackend:
         await self._close(started)
         logger.info("worker %s left the cluster", self.worker_id)
 
-    async def _close(self, started: _Started) -> None:
+    async def _close(self, started: RedisRuntime) -> None:
         await started.publisher.aclose()
         await started.links.close()
         await started.endpoint.aclose()
 
-    def _running(self) -> _Started:
+    def _running(self) -> RedisRuntime:
         if self._started is None:
             raise HubClosedError("the Redis backend is not started")
         return self._started
@@ -215,78 +218,38 @@ class RedisBackend:
         """Encode once and publish once (stored first on a history channel)."""
         await self._running().publisher.publish(channel, payload, exclude)
 
-    async def join(
-        self,
-        channel: str,
-        connection_id: str,
-        *,
-        notify: bool,
-        user_id: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        directory: bool = True,
-    ) -> None:
-        """Note the connection in the directory (with ``directory``), hear ``channel``
-        (first local connection), then register the connection in the channel."""
-        started = self._running()
-        try:
-            if directory:
-                if user_id is not None:
-                    self._user_of[connection_id] = user_id
-                await started.presence.directory.register(connection_id, user_id)
-            await self._sync_subscription(started, channel)
-            await started.presence.register(
-                channel,
-                connection_id,
-                notify=notify,
-                metadata=metadata,
-                user_id=user_id,
-                directory=directory,
-            )
-        except REDIS_DOWN as exc:
-            raise PresenceError(
-                f"cannot register the connection, Redis unavailable: {exc!r}"
-            ) from exc
-
-    async def leave(
-        self, channel: str, connection_id: str, *, notify: bool, directory: bool = True
-    ) -> None:
-        """Unregister the connection (retried later if Redis does not answer)."""
-        started = self._started
-        if started is None:
-            return  # stopped: the whole presence of this worker is gone already
-        user_id = self._user_of.pop(connection_id, None) if directory else None
-        presence = started.presence
-        await presence.unregister(
-            channel, connection_id, notify=notify, user_id=user_id, directory=directory
-        )
-        if directory:
-            await presence.directory.unregister(connection_id, user_id)
-        try:
-            await self._sync_subscription(started, channel)
-        except REDIS_DOWN as exc:
-            logger.debug("unsubscribe from %r failed: %r", channel, exc)
-
-    async def members(self, channel: str) -> frozenset[str]:
-        """Connection ids in ``channel``, read from Redis."""
-        try:
-            return await self._running().presence.members(channel)
-        except REDIS_DOWN as exc:
-            raise PresenceError(f"cannot read presence, Redis unavailable: {exc!r}") from exc
-
-    async def presence(self, channel: str) -> dict[str, Any]:
-        """Connection id -> presence metadata (None without) in ``channel``, from Redis."""
-        try:
-            return await self._running().presence.presence(channel)
-        except REDIS_DOWN as exc:
-            raise PresenceError(f"cannot read presence, Redis unavailable: {exc!r}") from exc
-
     async def follow(self, channel: str) -> None:
-        """Hear ``channel`` while the core listens to it (sockets or subscribers)."""
+        """Subscribe ``channel``'s topic (recorded first, for reaping), then report its
+        members as of the channel's last event (:class:`ChannelLoaded`)."""
         started = self._running()
+        links = started.links
         try:
-            await self._sync_subscription(started, channel)
+            async with self._subscription_lock:  # never beside a reload of the channel
+                if not links.is_subscribed(channel):
+                    try:
+                        await started.presence.record_channel(channel)
+                        await links.subscribe(channel)
+                    except BaseException:
+                        with contextlib.suppress(*REDIS_DOWN):
+                            await links.unsubscribe(channel)
+                        raise
+                await self._load(started, channel)
         except REDIS_DOWN as exc:
             raise BackendUnavailableError(f"cannot subscribe, Redis unavailable: {exc!r}") from exc
+
+    async def unfollow(self, channel: str) -> None:
+        """Unsubscribe ``channel``'s topic; if Redis does not answer, the link drops the
+        topic when it reconnects."""
+        started = self._started
+        if started is None:
+            return  # stopped: every subscription is gone already
+        try:
+            async with self._subscription_lock:
+                if started.links.is_subscribed(channel):
+                    await started.links.unsubscribe(channel)
+                    await started.presence.forget_channel(channel)
+        except REDIS_DOWN as exc:
+            logger.debug("unsubscribe from %r failed: %r", channel, exc)
 
     async def send(self, worker_id: str, connection_ids: Sequence[str], payload: Any) -> int:
         """A DIRECT envelope to ``worker_id``'s inbox, if it holds any of the connections."""
@@ -294,28 +257,6 @@ class RedisBackend:
             return await self._running().presence.directory.send(worker_id, connection_ids, payload)
         except REDIS_DOWN as exc:
             raise PublishError(f"cannot send, Redis unavailable: {exc!r}") from exc
-
-    async def user_connections(self, user_id: str) -> frozenset[str]:
-        """Ids of ``user_id``'s connections on every worker, from Redis."""
-        try:
-            return await self._running().presence.directory.user_connections(user_id)
-        except REDIS_DOWN as exc:
-            raise PresenceError(f"cannot read presence, Redis unavailable: {exc!r}") from exc
-
-    async def history(self, channel: str, since: str) -> HistorySlice:
-        """What ``channel``'s stream holds after ``since``."""
-        try:
-            return await read_history(self._running().client, self.keys.history(channel), since)
-        except REDIS_DOWN as exc:
-            raise HistoryError(f"cannot read history, Redis unavailable: {exc!r}") from exc
-
-    async def last_stored_id(self, channel: str) -> str:
-        """The id of the newest entry of ``channel``'s stream; on an empty channel, a
-        position its stream vouches for from now on."""
-        try:
-            return await self._running().resume_points.at(self.keys.history(channel))
-        except REDIS_DOWN as exc:
-            raise HistoryError(f"cannot read history, Redis unavailable: {exc!r}") from exc
 
     @property
     def instance(self) -> str | None:
@@ -327,34 +268,11 @@ class RedisBackend:
         operator's tool for a worker known to be gone); how many entries went."""
         presence = self._running().presence
         removed = 0
-        for instance in await presence.instances_of(worker_id):
+        for instance in await presence.reaper.instances_of(worker_id):
             removed += max(0, await presence.reap(instance, force=True))
         return removed
 
     # -- subscriptions -----------------------------------------------------------------
-
-    async def _sync_subscription(self, started: _Started, channel: str) -> None:
-        """Hear a channel while it has local sockets, stop after.
-
-        Under one lock, so that concurrent first joins and last leaves cannot interleave
-        their subscribe and unsubscribe.
-        """
-        async with self._subscription_lock:
-            wanted = started.sink.listens(channel)
-            links = started.links
-            if wanted and not links.is_subscribed(channel):
-                try:
-                    await started.presence.record_channel(channel)
-                    await links.subscribe(channel)
-                    await self._load(started, channel)
-                except BaseException:
-                    with contextlib.suppress(*REDIS_DOWN):
-                        await links.unsubscribe(channel)
-                    raise
-            elif not wanted and links.is_subscribed(channel):
-                started.sink.receive(ChannelDropped(channel))
-                await links.unsubscribe(channel)
-                await started.presence.forget_channel(channel)
 
     async def _reload(self, channel: str) -> None:
         """Load ``channel``'s membership again, keeping the events heard meanwhile."""
@@ -365,8 +283,8 @@ class RedisBackend:
                 # If this fails, the next check or the link's restore loads it.
                 await self._load(started, channel)
 
-    async def _load(self, started: _Started, channel: str) -> None:
-        members, seq, metadata = await started.presence.snapshot(channel)
+    async def _load(self, started: RedisRuntime, channel: str) -> None:
+        members, seq, metadata = await started.presence.reads.snapshot(channel)
         started.sink.receive(ChannelLoaded(channel, members, seq, metadata))
 
     def _on_topic_message(self, topic: str, data: bytes) -> None:

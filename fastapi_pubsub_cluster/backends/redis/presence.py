@@ -26,8 +26,8 @@ from .clients import REDIS_DOWN, CommandClient
 from .directory import Directory
 from .gate import ChannelGate
 from .keys import RedisKeys
+from .reads import ChannelReads
 from .reaping import Reaper
-from .replies import metadata_of, text
 from .sweep import Sweep, round_trips
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -66,7 +66,6 @@ class Presence:
         self._join = client.register_script(scripts.JOIN)
         self._leave = client.register_script(scripts.LEAVE)
         self._reconcile = client.register_script(scripts.RECONCILE)
-        self._snapshot = client.register_script(scripts.SNAPSHOT)
         self._epoch = 1
         self._beating = False
         self._recorded_channels: set[str] = set()
@@ -88,6 +87,8 @@ class Presence:
             gate=self.gate,
             inline=publish_command == "PUBLISH",
         )
+        #: Who is in a channel, read from Redis.
+        self.reads = ChannelReads(client, keys)
         #: Removes what dead worker instances registered.
         self.reaper = Reaper(
             client, keys, publish_command=publish_command, directory=self.directory
@@ -182,24 +183,6 @@ class Presence:
                     directory.entry(user_id),
                 ],
             )
-
-    async def snapshot(self, channel: str) -> tuple[frozenset[str], int, dict[str, Any]]:
-        """The members of ``channel``, its sequence number and its members' metadata, read
-        at one instant."""
-        keys = self._keys
-        raw_members, raw_seq, raw_meta = await self._snapshot(
-            keys=[keys.members(channel), keys.seq(channel), keys.meta(channel)]
-        )
-        return frozenset(text(m) for m in raw_members), int(raw_seq or 0), metadata_of(raw_meta)
-
-    async def presence(self, channel: str) -> dict[str, Any]:
-        """Connection id -> metadata (None without) in ``channel``."""
-        members, _, metadata = await self.snapshot(channel)
-        return {member: metadata.get(member) for member in members}
-
-    async def members(self, channel: str) -> frozenset[str]:
-        """Connection ids in ``channel``."""
-        return frozenset(text(m) for m in await self._client.smembers(self._keys.members(channel)))
 
     async def record_channel(self, channel: str) -> None:
         """Note, under this instance's own key, that it holds sockets in ``channel``, so
@@ -334,7 +317,7 @@ class Presence:
             # What an earlier instance still owns is not live (or was given to this one).
             await self.reap(self._retired[0], force=True)
             self._retired.pop(0)
-        await self.reap_dead_workers()
+        await self.reaper.reap_dead(self.instance, spare=self._retired)
 
     async def keep_forever(self) -> None:
         """:meth:`keep` every third of the TTL. Supervised: any failure is logged (and
@@ -355,14 +338,6 @@ class Presence:
         for instance in [*self._retired, self.instance]:
             await self.reap(instance, force=True)
         self._retired.clear()
-
-    async def instances_of(self, worker_id: str) -> list[str]:
-        """The instances of ``worker_id`` that the cluster lists."""
-        return await self.reaper.instances_of(worker_id)
-
-    async def reap_dead_workers(self) -> None:
-        """Remove the presence of every worker instance whose heartbeat expired."""
-        await self.reaper.reap_dead(self.instance, spare=self._retired)
 
     async def reap(self, instance: str, *, force: bool = False) -> int:
         """Remove what a worker instance registered; -1 if it turned out alive (``force``

@@ -1,0 +1,108 @@
+"""Registering this worker's connections cluster-wide, and deciding which channels it hears."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..errors import HubClosedError
+from ..tasks import TaskSupervisor
+from .backend import PresenceStore, Transport
+from .client import ClientConnection
+
+logger = logging.getLogger("fastapi_pubsub_cluster")
+
+
+class Registration:
+    """Puts connections in channels on every worker and takes them out.
+
+    The core decides what this worker hears: a channel is followed before its first
+    local connection registers or its first server-side subscriber reads (so that its
+    own join is heard, in order after the channel's snapshot), and unfollowed after the
+    last one is gone. Decisions are made under one lock, from the core's state at that
+    moment (``listens``), so that a first join and a last leave racing each other can
+    never leave a channel followed without listeners, or listeners without it.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        presence: PresenceStore,
+        tasks: TaskSupervisor,
+        *,
+        listens: Callable[[str], bool],
+        unfollowed: Callable[[str], None],
+    ) -> None:
+        self._transport = transport
+        self._presence = presence
+        self._tasks = tasks
+        self._listens = listens
+        self._unfollowed = unfollowed
+        self._lock = asyncio.Lock()
+        self._followed: set[str] = set()
+
+    async def hear(self, channel: str) -> None:
+        """Follow or unfollow ``channel`` as the core's listeners now need."""
+        async with self._lock:
+            wanted = self._listens(channel)
+            if wanted and channel not in self._followed:
+                await self._transport.follow(channel)  # raises: not followed
+                self._followed.add(channel)
+            elif not wanted and channel in self._followed:
+                self._followed.discard(channel)
+                self._unfollowed(channel)  # at once: nothing it hears now concerns anyone
+                await self._transport.unfollow(channel)
+
+    async def register(self, connection: ClientConnection, channel: str, *, notify: bool) -> None:
+        """Hear ``channel``, then register ``connection`` there (already held locally);
+        in its own channel with its user and in the directory of targeted sends."""
+        own = channel == connection.channel
+        await self.hear(channel)
+        await self._presence.join(
+            channel,
+            connection.id,
+            notify=notify,
+            user_id=connection.user_id if own else None,
+            metadata=connection.metadata,
+            directory=own,
+        )
+
+    def unregister(
+        self, connection: ClientConnection, channels: list[str], *, notify: bool
+    ) -> asyncio.Task[None]:
+        """Unregister ``connection`` (no longer held locally) from ``channels``, as a task
+        of the core's, so that it completes even when the caller is cancelled. Further
+        channels first: the own channel's leave also ends the directory entry."""
+        own = connection.channel
+        ordered = [c for c in channels if c != own] + [c for c in channels if c == own]
+        return self._tasks.spawn(
+            self._leave_all(ordered, connection.id, own, notify),
+            name=f"pubsub-leave-{connection.id}",
+        )
+
+    async def _leave_all(
+        self, channels: list[str], connection_id: str, own: str, notify: bool
+    ) -> None:
+        for channel in channels:
+            try:
+                await self._presence.leave(
+                    channel, connection_id, notify=notify, directory=channel == own
+                )
+            except Exception as exc:  # the store reconciles it; nothing to tell the socket
+                logger.warning("leave of %s not recorded yet: %r", connection_id, exc)
+            await self.stop_hearing_if_unused(channel)
+
+    async def stop_hearing_if_unused(self, channel: str) -> None:
+        """Unfollow ``channel`` if nothing here listens to it any more; a failure is logged
+        (a transport that lost its link drops the channel when it reconnects)."""
+        try:
+            await self.hear(channel)
+        except HubClosedError:
+            pass  # stopped: every subscription is gone already
+        except Exception as exc:
+            logger.debug("could not stop hearing %r: %r", channel, exc)
+
+    def forget_all(self) -> None:
+        """The backend stopped: nothing is followed any more."""
+        self._followed.clear()
