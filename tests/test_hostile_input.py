@@ -65,6 +65,22 @@ async def test_nan_in_a_msgpack_frame_closes_1007(server: str) -> None:
     assert await close_code_of(ws) == CloseCode.INVALID_PAYLOAD
 
 
+async def test_a_bytes_map_key_in_a_msgpack_frame_closes_1007(server: str) -> None:
+    # JSON has no form for a bytes key: a JSON client in the channel could never get it.
+    ws = await joined(f"{server}/ws/binkey")
+    await ws.send(msgpack.packb({b"k": 1}, use_bin_type=True))
+    assert await close_code_of(ws) == CloseCode.INVALID_PAYLOAD
+
+
+async def test_bytes_values_and_integer_keys_in_a_msgpack_frame_are_accepted(
+    server: str,
+) -> None:
+    ws = await joined(f"{server}/ws/binok")
+    await ws.send(msgpack.packb({"v": b"\x00\x01", 1: "one"}, use_bin_type=True))
+    echo = await recv_until(ws, lambda m: "echo" in m)
+    assert echo["echo"] == {"v": {"$bytes": "AAE="}, "1": "one"}
+
+
 async def test_no_client_receives_a_nan_that_another_client_sent(server: str) -> None:
     listener = await joined(f"{server}/ws/strict")
     await (await joined(f"{server}/ws/strict")).send('{"v": NaN}')

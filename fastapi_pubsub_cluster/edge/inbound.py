@@ -35,7 +35,8 @@ def decode_client_text(text: str) -> Any:
 
 def decode_client_binary(data: bytes) -> Any:
     """Parse a client's binary frame as msgpack, to the same rules as text frames (no NaN
-    or infinities, no extension types, nesting at most :data:`MAX_NESTING_DEPTH` deep)."""
+    or infinities, no extension types, no bytes as map keys, nesting at most
+    :data:`MAX_NESTING_DEPTH` deep)."""
     try:
         decoded = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_reject_ext)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
@@ -46,7 +47,23 @@ def decode_client_binary(data: bytes) -> Any:
         _check_depth(decoded)
     if (b"\xcb" in data or b"\xca" in data) and not all_finite(decoded):
         raise MalformedMessageError("binary frame holds NaN or an infinity")
+    # bin markers: only then can a map key be bytes, which JSON clients could not receive.
+    if (b"\xc4" in data or b"\xc5" in data or b"\xc6" in data) and _has_bytes_key(decoded):
+        raise MalformedMessageError("binary frame has a map key that is bytes, not a string")
     return decoded
+
+
+def _has_bytes_key(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if any(isinstance(key, bytes) for key in item):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 _CONTAINER_HEADERS = {*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF}
