@@ -115,6 +115,30 @@ async def test_metadata_not_encodable_in_every_format_closes_1008_and_registers_
         await listener.close()
 
 
+class SurrogateUserSocket(BasePubSubWebSocket):
+    """Says its user id is a lone surrogate: a string no UTF-8 store can hold."""
+
+    async def get_user_id(self) -> str | None:
+        return "user-\ud800"
+
+
+async def test_a_user_id_that_is_not_utf8_closes_1008_and_registers_nothing(
+    hub: PubSubHub,
+) -> None:
+    app = build_app(hub)
+
+    @app.websocket("/surrogate/{channel}")
+    async def surrogate_socket(websocket: WebSocket, channel: str) -> None:
+        await SurrogateUserSocket(websocket, channel, hub=hub).run()
+
+    async with serve(app) as url:
+        ws = await connect(f"{url}/surrogate/odd")
+        assert await close_code_of(ws) == CloseCode.POLICY_VIOLATION
+        assert ws.close_reason is not None and "user id" in ws.close_reason
+        assert await hub.members("odd") == frozenset()
+        assert hub.fanout.local_connection_count == 0
+
+
 async def test_metadata_nested_to_the_bound_is_registered(hub: PubSubHub) -> None:
     async with serve(_metadata_app(hub)) as url:
         ws = await connect(f"{url}/meta/deep?kind={quote('nested to the bound')}")

@@ -14,11 +14,17 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 def checked_user_id(user_id: object, max_length: int) -> str | None:
     """``user_id`` as a socket's user id: None, or a non-empty string of at most
-    ``max_length`` characters; else :class:`PresenceMetadataError`."""
+    ``max_length`` characters that UTF-8 can hold (Redis stores it so); else
+    :class:`PresenceMetadataError`."""
     if user_id is None:
         return None
     if not isinstance(user_id, str) or not user_id:
         raise PresenceMetadataError("a user id must be a non-empty string")
+    if not user_id.isascii():
+        try:
+            user_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PresenceMetadataError("a user id must be valid UTF-8 text") from None
     if len(user_id) > max_length:
         raise PresenceMetadataError(
             f"user id is {len(user_id)} characters; the limit is {max_length}"
