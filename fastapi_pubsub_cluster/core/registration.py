@@ -44,6 +44,8 @@ class Registration:
 
     async def hear(self, channel: str) -> None:
         """Follow or unfollow ``channel`` as the core's listeners now need."""
+        if channel in self._followed and self._listens(channel):
+            return  # most joins: heard already (an unfollow leaves the set before it awaits)
         async with self._lock:
             wanted = self._listens(channel)
             if wanted and channel not in self._followed:
