@@ -96,6 +96,7 @@ class FanOut:
             tasks=self._tasks,
             settings=settings,
             metrics=self.metrics,
+            hears=registration.hears,
         )
 
     @property

@@ -41,7 +41,9 @@ class Receiver:
         tasks: TaskSupervisor,
         settings: PubSubSettings,
         metrics: Metrics,
+        hears: Callable[[str], bool],
     ) -> None:
+        self._hears = hears
         self._local = local
         self._mirror = mirror
         self._deliver = deliver
@@ -59,6 +61,8 @@ class Receiver:
         """Take one event; never blocks, never raises for bad input."""
         if isinstance(event, Envelope):
             self._envelope(event)
+        elif isinstance(event, ChannelLoaded | ChannelReloading) and not self._hears(event.channel):
+            return  # loaded as the core let go of it: a mirror nobody would drop
         elif isinstance(event, ChannelLoaded):
             if self._mirror.load(event, self._local.intern):
                 # A check's reload corrected the view. (After a lost link, the resync

@@ -41,6 +41,13 @@ class Registration:
         self._unfollowed = unfollowed
         self._lock = asyncio.Lock()
         self._followed: set[str] = set()
+        self._following: set[str] = set()  # a follow in progress
+
+    def hears(self, channel: str) -> bool:
+        """True while ``channel`` is followed, or being followed: what the transport
+        reports of any other channel (a snapshot it was loading as the core let go of the
+        channel) concerns nobody here."""
+        return channel in self._followed or channel in self._following
 
     async def hear(self, channel: str) -> None:
         """Follow or unfollow ``channel`` as the core's listeners now need."""
@@ -49,7 +56,11 @@ class Registration:
         async with self._lock:
             wanted = self._listens(channel)
             if wanted and channel not in self._followed:
-                await self._transport.follow(channel)  # raises: not followed
+                self._following.add(channel)
+                try:
+                    await self._transport.follow(channel)  # raises: not followed
+                finally:
+                    self._following.discard(channel)
                 self._followed.add(channel)
             elif not wanted and channel in self._followed:
                 self._followed.discard(channel)
@@ -108,3 +119,4 @@ class Registration:
     def forget_all(self) -> None:
         """The backend stopped: nothing is followed any more."""
         self._followed.clear()
+        self._following.clear()
