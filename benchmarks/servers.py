@@ -141,7 +141,7 @@ KEEPALIVE_NOTE = (
 )
 
 
-def _command(target: Target, port: int) -> list[str]:
+def server_command(target: Target, port: int) -> list[str]:
     """The server's command line, on its peer venv's python if it has one."""
     command = _driver_command(target, port)
     if target.venv is not None:
@@ -180,7 +180,7 @@ def running_server(target: Target, env: dict[str, str]) -> Iterator[RunningServe
     )
     try:
         with started(
-            _command(target, port),
+            server_command(target, port),
             f"http://127.0.0.1:{port}/healthz",
             env=env,
             name=target.name,

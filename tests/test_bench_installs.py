@@ -99,13 +99,13 @@ def test_the_peers_that_clash_are_each_alone_in_a_venv_and_not_in_the_bench_extr
 
 def test_a_peer_server_runs_on_its_venvs_python(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(servers, "ensure_venv", lambda name: Path(f"/venvs/{name}/bin/python"))
-    assert servers._command(BROADCASTER, 8000)[:3] == [
+    assert servers.server_command(BROADCASTER, 8000)[:3] == [
         "/venvs/broadcaster/bin/python",
         "-m",
         "uvicorn",
     ]
-    assert servers._command(PERMIT, 8000)[0] == "/venvs/permit/bin/python"
-    assert servers._command(by_name("ours-redis-1w"), 8000)[0] == sys.executable
+    assert servers.server_command(PERMIT, 8000)[0] == "/venvs/permit/bin/python"
+    assert servers.server_command(by_name("ours-redis-1w"), 8000)[0] == sys.executable
 
 
 def test_a_peer_venv_is_rebuilt_only_when_what_it_was_built_from_changed(
