@@ -8,6 +8,8 @@ from typing import Any
 #: Deepest nesting of arrays and objects accepted in a client frame (JSON or msgpack) and in
 #: presence metadata.
 MAX_NESTING_DEPTH = 64
+#: Integers a payload may hold: what msgpack (and so every client and worker) can carry.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
 
 def all_finite(value: Any) -> bool:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..codec import MAX_NESTING_DEPTH, encode_json, encode_payload
+from ..codec import encode_json, encode_payload
 from ..errors import MalformedMessageError, PresenceMetadataError
-
-#: Integers metadata may hold: what msgpack (and so every client and worker) can carry.
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+from ..payloads import INT_MAX, INT_MIN, MAX_NESTING_DEPTH
 
 
 def checked_user_id(user_id: object, max_length: int) -> str | None:
@@ -20,11 +18,8 @@ def checked_user_id(user_id: object, max_length: int) -> str | None:
         return None
     if not isinstance(user_id, str) or not user_id:
         raise PresenceMetadataError("a user id must be a non-empty string")
-    if not user_id.isascii():
-        try:
-            user_id.encode("utf-8")
-        except UnicodeEncodeError:
-            raise PresenceMetadataError("a user id must be valid UTF-8 text") from None
+    if not user_id.isascii() and not _is_utf8(user_id):
+        raise PresenceMetadataError("a user id must be valid UTF-8 text")
     if len(user_id) > max_length:
         raise PresenceMetadataError(
             f"user id is {len(user_id)} characters; the limit is {max_length}"
@@ -77,7 +72,7 @@ def _unencodable(metadata: dict[str, Any]) -> str | None:
         elif isinstance(item, bool) or item is None:
             continue
         elif isinstance(item, int):
-            if not _INT_MIN <= item <= _INT_MAX:
+            if not INT_MIN <= item <= INT_MAX:
                 return "holds an integer that does not fit 64 bits"
         elif isinstance(item, float):
             if not math.isfinite(item):

@@ -9,10 +9,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 
 from ..errors import MalformedMessageError
-from ..payloads import MAX_NESTING_DEPTH, all_finite
-
-#: Integers a client may send: what msgpack (and so every worker) can carry.
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+from ..payloads import INT_MAX, INT_MIN, MAX_NESTING_DEPTH, all_finite
 
 
 def decode_client_text(text: str) -> Any:
@@ -83,7 +80,7 @@ def _finite_float(literal: str) -> float:
 
 def _bounded_int(literal: str) -> int:
     value = int(literal)
-    if not _INT_MIN <= value <= _INT_MAX:
+    if not INT_MIN <= value <= INT_MAX:
         raise ValueError(f"integer {literal[:20]}... does not fit 64 bits")
     return value
 
