@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
@@ -26,6 +25,7 @@ class EventKind(StrEnum):
     JOIN = "j"  # a connection entered the channel
     LEAVE = "l"  # a connection left the channel
     DIRECT = "d"  # a payload for some connections of one worker (its inbox); no channel
+    BATCH = "b"  # joins and leaves of one channel recorded together (see membership.py)
 
 
 _KINDS = {kind.value: kind for kind in EventKind}
@@ -185,7 +185,20 @@ def decode_envelope(data: bytes) -> Envelope:
         raise MalformedMessageError("envelope timestamp is not a number")
     if event_kind is EventKind.DIRECT and not _is_direct_payload(payload):
         raise MalformedMessageError("a direct envelope's payload is not [[ids], payload]")
+    if event_kind is EventKind.BATCH and not _is_batch_payload(payload):
+        raise MalformedMessageError("a batch envelope's payload is not [[kind, id, seq, x]...]")
     return Envelope(event_kind, channel, origin, ref, seq, payload, float(sent_at), exclude)
+
+
+def _is_batch_payload(payload: Any) -> bool:
+    return isinstance(payload, list) and all(
+        isinstance(item, list)
+        and len(item) == 4
+        and item[0] in ("j", "l")
+        and isinstance(item[1], str)
+        and isinstance(item[2], int)
+        for item in payload
+    )
 
 
 def _is_direct_payload(payload: Any) -> bool:
@@ -201,7 +214,9 @@ class OutgoingFrame:
     """A payload for many clients, encoded at most once per wire format.
 
     ``stream_id`` is set for messages of a channel with history: the id a client sends
-    back to resume after it, and what replay uses to avoid duplicates.
+    back to resume after it, and what replay uses to avoid duplicates. ``state`` is set for
+    frames that carry state rather than an event (a channel's count, its presence): a
+    client's queue keeps only the newest pending frame of each state.
     """
 
     __slots__ = (
@@ -212,14 +227,23 @@ class OutgoingFrame:
         "_text",
         "framed",
         "payload",
+        "state",
         "stream_id",
         "wire_binary",
         "wire_text",
     )
 
-    def __init__(self, payload: Any, stream_id: str | None = None, *, framed: bool = False) -> None:
+    def __init__(
+        self,
+        payload: Any,
+        stream_id: str | None = None,
+        *,
+        framed: bool = False,
+        state: str | None = None,
+    ) -> None:
         self.payload = payload
         self.stream_id = stream_id
+        self.state = state
         #: True when ``payload`` is the library's own frame object (a stored message, a
         #: history gap), whose keys a tagged frame extends instead of wrapping it.
         self.framed = framed
@@ -271,13 +295,17 @@ class OutgoingFrame:
         if tagged is None or tagged.payload.get("channel") != channel:
             head = {"channel": channel} if channel is not None else {}
             body = self.payload if self.framed else {"data": self.payload}
-            tagged = self._tagged = OutgoingFrame({**head, **body}, self.stream_id, framed=True)
+            tagged = self._tagged = OutgoingFrame(
+                {**head, **body}, self.stream_id, framed=True, state=self.state
+            )
         return tagged
 
 
-def event_frame(event: str, channel: str, **fields: Any) -> OutgoingFrame:
+def event_frame(
+    event: str, channel: str, *, state: str | None = None, **fields: Any
+) -> OutgoingFrame:
     """A control frame for tagged sockets: ``{"event": ..., "channel": ..., **fields}``."""
-    return OutgoingFrame({"event": event, "channel": channel, **fields})
+    return OutgoingFrame({"event": event, "channel": channel, **fields}, state=state)
 
 
 def _json_bytes(value: Any) -> Any:
@@ -301,29 +329,6 @@ def encode_json(payload: Any) -> str:
         return _JSON.encode(payload)
     except (TypeError, ValueError, RecursionError) as exc:
         raise MalformedMessageError(f"payload cannot be encoded as JSON: {exc}") from exc
-
-
-def membership_payload(notify: bool, metadata: Mapping[str, Any] | None) -> Any:
-    """A JOIN or LEAVE envelope's payload: whether to notify clients, with the connection's
-    presence metadata when it has some (``[notify, metadata as JSON text]``)."""
-    if metadata is None:
-        return notify
-    return [notify, encode_json(dict(metadata))]
-
-
-def membership_notify(payload: Any) -> bool:
-    """Whether a JOIN or LEAVE envelope asks to notify clients."""
-    return bool(payload[0] if isinstance(payload, list) and payload else payload)
-
-
-def membership_metadata(payload: Any) -> Any:
-    """The presence metadata a JOIN or LEAVE envelope carries (None without)."""
-    if isinstance(payload, list) and len(payload) == 2 and isinstance(payload[1], str):
-        try:
-            return json.loads(payload[1])
-        except ValueError:
-            return None
-    return None
 
 
 def stored_message_frame(stream_id: str, payload: Any) -> OutgoingFrame:

@@ -82,3 +82,15 @@ class ChannelLimitError(PubSubError, ValueError):
 class NotJoinedError(PubSubError, RuntimeError):
     """A further channel was joined or left on a socket that is not running (before
     :meth:`run` accepted it, or after it closed), or its own channel was left."""
+
+
+def describe(exc: BaseException) -> str:
+    """What went wrong, for a log line or a close reason: the exception's own message
+    ("No connection available.", "Connection refused", "Timeout reading from socket"),
+    behind its class when that says more; never only the class (redis-py 8's ``repr()``
+    of a ConnectionError is "network:ConnectionError")."""
+    message = str(exc).strip()
+    name = type(exc).__name__
+    if not message:
+        return name
+    return message if name in message else f"{name}: {message}"

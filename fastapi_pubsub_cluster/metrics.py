@@ -62,6 +62,9 @@ class Metrics:
     def inbound_refused(self) -> None:
         """A handshake was refused: its address is cooling down after flooding."""
 
+    def admission_waited(self) -> None:
+        """A join waited for room in the full admission queue (joins waiting for Redis)."""
+
     def connection_opened(self, path: str) -> None:
         """A socket joined; ``path`` is how broadcasts reach it: ``direct`` (the direct-write
         protocol writes ready frames) or ``asgi``."""
@@ -137,6 +140,11 @@ class PrometheusMetrics(Metrics):
             "Handshakes refused during an address's cool-down after flooding",
             **options,
         )
+        self._admission_waits = Counter(
+            "admission_waits",
+            "Joins that waited for room in the full admission queue",
+            **options,
+        )
         self._latency = Histogram(
             "publish_to_deliver_seconds",
             "From publish (publisher's clock) to hand-off to this worker's sockets",
@@ -202,6 +210,9 @@ class PrometheusMetrics(Metrics):
 
     def inbound_refused(self) -> None:
         self._inbound_refused.inc()
+
+    def admission_waited(self) -> None:
+        self._admission_waits.inc()
 
     def asgi_app(self) -> Any:
         """An ASGI app serving these metrics in the Prometheus text format; in multiprocess

@@ -134,6 +134,13 @@ class PubSubSettings(BaseSettings):
     #: Seconds a client address closed for going over an inbound rate is refused (HTTP 429
     #: before the handshake is accepted); 0: reconnects are not refused.
     inbound_cooldown: float = 10.0
+    #: Joins a worker lets wait for Redis at once (a storm of reconnects queues here, and
+    #: is written in batches); further joins wait for room rather than being refused.
+    admission_queue_size: int = 10_000
+    #: Seconds between two runs of a channel's ``generate_object_to_send`` (and presence
+    #: events) on one worker: the first event after a quiet period runs at once, a burst
+    #: runs once per interval, and the last state always arrives; 0: after every event.
+    presence_interval: float = 0.25
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -179,6 +186,7 @@ class PubSubSettings(BaseSettings):
         "probe_timeout",
         "history_size",
         "history_ttl",
+        "admission_queue_size",
     )
     @classmethod
     def _positive(cls, value: float) -> float:
@@ -193,6 +201,7 @@ class PubSubSettings(BaseSettings):
         "inbound_messages_per_second",
         "inbound_bytes_per_second",
         "inbound_cooldown",
+        "presence_interval",
     )
     @classmethod
     def _not_negative(cls, value: float) -> float:

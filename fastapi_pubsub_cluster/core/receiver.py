@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from ..codec import Envelope, EventKind, OutgoingFrame, membership_notify
+from ..codec import Envelope, EventKind, OutgoingFrame
+from ..membership import expand_batch, membership_notify
 from ..metrics import Metrics
 from ..settings import PubSubSettings
 from ..tasks import TaskSupervisor
@@ -99,12 +100,25 @@ class Receiver:
             if self._seen.add(event.ref):
                 connection_ids, payload = event.payload
                 self._targeted.deliver(connection_ids, OutgoingFrame(payload))
-        elif self._mirror.is_loaded(event.channel):
-            applied = self._mirror.apply(event, self._local.intern)
-            if applied and membership_notify(event.payload):
-                self._regenerator.schedule(event.channel)
-        elif event.channel in self._local:
-            self._mirror.hold_early(event)
+        elif kind is EventKind.BATCH:
+            self._membership(event.channel, expand_batch(event))
+        else:
+            self._membership(event.channel, (event,))
+
+    def _membership(self, channel: str, events: Sequence[Envelope]) -> None:
+        """Apply joins and leaves of ``channel`` at once: one regeneration for them all."""
+        mirror = self._mirror
+        if mirror.is_loaded(channel):
+            intern = self._local.intern
+            notify = False
+            for event in events:
+                if mirror.apply(event, intern) and membership_notify(event.payload):
+                    notify = True
+            if notify:
+                self._regenerator.schedule(channel)
+        elif channel in self._local:
+            for event in events:
+                mirror.hold_early(event)
 
     # -- the local truth, as the backend reads it ---------------------------------------
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from ..errors import HubClosedError
+from ..errors import HubClosedError, describe
 from ..tasks import TaskSupervisor
 from .backend import PresenceStore, Transport
 from .client import ClientConnection
@@ -103,7 +103,7 @@ class Registration:
                     channel, connection_id, notify=notify, directory=channel == own
                 )
             except Exception as exc:  # the store reconciles it; nothing to tell the socket
-                logger.warning("leave of %s not recorded yet: %r", connection_id, exc)
+                logger.warning("leave of %s not recorded yet: %s", connection_id, describe(exc))
             await self.stop_hearing_if_unused(channel)
 
     async def stop_hearing_if_unused(self, channel: str) -> None:

@@ -7,7 +7,7 @@ import logging
 from typing import Any, Protocol
 
 from ..codec import event_frame
-from ..core.client import ClientConnection
+from ..core.client import ClientConnection, ConnectionState
 from ..errors import (
     BackendUnavailableError,
     ChannelLimitError,
@@ -71,11 +71,15 @@ async def answer_channel_request(
             reason = str(exc)
         except BackendUnavailableError as exc:
             logger.warning("socket %s could not join %r: %s", socket.connection_id, label, exc)
-            reason = "pub/sub backend unavailable; try again"
+            reason = f"pub/sub backend unavailable ({exc}); try again"
             retry = True
     if reason is not None:
-        logger.info("refused %s of %r by %s: %s", action, label[:200], socket.connection_id, reason)
-        extra = {"retry": True} if retry else {}
+        # A socket already closing asks nothing of anyone: not worth an operator's attention.
+        level = logging.INFO if connection.state is ConnectionState.OPEN else logging.DEBUG
+        logger.log(
+            level, "refused %s of %r by %s: %s", action, label[:200], socket.connection_id, reason
+        )
+        extra: dict[str, Any] = {"retry": True} if retry else {}
         connection.send_event(event_frame("refused", label, reason=reason, **extra))
 
 

@@ -18,7 +18,7 @@ from ..hub import PubSubHub, hub_for_socket, settings_from_environment
 from ..settings import WireFormat
 from .admission import admit
 from .channel_requests import answer_channel_request, is_channel_request
-from .reading import read_until_disconnect
+from .reading import close_reason, read_until_disconnect
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -255,7 +255,7 @@ class BasePubSubWebSocket:
                 logger.warning("socket for %r could not join: %s", self.channel_id, exc)
                 close_code = CloseCode.TRY_AGAIN_LATER
                 await self.websocket.accept()
-                await self.close(close_code, "pub/sub backend unavailable")
+                await self.close(close_code, close_reason(f"pub/sub backend unavailable: {exc}"))
                 return
             await self.websocket.accept()
             if self.tagged:  # before the replay and the held messages that release() sends

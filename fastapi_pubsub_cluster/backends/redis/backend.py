@@ -25,12 +25,13 @@ from ...errors import (
     HubClosedError,
     MalformedMessageError,
     PublishError,
+    describe,
 )
 from ...metrics import Metrics
 from ...settings import PubSubSettings
 from ...tasks import TaskSupervisor
 from . import announced
-from .clients import REDIS_DOWN, RedisEndpoint
+from .clients import REDIS_DOWN, PresenceClients, RedisEndpoint
 from .history import ResumePoints
 from .history_store import RedisHistoryStore
 from .keys import RedisKeys
@@ -139,8 +140,15 @@ class RedisBackend:
             self.redis_url, self.settings, client_name=f"{self.keys.prefix}:{self.worker_id}"
         )
         client = endpoint.command_client(MAX_REDIS_CONNECTIONS)
+        clients = PresenceClients(
+            commands=client,
+            heartbeat=endpoint.command_client(2),
+            writes=endpoint.command_client(1, retries=0),
+            answers=endpoint.answers,
+            target=endpoint.safe_url,
+        )
         presence = Presence(
-            client,
+            clients,
             self.keys,
             self.settings,
             worker_id=self.worker_id,
@@ -176,9 +184,12 @@ class RedisBackend:
         except REDIS_DOWN as exc:
             await self._close(started)
             raise BackendUnavailableError(
-                f"cannot connect to Redis at {endpoint.safe_url} (PUBSUB_REDIS_URL): {exc!r}"
+                f"cannot connect to Redis at {endpoint.safe_url} (PUBSUB_REDIS_URL): "
+                f"{describe(exc)}"
             ) from exc
         self._started = started
+        self._tasks.spawn(presence.changes.run_forever(), name="pubsub-redis-joins")
+        self._tasks.spawn(presence.beat_forever(), name="pubsub-redis-heartbeat")
         self._tasks.spawn(presence.keep_forever(), name="pubsub-redis-presence")
         mirrors = MirrorCheck(client, self.keys, sink, self._reload, self.metrics)
         self._tasks.spawn(
@@ -198,7 +209,9 @@ class RedisBackend:
         try:
             await started.presence.leave_cluster()
         except REDIS_DOWN as exc:
-            logger.warning("could not remove presence on shutdown (%r); peers will reap it", exc)
+            logger.warning(
+                "could not remove presence on shutdown (%s); peers will reap it", describe(exc)
+            )
         await self._close(started)
         logger.info("worker %s left the cluster", self.worker_id)
 
@@ -220,22 +233,36 @@ class RedisBackend:
 
     async def follow(self, channel: str) -> None:
         """Subscribe ``channel``'s topic (recorded first, for reaping), then report its
-        members as of the channel's last event (:class:`ChannelLoaded`)."""
+        members as of the channel's last event (:class:`ChannelLoaded`). A failure while
+        Redis answers a fresh connection (this worker's loop stalled past the command
+        timeout) is tried once more: only a Redis that does not answer fails it."""
         started = self._running()
-        links = started.links
         try:
-            async with self._subscription_lock:  # never beside a reload of the channel
-                if not links.is_subscribed(channel):
-                    try:
-                        await started.presence.record_channel(channel)
-                        await links.subscribe(channel)
-                    except BaseException:
-                        with contextlib.suppress(*REDIS_DOWN):
-                            await links.unsubscribe(channel)
-                        raise
-                await self._load(started, channel)
+            try:
+                await self._follow(started, channel)
+            except REDIS_DOWN as exc:
+                if not await started.endpoint.answers():
+                    raise
+                logger.info("following %r failed (%s), but Redis answers: again", channel, exc)
+                await self._follow(started, channel)
         except REDIS_DOWN as exc:
-            raise BackendUnavailableError(f"cannot subscribe, Redis unavailable: {exc!r}") from exc
+            raise BackendUnavailableError(
+                f"cannot follow {channel!r}: Redis at {started.endpoint.safe_url} does not "
+                f"answer: {describe(exc)}"
+            ) from exc
+
+    async def _follow(self, started: RedisRuntime, channel: str) -> None:
+        links = started.links
+        async with self._subscription_lock:  # never beside a reload of the channel
+            if not links.is_subscribed(channel):
+                try:
+                    await started.presence.record_channel(channel)
+                    await links.subscribe(channel)
+                except BaseException:
+                    with contextlib.suppress(*REDIS_DOWN):
+                        await links.unsubscribe(channel)
+                    raise
+            await self._load(started, channel)
 
     async def unfollow(self, channel: str) -> None:
         """Unsubscribe ``channel``'s topic; if Redis does not answer, the link drops the
@@ -246,17 +273,17 @@ class RedisBackend:
         try:
             async with self._subscription_lock:
                 if started.links.is_subscribed(channel):
+                    started.presence.vacate(channel)
                     await started.links.unsubscribe(channel)
-                    await started.presence.forget_channel(channel)
         except REDIS_DOWN as exc:
-            logger.debug("unsubscribe from %r failed: %r", channel, exc)
+            logger.debug("unsubscribe from %r failed: %s", channel, describe(exc))
 
     async def send(self, worker_id: str, connection_ids: Sequence[str], payload: Any) -> int:
         """A DIRECT envelope to ``worker_id``'s inbox, if it holds any of the connections."""
         try:
             return await self._running().presence.directory.send(worker_id, connection_ids, payload)
         except REDIS_DOWN as exc:
-            raise PublishError(f"cannot send, Redis unavailable: {exc!r}") from exc
+            raise PublishError(f"cannot send, Redis unavailable: {describe(exc)}") from exc
 
     @property
     def instance(self) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -168,12 +169,14 @@ class RedisEndpoint:
         """The URL with its secrets masked, for messages and logs."""
         return redact_url(self.url)
 
-    def command_client(self, max_connections: int) -> CommandClient:
+    def command_client(
+        self, max_connections: int, *, retries: int = COMMAND_RETRIES, tracked: bool = True
+    ) -> CommandClient:
         """A client for ordinary commands: redis-py's bounded retries, a bounded pool
-        (per shard on a cluster)."""
+        (per shard on a cluster); closed by :meth:`aclose` unless not ``tracked``."""
         # A stale pooled connection (Redis restarted) fails once and is replaced: retry a
         # few times, briefly, so that a command does not fail for it.
-        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), COMMAND_RETRIES)
+        retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries)
         client: CommandClient
         if self.is_cluster:
             client = WaitingRedisCluster(
@@ -199,8 +202,24 @@ class RedisEndpoint:
                 **self._options,
             )
             client = Redis(connection_pool=pool)
-        self._clients.append(client)
+        if tracked:
+            self._clients.append(client)
         return client
+
+    async def answers(self) -> bool:
+        """Whether Redis answers a PING on a fresh connection within the command timeout:
+        what tells "Redis does not answer" apart from this worker's own trouble (a stalled
+        event loop, a pool that had no connection free)."""
+        client = self.command_client(1, retries=0, tracked=False)
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await client.ping()
+            return True
+        except REDIS_DOWN:
+            return False
+        finally:
+            with contextlib.suppress(*REDIS_DOWN):
+                await _close(client)
 
     def link_client(self) -> Redis:
         """A client for the pub/sub link, with no automatic retry (the caller closes it).
@@ -261,11 +280,30 @@ class RedisEndpoint:
         clients, self._clients = self._clients, []
         for client in clients:
             with contextlib.suppress(RedisError, OSError):
-                if isinstance(client, RedisCluster):
-                    await client.aclose()
-                else:
-                    await client.aclose(close_connection_pool=True)
+                await _close(client)
         if self._sentinel is not None:
             for sentinel_client in self._sentinel.sentinels:
                 with contextlib.suppress(RedisError, OSError):
                     await sentinel_client.aclose()
+
+
+async def _close(client: CommandClient) -> None:
+    if isinstance(client, RedisCluster):
+        await client.aclose()
+    else:
+        await client.aclose(close_connection_pool=True)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceClients:
+    """The connections presence uses, so that liveness never waits behind work: ordinary
+    commands share a pool; the heartbeat and the batched joins and leaves each have their
+    own; and a fresh connection tells whether Redis itself answers."""
+
+    commands: CommandClient
+    heartbeat: CommandClient
+    writes: CommandClient
+    #: True if Redis answers a PING on a fresh connection (see RedisEndpoint.answers).
+    answers: Callable[[], Awaitable[bool]]
+    #: The Redis URL with its secrets masked, for errors.
+    target: str

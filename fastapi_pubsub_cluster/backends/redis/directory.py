@@ -15,13 +15,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from ...codec import Envelope, EventKind, encode_envelope
 from ...core.backend import FanOutSink
 from . import scripts
-from .clients import REDIS_DOWN, CommandClient
+from .clients import CommandClient
 from .gate import ChannelGate
 from .keys import RedisKeys
 from .replies import text
@@ -36,6 +35,9 @@ _GATE_NAME = "\x00directory"
 
 class Directory:
     """This worker's entries in the connection directory, and sending through it."""
+
+    #: The directory's name in the gate, held beside the channels a batch changes.
+    GATE_NAME = _GATE_NAME
 
     def __init__(
         self,
@@ -57,8 +59,8 @@ class Directory:
         self._local = local
         self._gate = gate
         #: True on a single Redis: the join and leave scripts write the entries themselves,
-        #: atomically with the channel's (:meth:`script_keys`); on a cluster they live on
-        #: other slots and are written beside them.
+        #: atomically with the channel's; on a cluster they live on other slots and are
+        #: written beside them (:meth:`stage`).
         self.inline = inline
         self._send = client.register_script(scripts.SEND)
         self._reconcile = client.register_script(scripts.RECONCILE_CONNECTIONS)
@@ -79,56 +81,18 @@ class Directory:
         """The value of a connection's entry in the worker's hash: its instance and user."""
         return f"{self._instance()} {user_id or ''}"
 
-    def script_keys(self, user_id: str | None) -> list[str]:
-        """The directory's keys for a join or leave script (none unless :attr:`inline`)."""
-        if not self.inline:
-            return []
-        keys = [self._keys.worker_connections(self._worker_id)]
-        if user_id is not None:
-            keys.append(self._keys.user_connections(user_id))
-        return keys
-
-    def changing(self) -> AbstractAsyncContextManager[None]:
-        """Hold while a script changes the directory (a reconciliation waits for it)."""
-        return self._gate.change(_GATE_NAME)
-
-    async def register(self, connection_id: str, user_id: str | None) -> None:
-        """Note that this worker holds ``connection_id`` (of ``user_id``), unless the join
-        script does. Raises if Redis does not answer (the entries are then reconciled at
-        the next heartbeat)."""
-        if self.inline:
-            return
-        value = self.entry(user_id)
-        try:
-            async with (
-                self._gate.change(_GATE_NAME),
-                self._client.pipeline(transaction=False) as pipe,
-            ):
-                pipe.hset(self._keys.worker_connections(self._worker_id), connection_id, value)
-                if user_id is not None:
-                    pipe.sadd(self._keys.user_connections(user_id), connection_id)
-                await pipe.execute()
-        except REDIS_DOWN:
-            self._in_doubt = True
-            raise
-
-    async def unregister(self, connection_id: str, user_id: str | None) -> None:
-        """Remove ``connection_id``'s entries, unless the leave script did; if Redis does
-        not answer, the next heartbeat reconciles them."""
-        if self.inline:
-            return
-        try:
-            async with (
-                self._gate.change(_GATE_NAME),
-                self._client.pipeline(transaction=False) as pipe,
-            ):
-                if user_id is not None:
-                    pipe.srem(self._keys.user_connections(user_id), connection_id)
-                pipe.hdel(self._keys.worker_connections(self._worker_id), connection_id)
-                await pipe.execute()
-        except REDIS_DOWN as exc:
-            self._in_doubt = True
-            logger.warning("directory entry of %s not removed yet (%r)", connection_id, exc)
+    def stage(self, pipe: Any, kind: str, connection_id: str, user_id: str | None) -> None:
+        """Queue on ``pipe`` the entries a join (``"j"``) or leave of ``connection_id``
+        changes, where the scripts do not write them (not :attr:`inline`)."""
+        worker_connections = self._keys.worker_connections(self._worker_id)
+        if kind == "j":
+            pipe.hset(worker_connections, connection_id, self.entry(user_id))
+            if user_id is not None:
+                pipe.sadd(self._keys.user_connections(user_id), connection_id)
+        else:
+            if user_id is not None:
+                pipe.srem(self._keys.user_connections(user_id), connection_id)
+            pipe.hdel(worker_connections, connection_id)
 
     async def keep(self) -> None:
         """One heartbeat's work: reconcile if in doubt, or every few heartbeats."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 
 class ChannelGate:
@@ -22,23 +22,30 @@ class ChannelGate:
         self._exclusive: set[str] = set()
         self._changed = asyncio.Condition()
 
-    @asynccontextmanager
-    async def change(self, name: str) -> AsyncIterator[None]:
+    def change(self, name: str) -> AbstractAsyncContextManager[None]:
         """Hold while a join or leave of ``name`` runs."""
+        return self.changes((name,))
+
+    @asynccontextmanager
+    async def changes(self, names: Collection[str]) -> AsyncIterator[None]:
+        """Hold while joins and leaves of ``names`` run (one batch): all are taken at once,
+        so that a reconciliation of several of them never waits on this, nor this on it."""
         async with self._changed:
-            if name in self._exclusive:
-                await self._changed.wait_for(lambda: name not in self._exclusive)
-            self._active[name] = self._active.get(name, 0) + 1
+            if not self._exclusive.isdisjoint(names):
+                await self._changed.wait_for(lambda: self._exclusive.isdisjoint(names))
+            for name in names:
+                self._active[name] = self._active.get(name, 0) + 1
         try:
             yield
         finally:
             async with self._changed:
-                left = self._active[name] - 1
-                if left:
-                    self._active[name] = left
-                else:
-                    del self._active[name]
-                    self._changed.notify_all()
+                for name in names:
+                    left = self._active[name] - 1
+                    if left:
+                        self._active[name] = left
+                    else:
+                        del self._active[name]
+                self._changed.notify_all()
 
     @asynccontextmanager
     async def reconciliation(self, *names: str) -> AsyncIterator[None]:

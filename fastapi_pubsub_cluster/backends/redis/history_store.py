@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...core.backend import HistorySlice
-from ...errors import HistoryError
+from ...errors import HistoryError, describe
 from .clients import REDIS_DOWN
 from .history import read_history
 from .keys import RedisKeys
@@ -22,7 +22,7 @@ class RedisHistoryStore:
         try:
             return await read_history(self._running().client, self._keys.history(channel), since)
         except REDIS_DOWN as exc:
-            raise HistoryError(f"cannot read history, Redis unavailable: {exc!r}") from exc
+            raise HistoryError(f"cannot read history, Redis unavailable: {describe(exc)}") from exc
 
     async def last_stored_id(self, channel: str) -> str:
         """The id of the newest entry of ``channel``'s stream; on an empty channel, a
@@ -30,4 +30,4 @@ class RedisHistoryStore:
         try:
             return await self._running().resume_points.at(self._keys.history(channel))
         except REDIS_DOWN as exc:
-            raise HistoryError(f"cannot read history, Redis unavailable: {exc!r}") from exc
+            raise HistoryError(f"cannot read history, Redis unavailable: {describe(exc)}") from exc

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from ...core.backend import FanOutSink
+from ...errors import describe
 from ...metrics import Metrics
 from .clients import REDIS_DOWN, CommandClient
 from .keys import RedisKeys
@@ -64,7 +65,7 @@ class MirrorCheck:
             try:
                 reloaded = await self.run(self._share(channels()))
             except REDIS_DOWN as exc:
-                logger.debug("mirror check skipped (%r)", exc)  # the link reports outages
+                logger.debug("mirror check skipped (%s)", describe(exc))  # the link reports outages
             except Exception:
                 logger.exception("mirror check failed; going on")
                 self._metrics.loop_restarted("mirrors")

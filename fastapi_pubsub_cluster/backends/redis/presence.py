@@ -11,24 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.commands.core import AsyncScript
 
 from ...codec import encode_json
 from ...core.backend import FanOutSink
+from ...errors import PresenceError, describe
 from ...metrics import Metrics
 from ...settings import PubSubSettings
 from . import announced, scripts
-from .clients import REDIS_DOWN, CommandClient
+from .clients import REDIS_DOWN, PresenceClients
 from .directory import Directory
 from .gate import ChannelGate
 from .keys import RedisKeys
 from .reads import ChannelReads
 from .reaping import Reaper
+from .recording import ChangeWriter, reconcile_call
 from .sweep import Sweep, round_trips
+from .writes import Change, ChangeQueue
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -47,7 +49,7 @@ class Presence:
 
     def __init__(
         self,
-        client: CommandClient,
+        clients: PresenceClients,
         keys: RedisKeys,
         settings: PubSubSettings,
         *,
@@ -56,24 +58,27 @@ class Presence:
         metrics: Metrics,
         local: FanOutSink,
     ) -> None:
+        client = clients.commands
         self._client = client
+        self._beat_client = clients.heartbeat
         self._keys = keys
         self._settings = settings
         self._worker_id = worker_id
         self._publish_command = publish_command
         self._metrics = metrics
         self._local = local
-        self._join = client.register_script(scripts.JOIN)
-        self._leave = client.register_script(scripts.LEAVE)
         self._reconcile = client.register_script(scripts.RECONCILE)
         self._epoch = 1
         self._beating = False
         self._recorded_channels: set[str] = set()
         # Channels whose entries in Redis are in doubt, reconciled at the next heartbeat.
         self._in_doubt: set[str] = set()
+        # Channels this worker left (no socket here any more): reconciled once more, so
+        # that an entry a failed leave left behind goes, then dropped from its record.
+        self._vacated: set[str] = set()
         # Earlier instances of this worker, reaped once nothing is in doubt.
         self._retired: list[str] = []
-        self._sweep = Sweep(local.local_channels, self._connections_here)
+        self._sweep = Sweep(self._swept_channels, self._connections_here)
         #: Keeps reconciliations from racing this worker's own joins and leaves.
         self.gate = ChannelGate()
         #: Which worker holds which connection, and whose it is (targeted sends).
@@ -93,20 +98,39 @@ class Presence:
         self.reaper = Reaper(
             client, keys, publish_command=publish_command, directory=self.directory
         )
+        writer = ChangeWriter(
+            clients.writes,
+            keys,
+            worker_id=worker_id,
+            instance=lambda: self.instance,
+            publish_command=publish_command,
+            directory=self.directory,
+            gate=self.gate,
+            recorded=self._recorded_channels.update,
+        )
+        #: Joins and leaves on their way to Redis, in batches (the admission queue).
+        self.changes = ChangeQueue(
+            writer.write,
+            answers=clients.answers,
+            capacity=settings.admission_queue_size,
+            target=clients.target,
+            metrics=metrics,
+            doubt=self._doubt_changes,
+        )
 
     @property
     def instance(self) -> str:
         """Who owns this worker's entries now: its id and its epoch."""
         return f"{self._worker_id}#{self._epoch}"
 
-    @property
-    def in_doubt(self) -> frozenset[str]:
-        """Channels to reconcile at the next heartbeat."""
-        return frozenset(self._in_doubt)
-
     def doubt(self, channels: Iterable[str]) -> None:
         """Reconcile ``channels`` at the next heartbeat."""
         self._in_doubt.update(channels)
+
+    def _doubt_changes(self, changes: list[Change]) -> None:
+        self._in_doubt.update(change.channel for change in changes)
+        if any(change.directory for change in changes):
+            self.directory.doubt()
 
     # -- entries -----------------------------------------------------------------------
 
@@ -120,19 +144,15 @@ class Presence:
         user_id: str | None = None,
         directory: bool = True,
     ) -> None:
-        """Add a connection to its channel, with its metadata, and announce it (once); on
-        a single Redis and with ``directory``, add its directory entries in the same
-        script. Raises if Redis does not answer; the channel is then reconciled at the
-        next heartbeat (the join may have run)."""
+        """Add a connection to its channel, with its metadata (and with ``directory``, its
+        directory entries), announced once, in the next batch. Raises PresenceError if
+        Redis does not answer; the channel is then reconciled at the next heartbeat (the
+        join may have run)."""
         meta = encode_json(dict(metadata)) if metadata is not None else ""
-        try:
-            await self._membership_script(
-                self._join, channel, connection_id, notify, meta, user_id, directory
-            )
-        except REDIS_DOWN:
-            self._in_doubt.add(channel)
-            self.directory.doubt()
-            raise
+        self._vacated.discard(channel)
+        await self.changes.submit(
+            Change("j", channel, connection_id, notify, meta, user_id, directory)
+        )
 
     async def unregister(
         self,
@@ -143,46 +163,15 @@ class Presence:
         user_id: str | None = None,
         directory: bool = True,
     ) -> None:
-        """Remove a connection (and on a single Redis, with ``directory``, its directory
-        entries) and announce it; if Redis does not answer, the next heartbeat reconciles
-        the channel."""
+        """Remove a connection (with ``directory``, its directory entries too) and announce
+        it, in the next batch; if Redis does not answer, the next heartbeat reconciles the
+        channel."""
         try:
-            await self._membership_script(
-                self._leave, channel, connection_id, notify, "", user_id, directory
+            await self.changes.submit(
+                Change("l", channel, connection_id, notify, "", user_id, directory)
             )
-        except REDIS_DOWN as exc:
-            self._in_doubt.add(channel)
-            self.directory.doubt()
-            logger.warning("leave of %s not recorded yet (%r); retrying", connection_id, exc)
-
-    async def _membership_script(
-        self,
-        script: AsyncScript,
-        channel: str,
-        connection_id: str,
-        notify: bool,
-        meta: str,
-        user_id: str | None,
-        in_directory: bool,
-    ) -> None:
-        keys = self._keys
-        directory = self.directory
-        directory_keys = directory.script_keys(user_id) if in_directory else []
-        async with self.gate.change(channel), directory.changing():
-            await script(
-                keys=[*self._keys.presence(channel), *directory_keys],
-                args=[
-                    self._publish_command,
-                    keys.topic(channel),
-                    channel,
-                    self.instance,
-                    connection_id,
-                    "1" if notify else "0",
-                    scripts.SEQ_IDLE_TTL_MS,
-                    meta,
-                    directory.entry(user_id),
-                ],
-            )
+        except PresenceError as exc:
+            logger.warning("leave of %s not recorded yet (%s); retrying", connection_id, exc)
 
     async def record_channel(self, channel: str) -> None:
         """Note, under this instance's own key, that it holds sockets in ``channel``, so
@@ -190,10 +179,22 @@ class Presence:
         await self._client.sadd(self._keys.worker_channels(self.instance), channel)
         self._recorded_channels.add(channel)
 
-    async def forget_channel(self, channel: str) -> None:
-        """This worker holds no socket in ``channel`` any more."""
-        self._recorded_channels.discard(channel)
-        await self._client.srem(self._keys.worker_channels(self.instance), channel)
+    def vacate(self, channel: str) -> None:
+        """This worker holds no socket in ``channel`` any more: reconciled at the next
+        heartbeat (what a failed leave left behind goes), then dropped from its record."""
+        self._vacated.add(channel)
+
+    async def _drop_vacated(self) -> None:
+        # Reconciled with no socket here (what a failed leave left goes), then unrecorded;
+        # if Redis does not answer, the sweep (over recorded channels too) gets to them.
+        vacated, self._vacated = list(self._vacated), set()
+        for batch in round_trips(vacated, self._connections_here):
+            await self.reconcile(batch)
+            async with self.gate.reconciliation(*batch):
+                empty = [c for c in batch if not self._local.local_members(c)]
+                if empty:
+                    await self._client.srem(self._keys.worker_channels(self.instance), *empty)
+                    self._recorded_channels.difference_update(empty)
 
     # -- reconciliation ----------------------------------------------------------------
 
@@ -208,7 +209,12 @@ class Presence:
                 for channel in channels
                 if channel not in self._recorded_channels and self._local.local_members(channel)
             ]
-            calls = [self._reconcile_call(channel) for channel in channels]
+            calls = [
+                reconcile_call(
+                    self._keys, channel, self._local, self.instance, self._publish_command
+                )
+                for channel in channels
+            ]
             if len(calls) == 1 or isinstance(self._client, RedisCluster):
                 for channel in unrecorded:
                     await self.record_channel(channel)
@@ -229,25 +235,6 @@ class Presence:
                 )
         return sum(int(changed) for changed in changes)
 
-    def _reconcile_call(self, channel: str) -> tuple[list[str], list[Any]]:
-        """The reconcile script's keys and arguments for ``channel``, from the local truth."""
-        metadata = self._local.local_metadata(channel)
-        live_with_meta: list[str] = []
-        for connection_id in self._local.local_members(channel):
-            meta = metadata.get(connection_id)
-            live_with_meta += [connection_id, encode_json(meta) if meta is not None else ""]
-        keys = self._keys
-        args = [
-            self._publish_command,
-            keys.topic(channel),
-            channel,
-            self.instance,
-            f"{self._worker_id}#",
-            scripts.SEQ_IDLE_TTL_MS,
-            *live_with_meta,
-        ]
-        return keys.presence(channel), args
-
     async def reconcile_in_doubt(self) -> None:
         """Reconcile every channel in doubt; those Redis does not answer for stay in doubt."""
         await self.settle(list(self._in_doubt))
@@ -258,11 +245,18 @@ class Presence:
         pending = list(channels)
         self._in_doubt.update(pending)
         for batch in round_trips(pending, self._connections_here):
+            epoch = self._epoch
             await self.reconcile(batch)
-            self._in_doubt.difference_update(batch)
+            if epoch == self._epoch:  # else registered for an instance claimed meanwhile
+                self._in_doubt.difference_update(batch)
 
     def _connections_here(self, channel: str) -> int:
         return len(self._local.local_members(channel))
+
+    def _swept_channels(self) -> list[str]:
+        # Every channel where this instance may own an entry: those it holds sockets in,
+        # and those it recorded, sockets or not (a leave that failed left one behind).
+        return list({*self._local.local_channels(), *self._recorded_channels, *self._vacated})
 
     async def _sweep_some(self) -> None:
         """Reconcile this heartbeat's share of the sweep over every channel."""
@@ -297,7 +291,7 @@ class Presence:
         it had expired or the channel record was claimed."""
         ttl_ms = int(self._settings.heartbeat_ttl * 1000)
         instance = self.instance
-        async with self._client.pipeline(transaction=False) as pipe:
+        async with self._beat_client.pipeline(transaction=False) as pipe:
             pipe.set(self._keys.heartbeat(instance), "1", px=ttl_ms, get=True)
             pipe.sadd(self._keys.workers, instance)
             pipe.exists(self._keys.worker_channels(instance))
@@ -308,9 +302,9 @@ class Presence:
         return previous is None or bool(self._recorded_channels and not recorded)
 
     async def keep(self) -> None:
-        """One heartbeat's work: beat, settle what is in doubt, sweep, reap."""
-        await self.beat()
+        """One heartbeat's upkeep: settle what is in doubt, sweep, reap."""
         await self.reconcile_in_doubt()
+        await self._drop_vacated()
         await self._sweep_some()
         await self.directory.keep()
         while self._retired and not self._in_doubt:
@@ -319,19 +313,27 @@ class Presence:
             self._retired.pop(0)
         await self.reaper.reap_dead(self.instance, spare=self._retired)
 
+    async def beat_forever(self) -> None:
+        """:meth:`beat` every third of the TTL, on a connection of its own, so that no
+        join, reconciliation or publish ever delays it. Supervised: a failure is logged
+        (and counted unless it is Redis not answering), and the loop goes on."""
+        await self._forever(self.beat, "heartbeat")
+
     async def keep_forever(self) -> None:
-        """:meth:`keep` every third of the TTL. Supervised: any failure is logged (and
-        counted unless it is Redis not answering), and the loop goes on."""
+        """:meth:`keep` every third of the TTL. Supervised as :meth:`beat_forever`."""
+        await self._forever(self.keep, "presence")
+
+    async def _forever(self, work: Callable[[], Awaitable[None]], name: str) -> None:
         interval = self._settings.heartbeat_ttl / 3
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.keep()
+                await work()
             except REDIS_DOWN as exc:
-                logger.warning("heartbeat failed (%r); retrying in %.1fs", exc, interval)
+                logger.warning("%s failed (%s); retrying in %.1fs", name, describe(exc), interval)
             except Exception:
-                logger.exception("presence maintenance failed; going on")
-                self._metrics.loop_restarted("presence")
+                logger.exception("%s failed; going on", name)
+                self._metrics.loop_restarted(name)
 
     async def leave_cluster(self) -> None:
         """Remove everything this worker registered, under every instance it had."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ...errors import PresenceError
+from ...errors import PresenceError, describe
 from .clients import REDIS_DOWN
 from .runtime import RedisRuntime, Running
 
@@ -32,26 +32,20 @@ class RedisPresenceStore:
         metadata: Mapping[str, Any] | None = None,
         directory: bool = True,
     ) -> None:
-        """Note the connection in the directory (with ``directory``), then register it in
-        the channel, announcing the join on the channel's topic."""
+        """Register the connection in the channel (with ``directory``, in the directory too),
+        announced on the channel's topic; in the next batch of joins and leaves. Raises
+        PresenceError if Redis does not answer."""
         presence = self._running().presence
-        try:
-            if directory:
-                if user_id is not None:
-                    self._user_of[connection_id] = user_id
-                await presence.directory.register(connection_id, user_id)
-            await presence.register(
-                channel,
-                connection_id,
-                notify=notify,
-                metadata=metadata,
-                user_id=user_id,
-                directory=directory,
-            )
-        except REDIS_DOWN as exc:
-            raise PresenceError(
-                f"cannot register the connection, Redis unavailable: {exc!r}"
-            ) from exc
+        if directory and user_id is not None:
+            self._user_of[connection_id] = user_id
+        await presence.register(
+            channel,
+            connection_id,
+            notify=notify,
+            metadata=metadata,
+            user_id=user_id,
+            directory=directory,
+        )
 
     async def leave(
         self, channel: str, connection_id: str, *, notify: bool, directory: bool = True
@@ -61,30 +55,33 @@ class RedisPresenceStore:
         if runtime is None:
             return  # stopped: the whole presence of this worker is gone already
         user_id = self._user_of.pop(connection_id, None) if directory else None
-        presence = runtime.presence
-        await presence.unregister(
+        await runtime.presence.unregister(
             channel, connection_id, notify=notify, user_id=user_id, directory=directory
         )
-        if directory:
-            await presence.directory.unregister(connection_id, user_id)
 
     async def members(self, channel: str) -> frozenset[str]:
         """Connection ids in ``channel``, read from Redis."""
         try:
             return await self._running().presence.reads.members(channel)
         except REDIS_DOWN as exc:
-            raise PresenceError(f"cannot read presence, Redis unavailable: {exc!r}") from exc
+            raise PresenceError(
+                f"cannot read presence, Redis unavailable: {describe(exc)}"
+            ) from exc
 
     async def presence(self, channel: str) -> dict[str, Any]:
         """Connection id -> presence metadata (None without) in ``channel``, from Redis."""
         try:
             return await self._running().presence.reads.presence(channel)
         except REDIS_DOWN as exc:
-            raise PresenceError(f"cannot read presence, Redis unavailable: {exc!r}") from exc
+            raise PresenceError(
+                f"cannot read presence, Redis unavailable: {describe(exc)}"
+            ) from exc
 
     async def user_connections(self, user_id: str) -> frozenset[str]:
         """Ids of ``user_id``'s connections on every worker, from Redis."""
         try:
             return await self._running().presence.directory.user_connections(user_id)
         except REDIS_DOWN as exc:
-            raise PresenceError(f"cannot read presence, Redis unavailable: {exc!r}") from exc
+            raise PresenceError(
+                f"cannot read presence, Redis unavailable: {describe(exc)}"
+            ) from exc

@@ -23,7 +23,7 @@ from ...codec import (
     packed_timestamp,
     stored_envelope_head,
 )
-from ...errors import ConfigurationError, PublishError
+from ...errors import ConfigurationError, PublishError, describe
 from ...settings import PubSubSettings
 from . import scripts
 from .clients import REDIS_DOWN, CommandClient, RedisEndpoint
@@ -155,7 +155,7 @@ class PublishPath:
                 return int(receivers)
         except REDIS_DOWN as exc:
             raise PublishError(
-                f"cannot publish to {publication.channel!r}, Redis unavailable: {exc!r}"
+                f"cannot publish to {publication.channel!r}, Redis unavailable: {describe(exc)}"
             ) from exc
 
     async def _store_replicated(self, publication: Publication) -> int:
@@ -287,7 +287,7 @@ def _copy_error(exc: BaseException) -> BaseException:
     if isinstance(exc, TimeoutError):
         return TimeoutError("the publish pipeline timed out")
     if isinstance(exc, REDIS_DOWN):
-        error = RedisConnectionError(f"the publish pipeline failed: {exc!r}")
+        error = RedisConnectionError(f"the publish pipeline failed: {describe(exc)}")
         error.__cause__ = exc
         return error
     return exc

@@ -17,6 +17,7 @@ reaper removes only what the instance it claimed had registered, never a newer e
 Envelopes are msgpack arrays ``[1, kind, channel, origin, ref, seq, payload, sent_at]``
 (see ``codec.Envelope``). A join or leave's payload is ``notify``, or ``[notify, metadata]``
 when the connection has presence metadata (JSON text, kept in the channel's ``meta`` hash).
+Joins and leaves recorded together go out as one BATCH envelope (``membership.py``).
 """
 
 SEQ_IDLE_TTL_MS = 3_600_000
@@ -24,51 +25,65 @@ SEQ_IDLE_TTL_MS = 3_600_000
 #: store retried after a timeout (the first attempt may have run) is not stored twice.
 STORED_IDS_WINDOW_MS = 300_000
 
-# KEYS: members set, seq counter, owners hash, metadata hash, and on a single Redis (where
-#       keys of several slots may meet in one script) the worker's connections hash and, if
-#       the connection has a user, the user's connections set
-# ARGV: publish command, topic, channel, owner instance, connection id, notify ("1"/"0"),
-#       idle TTL in ms, metadata JSON ("" for none), the directory entry's value
+# Joins and leaves of one channel, recorded together and announced as one BATCH envelope
+# whose payload lists ``[kind, connection id, seq, payload]`` per change (membership.py).
 # A join is announced even when the connection is a member already (a reconciliation
-# registered it first, or a retry ran twice): every join is an event its socket waits on.
-JOIN = """
-if KEYS[5] then redis.call('HSET', KEYS[5], ARGV[5], ARGV[9]) end
-if KEYS[6] then redis.call('SADD', KEYS[6], ARGV[5]) end
-redis.call('HSET', KEYS[3], ARGV[5], ARGV[4])
-local payload = ARGV[6] == '1'
-if ARGV[8] ~= '' then
-  redis.call('HSET', KEYS[4], ARGV[5], ARGV[8])
-  payload = {ARGV[6] == '1', ARGV[8]}
+# registered it first, or a retry ran twice); a leave only if it removed a member.
+# KEYS: members set, seq counter, owners hash, metadata hash, and on a single Redis (where
+#       keys of several slots may meet in one script) the worker's connections hash, then
+#       the connections sets of the users the changes name
+# ARGV: publish command, topic, channel, owner instance, idle TTL in ms, then six per change:
+#       'j' or 'l', connection id, notify ('1'/'0'), metadata JSON ('' for none), the
+#       directory entry's value ('' to leave the directory alone), the index in KEYS of its
+#       user's set (0 for none)
+CHANGES = """
+local changes = {}
+for i = 6, #ARGV, 6 do
+  local conn, notify, meta, entry = ARGV[i + 1], ARGV[i + 2] == '1', ARGV[i + 3], ARGV[i + 4]
+  local user = tonumber(ARGV[i + 5])
+  if ARGV[i] == 'j' then
+    if KEYS[5] and entry ~= '' then redis.call('HSET', KEYS[5], conn, entry) end
+    if user > 0 then redis.call('SADD', KEYS[user], conn) end
+    redis.call('HSET', KEYS[3], conn, ARGV[4])
+    local payload = notify
+    if meta ~= '' then
+      redis.call('HSET', KEYS[4], conn, meta)
+      payload = {notify, meta}
+    end
+    redis.call('SADD', KEYS[1], conn)
+    changes[#changes + 1] = {'j', conn, redis.call('INCR', KEYS[2]), payload}
+  else
+    if user > 0 then redis.call('SREM', KEYS[user], conn) end
+    if KEYS[5] and entry ~= '' then redis.call('HDEL', KEYS[5], conn) end
+    redis.call('HDEL', KEYS[3], conn)
+    local old = redis.call('HGET', KEYS[4], conn)
+    redis.call('HDEL', KEYS[4], conn)
+    if redis.call('SREM', KEYS[1], conn) == 1 then
+      local payload = notify
+      if old then payload = {notify, old} end
+      changes[#changes + 1] = {'l', conn, redis.call('INCR', KEYS[2]), payload}
+    end
+  end
 end
-redis.call('SADD', KEYS[1], ARGV[5])
-local seq = redis.call('INCR', KEYS[2])
-redis.call('PERSIST', KEYS[2])
-redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, 'j', ARGV[3], ARGV[4], ARGV[5], seq, payload, 0}))
-return seq
+if redis.call('SCARD', KEYS[1]) == 0 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+else
+  redis.call('PERSIST', KEYS[2])
+end
+if #changes > 0 then
+  local last = changes[#changes][3]
+  redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, 'b', ARGV[3], ARGV[4], '', last, changes, 0}))
+end
+return #changes
 """
 
-# Same KEYS and ARGV as JOIN (the metadata and the directory value are not used).
-LEAVE = """
-if KEYS[6] then redis.call('SREM', KEYS[6], ARGV[5]) end
-if KEYS[5] then redis.call('HDEL', KEYS[5], ARGV[5]) end
-redis.call('HDEL', KEYS[3], ARGV[5])
-local meta = redis.call('HGET', KEYS[4], ARGV[5])
-redis.call('HDEL', KEYS[4], ARGV[5])
-if redis.call('SREM', KEYS[1], ARGV[5]) == 0 then return 0 end
-local seq = redis.call('INCR', KEYS[2])
-if redis.call('SCARD', KEYS[1]) == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[7]) end
-local payload = ARGV[6] == '1'
-if meta then payload = {ARGV[6] == '1', meta} end
-redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, 'l', ARGV[3], ARGV[4], ARGV[5], seq, payload, 0}))
-return seq
-"""
-
-# Removes every connection that a dead worker instance holds in one channel, announcing each.
+# Removes every connection that a dead worker instance holds in one channel, announced as
+# one BATCH envelope.
 # KEYS: members set, seq counter, owners hash, metadata hash
 # ARGV: publish command, topic, channel, reaping worker, dead instance, idle TTL in ms
 REAP_CHANNEL = """
 local owners = redis.call('HGETALL', KEYS[3])
-local removed = 0
+local changes = {}
 for i = 1, #owners, 2 do
   local conn, owner = owners[i], owners[i + 1]
   if owner == ARGV[5] then
@@ -76,18 +91,18 @@ for i = 1, #owners, 2 do
     local meta = redis.call('HGET', KEYS[4], conn)
     redis.call('HDEL', KEYS[4], conn)
     if redis.call('SREM', KEYS[1], conn) == 1 then
-      removed = removed + 1
-      local seq = redis.call('INCR', KEYS[2])
       local payload = true
       if meta then payload = {true, meta} end
-      redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, 'l', ARGV[3], ARGV[4], conn, seq, payload, 0}))
+      changes[#changes + 1] = {'l', conn, redis.call('INCR', KEYS[2]), payload}
     end
   end
 end
-if removed > 0 and redis.call('SCARD', KEYS[1]) == 0 then
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+if #changes > 0 then
+  if redis.call('SCARD', KEYS[1]) == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
+  local last = changes[#changes][3]
+  redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, 'b', ARGV[3], ARGV[4], '', last, changes, 0}))
 end
-return removed
+return #changes
 """
 
 # The members of a channel, its sequence number and its metadata, read at one instant.
@@ -157,9 +172,9 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return channels
 """
 
-# Makes a channel's entries owned by one worker match its live connections: removes (and
-# announces) entries of any of its instances that are not live, adds (and announces) live
-# ones that are missing, and gives every live one to the current instance.
+# Makes a channel's entries owned by one worker match its live connections: removes entries
+# of any of its instances that are not live, adds live ones that are missing (the changes
+# announced as one BATCH envelope), and gives every live one to the current instance.
 # KEYS: members set, seq counter, owners hash, metadata hash
 # ARGV: publish command, topic, channel, current instance, the worker's instance prefix,
 #       idle TTL in ms, then each live connection id followed by its metadata ("" for none)
@@ -167,13 +182,11 @@ RECONCILE = """
 local prefix = ARGV[5]
 local live = {}
 for i = 7, #ARGV, 2 do live[ARGV[i]] = true end
-local changed = 0
+local changes = {}
 local function announce(kind, conn, meta)
-  local seq = redis.call('INCR', KEYS[2])
   local payload = true
   if meta and meta ~= '' then payload = {true, meta} end
-  redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, kind, ARGV[3], ARGV[4], conn, seq, payload, 0}))
-  changed = changed + 1
+  changes[#changes + 1] = {kind, conn, redis.call('INCR', KEYS[2]), payload}
 end
 local owners = redis.call('HGETALL', KEYS[3])
 for i = 1, #owners, 2 do
@@ -194,10 +207,12 @@ for i = 7, #ARGV, 2 do
     announce('j', conn, meta)
   end
 end
-if changed > 0 and redis.call('SCARD', KEYS[1]) == 0 then
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+if #changes > 0 then
+  if redis.call('SCARD', KEYS[1]) == 0 then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
+  local last = changes[#changes][3]
+  redis.call(ARGV[1], ARGV[2], cmsgpack.pack({1, 'b', ARGV[3], ARGV[4], '', last, changes, 0}))
 end
-return changed
+return #changes
 """
 
 # -- the directory: which worker holds which connection, and whose it is -------------------
