@@ -71,7 +71,8 @@ class LocalDelivery:
         fields: dict[str, Any] = {"count": len(members)}
         if len(members) <= self._settings.presence_event_max_members:
             fields["members"] = self._mirror.presence(channel)
-        frame = event_frame("presence", channel, **fields)
+        state = f"presence:{channel}"  # a newer one replaces it in a client's queue
+        frame = event_frame("presence", channel, state=state, **fields)
         counted: OutgoingFrame | None = None
         for connection in tagged:
             try:
@@ -82,7 +83,7 @@ class LocalDelivery:
                 if counted is None:
                     logger.error("presence of %r cannot be encoded: %s", channel, exc)
                     self._metrics.encoding_failed()
-                    counted = event_frame("presence", channel, count=len(members))
+                    counted = event_frame("presence", channel, state=state, count=len(members))
                 connection.send_event(counted)
             except Exception:  # one client's failure never stops the others
                 logger.exception("presence event to %s failed", connection.id)

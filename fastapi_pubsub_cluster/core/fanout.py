@@ -64,7 +64,13 @@ class FanOut:
         self._tasks = TaskSupervisor("fan-out")
         delivery = LocalDelivery(local, mirror, settings, self.metrics)
         self._deliver = delivery.to_channel
-        regenerator = Regenerator(local, self._deliver, self._tasks, announce=delivery.presence)
+        regenerator = Regenerator(
+            local,
+            self._deliver,
+            self._tasks,
+            announce=delivery.presence,
+            interval=settings.presence_interval,
+        )
         self._registration = Registration(
             self.transport,
             backend.presence_store,

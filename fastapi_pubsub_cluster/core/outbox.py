@@ -29,6 +29,17 @@ from .sockets import DIRECT_WRITE_EXTENSION, DirectWriter
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
 
+class _StateSlot:
+    """A queued state frame (a count, a presence event): a newer one of the same state
+    takes its place instead of queueing behind it."""
+
+    __slots__ = ("message", "state")
+
+    def __init__(self, state: str, message: dict[str, Any]) -> None:
+        self.state = state
+        self.message = message
+
+
 class Outbox:
     """How one connection's frames reach its socket, in order, without fan-out waiting.
 
@@ -45,6 +56,7 @@ class Outbox:
         "_ready",
         "_send",
         "_settings",
+        "_states",
         "_suspended",
         "_text",
         "_websocket",
@@ -71,7 +83,8 @@ class Outbox:
             self._direct.limit_inbound(settings.max_message_bytes)
         # Created on first need, as is the writer: most clients never fall behind, and
         # idle connections are what a worker holds by the thousand.
-        self._messages: deque[dict[str, Any]] | None = None
+        self._messages: deque[dict[str, Any] | _StateSlot] | None = None
+        self._states: dict[str, _StateSlot] = {}  # the state frames queued, by state
         self._ready: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         # A send started in the caller's task that had to wait, and what it waits on.
@@ -102,9 +115,21 @@ class Outbox:
         messages = self._messages
         if messages is None:
             messages = self._messages = deque()
-        if bounded and len(messages) >= self._settings.send_queue_size:
+        states = self._states
+        if frame.state is not None:
+            # State, not an event: only the newest pending one matters, and it never
+            # counts against the client (a storm's counts are not a slow client's backlog).
+            slot = states.get(frame.state)
+            if slot is not None:
+                slot.message = message
+                return True
+            slot = states[frame.state] = _StateSlot(frame.state, message)
+            messages.append(slot)
+            self.wake_writer()
+            return True
+        if bounded and len(messages) - len(states) >= self._settings.send_queue_size:
             if self._settings.slow_client_policy == "drop_oldest":
-                messages.popleft()
+                self._next(messages)
                 self.dropped += 1
                 self._connection.lost_oldest()
             else:
@@ -113,6 +138,14 @@ class Outbox:
         messages.append(message)
         self.wake_writer()
         return True
+
+    def _next(self, messages: deque[dict[str, Any] | _StateSlot]) -> dict[str, Any]:
+        """Take the oldest queued message."""
+        item = messages.popleft()
+        if isinstance(item, _StateSlot):
+            self._states.pop(item.state, None)
+            return item.message
+        return item
 
     def _send_now(self, message: dict[str, Any]) -> bool:
         """Start the send at once, in the caller's task.
@@ -148,6 +181,7 @@ class Outbox:
         logger.debug("send to %s failed: %r", self._connection.id, exc)
         self._connection.state = ConnectionState.CLOSED
         self._messages = None
+        self._states.clear()
 
     def evict(self) -> None:
         """Disconnect the client for falling behind: unregistered at once, closed with 1008
@@ -163,6 +197,7 @@ class Outbox:
         holding = connection.state is ConnectionState.HOLDING
         connection.state = ConnectionState.EVICTED
         self._messages = None
+        self._states.clear()
         connection.fell_behind()
         writer = self._writer
         if writer is not None and not writer.done() and task_started(writer):
@@ -199,6 +234,7 @@ class Outbox:
         if connection.state is not ConnectionState.EVICTED:
             connection.state = ConnectionState.CLOSED
         self._messages = None
+        self._states.clear()
         websocket = self._websocket
         if websocket.application_state != WebSocketState.CONNECTED:
             return
@@ -252,6 +288,6 @@ class Outbox:
                     finally:
                         self._suspended = None
                 while self._messages:
-                    await self._send(self._messages.popleft())
+                    await self._send(self._next(self._messages))
             finally:
                 self._writing = False

@@ -21,8 +21,12 @@ class Regenerator:
 
     One run at a time per channel, so that an older result can never overtake a newer
     one; events during a run coalesce into one more run, which starts after the last of
-    them. The newest local socket of the channel speaks for it. Tagged clients are told the
-    channel's count first (a ``presence`` event).
+    them. Runs are at least ``interval`` seconds apart: the first event after a quiet
+    period runs at once, a burst of events (a storm of joins) runs once per interval, and
+    the last run always follows the last event; so each client gets a number of count
+    frames bounded by the burst's duration, not by its size. The newest local socket of
+    the channel speaks for it. Tagged clients are told the channel's count first (a
+    ``presence`` event).
     """
 
     def __init__(
@@ -32,8 +36,10 @@ class Regenerator:
         tasks: TaskSupervisor,
         *,
         announce: Callable[[str], None],
+        interval: float = 0.0,
     ) -> None:
         self._registry = registry
+        self._interval = interval
         self._deliver = deliver
         self._announce = announce
         self._tasks = tasks
@@ -68,12 +74,14 @@ class Regenerator:
                         payload = await speaker.hooks.generate_object_for(channel)
                 except Exception:
                     logger.exception("generate_object_to_send failed for channel %r", channel)
-                    continue
+                    payload = None
                 if payload is not None:
                     try:
-                        self._deliver(channel, OutgoingFrame(payload))
+                        self._deliver(channel, OutgoingFrame(payload, state=f"data:{channel}"))
                     except Exception:
                         logger.exception("delivery on channel %r failed", channel)
+                if self._interval:
+                    await asyncio.sleep(self._interval)  # events meanwhile: one more run
         finally:
             self._dirty.discard(channel)
             self._running.pop(channel, None)
