@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
+
+from .errors import describe
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -53,3 +55,24 @@ class TaskSupervisor:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=RECANCEL_AFTER)
+
+
+async def repeat_forever(
+    work: Callable[[], Awaitable[None]],
+    interval: float,
+    name: str,
+    restarted: Callable[[str], None],
+    expected: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Run ``work`` every ``interval`` seconds, for good: a failure of an ``expected`` kind
+    (a backend that does not answer) is logged as a warning; any other is logged with its
+    traceback and counted (``restarted(name)``); the loop goes on either way."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await work()
+        except expected as exc:
+            logger.warning("%s failed (%s); retrying in %.1fs", name, describe(exc), interval)
+        except Exception:
+            logger.exception("%s failed; going on", name)
+            restarted(name)

@@ -15,12 +15,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.live import wait_for_async_condition
+from fastapi_pubsub_cluster import PubSubHub
+from fastapi_pubsub_cluster.backends.redis import RedisKeys
+from tests.apps.local_app import build_app
+from tests.conftest import make_settings
+from tests.live import serve, wait_for_async_condition
 from tools.ports import free_port
 from tools.processes import raise_open_files_limit, started, uvicorn_command
+from tools.redis_servers import OwnedRedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -167,3 +173,62 @@ async def test_a_storm_of_connects_and_reconnects_admits_everyone_and_converges(
 
 async def _presence_is(base: str, channel: str, expected: int) -> bool:
     return await presence_count(base, channel) == expected
+
+
+async def test_a_worker_whose_loop_is_blocked_refuses_no_join_that_arrived_meanwhile(
+    storm_env: dict[str, str],
+) -> None:
+    # Commands time out after 0.5 s: a join in flight when the loop blocks for 3 s finds
+    # its reply late, yet Redis answered all along, so nobody may be refused for it.
+    env = {**storm_env, "PUBSUB_REDIS_TIMEOUT": "0.5", "PUBSUB_HEARTBEAT_TTL": "6"}
+    with storm_workers(env, count=1) as (worker,):
+        joiners = [StormClient(ws_url(worker.base, "/ws/stalls")) for _ in range(200)]
+        staller = StormClient(ws_url(worker.base, "/stall/stalls?stall=3"))
+        everyone = [*joiners, staller]
+        joining = asyncio.gather(*(c.connect() for c in joiners))
+        await staller.connect()  # its on_connect blocks the worker's loop for 3 s
+        await joining
+        await wait_for_async_condition(lambda: all_counts_are(everyone, len(everyone)), 60)
+        assert not any(c.close_codes for c in everyone)
+        await asyncio.gather(*(c.close() for c in everyone))
+        log = worker.log_text()
+        assert "could not join" not in log, log[-2000:]
+
+
+async def test_a_stale_entry_where_the_worker_holds_no_socket_is_swept(
+    storm_env: dict[str, str], key_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    env = {**storm_env, "PUBSUB_HEARTBEAT_TTL": "1.5"}
+    with storm_workers(env, count=1) as (worker,):
+        client = StormClient(ws_url(worker.base, "/ws/home"))
+        await client.connect()
+        await wait_for_async_condition(lambda: all_counts_are([client], 1), 10)
+        async with httpx.AsyncClient(timeout=10) as http:
+            worker_id = (await http.get(f"{worker.base}/healthz")).json()["worker"]
+        # What a leave that never reached Redis leaves behind: an entry owned by this live
+        # worker, in a channel its record lists, where it holds no socket.
+        keys, instance = RedisKeys(key_prefix), f"{worker_id}#1"
+        await redis_client.sadd(keys.members("left-behind"), "ghost")
+        await redis_client.hset(keys.owners("left-behind"), "ghost", instance)
+        await redis_client.sadd(keys.worker_channels(instance), "left-behind")
+        assert await presence_count(worker.base, "left-behind") == 1
+        await wait_for_async_condition(lambda: _presence_is(worker.base, "left-behind", 0), 30)
+        assert await redis_client.sismember(keys.worker_channels(instance), "home")
+        await client.close()
+
+
+async def test_a_redis_that_does_not_answer_still_refuses_with_1013_and_says_why(
+    owned_redis: OwnedRedisServer, key_prefix: str
+) -> None:
+    settings = make_settings(key_prefix, owned_redis.url)
+    async with PubSubHub(settings=settings) as hub, serve(build_app(hub)) as url:
+        owned_redis.stop()
+        ws = await websockets.connect(f"{url}/ws/down", open_timeout=10)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async with asyncio.timeout(30):
+                await ws.recv()
+        assert ws.close_code == 1013
+        reason = ws.close_reason or ""
+        # The cause and where, never only an exception's class.
+        assert "does not answer" in reason and str(owned_redis.port) in reason, reason
+        owned_redis.start()

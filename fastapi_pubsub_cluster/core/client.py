@@ -173,6 +173,22 @@ class ClientConnection:
             return False
         return self._outbox.push(frame, bounded=True)
 
+    def send_event_in(self, channel: str, frame: OutgoingFrame) -> bool:
+        """Queue a control frame about ``channel`` (its ``presence``), held with the
+        channel's messages until the client is told it is in it (its welcome, or
+        ``joined``): a client never hears of a channel before it hears it joined."""
+        if channel == self.channel:
+            flow: ChannelFlow | None = self._own if self.state is ConnectionState.HOLDING else None
+        elif self.state is ConnectionState.OPEN and self._extra is not None:
+            flow = self._extra.get(channel)
+            if flow is None:
+                return False
+        else:
+            flow = None
+        if flow is not None and flow.held is not None:
+            return flow.hold(frame, self._settings.send_queue_size)
+        return self.send_event(frame)
+
     def add_channel(self, channel: str) -> None:
         """Be in ``channel`` too; its messages are held until :meth:`release_channel`."""
         if self._extra is None:

@@ -76,7 +76,7 @@ class LocalDelivery:
         counted: OutgoingFrame | None = None
         for connection in tagged:
             try:
-                connection.send_event(frame)
+                connection.send_event_in(channel, frame)
             except MalformedMessageError as exc:
                 # Members' metadata this client's wire format cannot carry (from a worker
                 # that did not check it): it still gets the count.
@@ -84,6 +84,6 @@ class LocalDelivery:
                     logger.error("presence of %r cannot be encoded: %s", channel, exc)
                     self._metrics.encoding_failed()
                     counted = event_frame("presence", channel, state=state, count=len(members))
-                connection.send_event(counted)
+                connection.send_event_in(channel, counted)
             except Exception:  # one client's failure never stops the others
                 logger.exception("presence event to %s failed", connection.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, WebSocket
@@ -47,9 +48,22 @@ class RoomsSocket(IdentifiedSocket):
         return {"count": len(self.connection_manager.get(channel)), "of": channel}
 
 
+class StallingSocket(CountingSocket):
+    """A counting socket whose ``on_connect`` hook blocks the worker's event loop for
+    ``?stall=`` seconds (a slow hook: a synchronous call where an await belonged)."""
+
+    async def on_connect(self) -> None:
+        time.sleep(float(self.websocket.query_params.get("stall", "0")))  # noqa: ASYNC251
+
+
 @app.websocket("/ws/{channel}")
 async def channel_socket(websocket: WebSocket, channel: str) -> None:
     await CountingSocket(websocket, channel).run()
+
+
+@app.websocket("/stall/{channel}")
+async def stalling_socket(websocket: WebSocket, channel: str) -> None:
+    await StallingSocket(websocket, channel).run()
 
 
 @app.websocket("/id/{channel}")

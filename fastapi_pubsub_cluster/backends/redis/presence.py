@@ -9,7 +9,6 @@ next heartbeat; every channel is reconciled now and then regardless.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -18,9 +17,10 @@ from redis.asyncio.cluster import RedisCluster
 
 from ...codec import encode_json
 from ...core.backend import FanOutSink
-from ...errors import PresenceError, describe
+from ...errors import PresenceError
 from ...metrics import Metrics
 from ...settings import PubSubSettings
+from ...tasks import repeat_forever
 from . import announced, scripts
 from .clients import REDIS_DOWN, PresenceClients
 from .directory import Directory
@@ -29,6 +29,7 @@ from .keys import RedisKeys
 from .reads import ChannelReads
 from .reaping import Reaper
 from .recording import ChangeWriter, reconcile_call
+from .replies import text
 from .sweep import Sweep, round_trips
 from .writes import Change, ChangeQueue
 
@@ -259,11 +260,16 @@ class Presence:
         return list({*self._local.local_channels(), *self._recorded_channels, *self._vacated})
 
     async def _sweep_some(self) -> None:
-        """Reconcile this heartbeat's share of the sweep over every channel."""
+        """Reconcile this heartbeat's share of the sweep over every channel this instance
+        may own an entry in (its record in Redis read at each sweep's start)."""
+        if self._sweep.starts_next:
+            record = await self._client.smembers(self._keys.worker_channels(self.instance))
+            self._recorded_channels.update(text(channel) for channel in record)
         share = self._sweep.share()
         if share:
             await self.reconcile(share)
             self._sweep.done(share)
+            self._vacated.update(c for c in share if not self._local.local_members(c))
 
     # -- heartbeat and reaping ---------------------------------------------------------
 
@@ -325,15 +331,7 @@ class Presence:
 
     async def _forever(self, work: Callable[[], Awaitable[None]], name: str) -> None:
         interval = self._settings.heartbeat_ttl / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await work()
-            except REDIS_DOWN as exc:
-                logger.warning("%s failed (%s); retrying in %.1fs", name, describe(exc), interval)
-            except Exception:
-                logger.exception("%s failed; going on", name)
-                self._metrics.loop_restarted(name)
+        await repeat_forever(work, interval, name, self._metrics.loop_restarted, REDIS_DOWN)
 
     async def leave_cluster(self) -> None:
         """Remove everything this worker registered, under every instance it had."""

@@ -50,6 +50,11 @@ class Sweep:
         self._pending: deque[str] = deque()
         self._beats_since_start = BEATS_PER_SWEEP  # the first heartbeat starts one
 
+    @property
+    def starts_next(self) -> bool:
+        """True if the next :meth:`share` starts a new sweep."""
+        return not self._pending and self._beats_since_start + 1 >= BEATS_PER_SWEEP
+
     def share(self) -> list[str]:
         """This heartbeat's channels (none between sweeps); :meth:`done` once reconciled,
         else they come again at the next heartbeat."""
