@@ -392,8 +392,11 @@ def _print_plain(report: dict[str, Any], path: str) -> None:
 def _footer(report: dict[str, Any], path: str) -> list[str]:
     lines = ["", "Notes:"]
     lines += [f"- {note}" for note in report["notes"]]
+    applied: dict[str, list[str]] = {}  # one workaround, every target that has it
     for name, target in report["targets"].items():
-        lines += [f"- workaround ({name}): {w}" for w in target["workarounds"]]
+        for workaround in target["workarounds"]:
+            applied.setdefault(workaround, []).append(name)
+    lines += [f"- workaround ({', '.join(names)}): {w}" for w, names in applied.items()]
     for scenario, rows in report["summary"].items():
         for name, figures in rows.items():
             lines += [f"- ERROR {scenario} {name}: {error}" for error in figures["errors"]]
