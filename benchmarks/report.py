@@ -13,6 +13,7 @@ from typing import Any
 from benchmarks.metrics import median, ratio, spread
 from benchmarks.regimes import evaluate_regimes
 from benchmarks.scenarios import Measurement
+from benchmarks.storm_report import evaluate_storm_goals, goals_table, storm_table
 from benchmarks.targets import CEILINGS, KNOWN_TARGETS, REFERENCE, Role, by_name
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -201,6 +202,7 @@ def build_report(
         "summary": summary,
         "ratios": ratio_tables,
         "regimes": evaluate_regimes(summary, measurements),
+        "storm_goals": evaluate_storm_goals(summary),
         "measurements": [asdict(m) for m in measurements],
     }
 
@@ -283,6 +285,9 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         if scenario == headline:
             continue
         rows = report["summary"][scenario]
+        if scenario.startswith("storm-"):
+            result.append(storm_table(scenario, rows, _order(list(rows))))
+            continue
         keys = [
             (label, key, fmt)
             for label, key, fmt in columns_for(scenario)
@@ -306,6 +311,9 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     regimes = regime_table(report)
     if regimes is not None:
         result.append(regimes)
+    storm_goals = goals_table(report.get("storm_goals", []))
+    if storm_goals is not None:
+        result.append(storm_goals)
     return result
 
 
