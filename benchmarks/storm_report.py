@@ -46,14 +46,14 @@ STORM_NOTES = (
 #: (label, figure of a round, format)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("admitted", "admitted", "{:,.0f}"),
-    ("CPU ms/conn", "cpu_ms", "{:.2f}"),
+    ("CPU ms", "cpu_ms", "{:.2f}"),
     ("user", "cpu_user_ms", "{:.2f}"),
     ("sys", "cpu_sys_ms", "{:.2f}"),
-    ("Redis ms/conn", "redis_info_cpu_ms", "{:.3f}"),
-    ("handshakes s", "handshakes_s", "{:.2f}"),
+    ("Redis ms", "redis_info_cpu_ms", "{:.3f}"),
+    ("hs s", "handshakes_s", "{:.2f}"),
     ("settled s", "settled_s", "{:.2f}"),
-    ("after last hs s", "settle_after_handshakes_s", "{:.2f}"),
-    ("count frames mean", "count_frames_mean", "{:.1f}"),
+    ("after hs s", "settle_after_handshakes_s", "{:.2f}"),
+    ("counts", "count_frames_mean", "{:.1f}"),
     ("max", "count_frames_max", "{:.0f}"),
 )
 
@@ -63,13 +63,14 @@ def _format(value: Any, fmt: str) -> str:
 
 
 def refusals(figures: dict[str, Any], round_name: str) -> str:
-    """``"815 (close 1013 815)"``: refused clients of a round and their kinds."""
+    """``"357 (1008)"``: refused clients of a round and their kinds (close codes, HTTP
+    statuses, timeouts...; the notes count each kind and give a reason)."""
     total = figures.get(f"{round_name}_refused")
     if total is None:
         return "-"
     prefix = f"{round_name}_refused_"
     kinds = [
-        f"{key.removeprefix(prefix).replace('_', ' ')}: {value:.0f}"
+        key.removeprefix(prefix).removeprefix("close_").replace("_", " ")
         for key, value in figures.items()
         if key.startswith(prefix) and not key.endswith(".spread") and value
     ]
@@ -95,8 +96,9 @@ def storm_table(
             body[-1] += cells[2:]
     title = (
         f"{scenario}: everyone at once, then reset and reconnecting at once, twice. Server "
-        "CPU per admitted client (ms) and ÷ bare FastAPI's same round; Redis CPU (INFO); "
-        "seconds from the start to the last handshake and until settled; count frames per client"
+        "CPU ms per admitted client (user, sys) and ÷ bare FastAPI's same round; Redis CPU ms "
+        "per admitted client (INFO); seconds from the start to the last handshake (hs), until "
+        "settled, and from the last handshake until settled; count frames per client, mean, max"
     )
     return title, header, body
 
