@@ -1,5 +1,5 @@
 """``python -m benchmarks [--quick] [--only NAME ...]
-[--scenario fanout|channels|idle|cluster|history]``."""
+[--scenario fanout|channels|idle|cluster|history|deflate|publish|storm] [--storm-clients N]``."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import signal
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from benchmarks.environment import library_revision, machine, package_versions
@@ -53,6 +53,8 @@ from benchmarks.scenarios import (
     measure_idle,
 )
 from benchmarks.servers import KEEPALIVE_NOTE
+from benchmarks.storm import REFUSALS, measure_storm
+from benchmarks.storm_report import STORM_NOTES
 from benchmarks.targets import by_name
 from tools.processes import raise_open_files_limit
 
@@ -82,7 +84,7 @@ PEER_PACKAGES = (
     "asyncio-redis",
     "redis",
 )
-SCENARIOS = ("fanout", "channels", "idle", "cluster", "history", "deflate", "publish")
+SCENARIOS = ("fanout", "channels", "idle", "cluster", "history", "deflate", "publish", "storm")
 CLUSTER_NOTES = (
     "cluster: the same channels workload with 2 uvicorn workers on one Redis and on a "
     "3-master Redis Cluster (SSUBSCRIBE/SPUBLISH, channels spread over the shards by hash "
@@ -203,6 +205,11 @@ def build_steps(
             for system in plan.publish_systems
             if wanted_scenario(plan, "publish", scenarios) and (not only or system in only)
         ]
+        steps += [
+            Step(f"storm-{plan.storm_clients}", name, repeat, _storm(plan, redis, name))
+            for name in plan.storm_targets
+            if wanted(name, "storm")
+        ]
         if repeat < plan.idle_repeats:
             steps += [
                 Step(f"idle-{size}", name, repeat, _idle(redis, name, size))
@@ -283,6 +290,10 @@ def _publish(plan: Plan, redis: BenchRedis, system: str) -> Callable[[], Awaitab
     )
 
 
+def _storm(plan: Plan, redis: BenchRedis, name: str) -> Callable[[], Awaitable[Values]]:
+    return lambda: measure_storm(by_name(name), redis, plan.storm_clients)
+
+
 def _idle(redis: BenchRedis, name: str, size: int) -> Callable[[], Awaitable[Values]]:
     return lambda: measure_idle(by_name(name), redis, size)
 
@@ -347,6 +358,7 @@ async def run(plan: Plan, only: set[str], scenarios: set[str], step_timeout: flo
     notes += [
         *(CLUSTER_NOTES if "cluster" in ran else ()),
         *(HISTORY_NOTES if "history" in ran else ()),
+        *((*STORM_NOTES, *REFUSALS) if "storm" in ran else ()),
     ]
     for name, venv in environment["peer_venvs"].items():
         packages = venv["packages"]
@@ -369,6 +381,14 @@ async def run(plan: Plan, only: set[str], scenarios: set[str], step_timeout: flo
     print_report(report, path)
 
 
+def clients_count(text: str) -> int:
+    """A positive number of clients (``10000`` or ``10_000``)."""
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 client, not {text}")
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="CI-sized run (about a minute)")
@@ -378,7 +398,14 @@ def main() -> None:
         action="append",
         default=[],
         choices=SCENARIOS,
-        help="run only this scenario (cluster and history are not in a plain --quick run)",
+        help="run only this scenario (cluster and history are not in a plain --quick run; "
+        "storm runs only when named)",
+    )
+    parser.add_argument(
+        "--storm-clients",
+        type=clients_count,
+        default=None,
+        help="clients of the storm scenario (default: 10,000; 1,000 with --quick)",
     )
     parser.add_argument("--step-timeout", type=float, default=600.0)
     arguments = parser.parse_args()
@@ -387,6 +414,8 @@ def main() -> None:
             by_name(name)  # fail early on a typo
     raise_open_files_limit()
     plan = QUICK if arguments.quick else FULL
+    if arguments.storm_clients is not None:
+        plan = replace(plan, storm_clients=arguments.storm_clients)
     asyncio.run(run(plan, set(arguments.only), set(arguments.scenario), arguments.step_timeout))
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -39,15 +40,19 @@ class Collected(Counts):
 class ClientPool:
     """Client processes sharing the connections of one configuration between them."""
 
-    def __init__(self, protocol: Protocol, processes: int = 2) -> None:
+    def __init__(
+        self,
+        protocol: Protocol,
+        processes: int = 2,
+        main: Callable[[Connection, str], None] = client_main,
+    ) -> None:
+        """``processes`` client processes, each running ``main(pipe, protocol)``."""
         context = multiprocessing.get_context("spawn")
         self._pipes: list[Connection] = []
         self._processes: list[BaseProcess] = []
         for _ in range(processes):
             ours, theirs = context.Pipe()
-            process = context.Process(
-                target=client_main, args=(theirs, protocol.value), daemon=True
-            )
+            process = context.Process(target=main, args=(theirs, protocol.value), daemon=True)
             process.start()
             theirs.close()
             self._pipes.append(ours)

@@ -176,7 +176,7 @@ class ClientProcess:
                     close_timeout=1,
                 )
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                    await self._handshake(ws, channel)
+                    await protocol_handshake(ws, self.protocol, channel)
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 if attempt == CONNECT_ATTEMPTS - 1:
                     self.failures.append(f"{url}: {exc!r}")
@@ -189,21 +189,6 @@ class ClientProcess:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             return
-
-    async def _handshake(self, ws: ClientConnection, channel: str) -> None:
-        if self.protocol is Protocol.ENGINEIO:
-            opening = str(await ws.recv())
-            if not opening.startswith("0"):
-                raise websockets.InvalidHandshake(f"engine.io open expected, got {opening!r}")
-            await ws.send("40")
-            while not str(await ws.recv()).startswith("40"):
-                pass
-        elif self.protocol is Protocol.PERMIT_RPC:
-            call_id = str(uuid.uuid4())
-            request = {"method": "subscribe", "arguments": {"topics": [channel]}}
-            await ws.send(json.dumps({"request": {**request, "call_id": call_id}}))
-            while call_id not in str(await ws.recv()):
-                pass
 
     async def _consume(self, ws: ClientConnection, index: int) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
@@ -222,7 +207,7 @@ class ClientProcess:
                     text = frame if isinstance(frame, str) else frame.decode()
                     if '"notify"' in text:
                         self.tally.record(index, text)
-                        await ws.send(_rpc_ack(text))
+                        await ws.send(rpc_ack(text))
 
     async def _close_all(self) -> None:
         for task in list(self.tasks):
@@ -231,7 +216,25 @@ class ClientProcess:
         await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
 
 
-def _rpc_ack(request: str) -> str:
+async def protocol_handshake(ws: ClientConnection, protocol: Protocol, channel: str) -> None:
+    """What a client does after the websocket handshake before it is in ``channel``:
+    engine.io's open and namespace connect, or fastapi_websocket_pubsub's subscribe call."""
+    if protocol is Protocol.ENGINEIO:
+        opening = str(await ws.recv())
+        if not opening.startswith("0"):
+            raise websockets.InvalidHandshake(f"engine.io open expected, got {opening!r}")
+        await ws.send("40")
+        while not str(await ws.recv()).startswith("40"):
+            pass
+    elif protocol is Protocol.PERMIT_RPC:
+        call_id = str(uuid.uuid4())
+        request = {"method": "subscribe", "arguments": {"topics": [channel]}}
+        await ws.send(json.dumps({"request": {**request, "call_id": call_id}}))
+        while call_id not in str(await ws.recv()):
+            pass
+
+
+def rpc_ack(request: str) -> str:
     """The JSON-RPC response a fastapi_websocket_pubsub client sends for a ``notify`` call."""
     start = request.find('"call_id"')
     call_id = ""

@@ -10,6 +10,19 @@ EVERYONE = tuple(target.name for target in ALL_TARGETS)
 SINGLE_PROCESS = tuple(t.name for t in ALL_TARGETS if t.workers == 1)
 #: The many-channels regime with 2 workers: ours (ASGI, direct) and the hand-written floor.
 MANY_CHANNELS_2W = ("ours-redis-2w", "ours-redis-2w-direct", "redis-py-loop-2w")
+#: The storm: ours (ASGI and --ws, without and with the original count hook), the
+#: single-process ceilings, and the Redis-backed peers with 2 workers as ours.
+STORM_SYSTEMS = (
+    "ours-redis-2w",
+    "ours-redis-2w-direct",
+    "ours-redis-2w-count",
+    "ours-redis-2w-direct-count",
+    "websockets",
+    "fastapi-loop",
+    "socketio-redis-2w",
+    "broadcaster-redis-2w",
+    "permit-pubsub-redis-2w",
+)
 
 
 @dataclass(frozen=True)
@@ -70,8 +83,12 @@ class Plan:
         "redis-py-blocking-pool",
         "broadcaster",
     )
+    #: Scenario (h) ``storm``: this many clients connect at once, then are aborted and
+    #: reconnect at once, twice (``benchmarks.storm``); ``--storm-clients`` overrides it.
+    storm_clients: int = 10_000
+    storm_targets: tuple[str, ...] = STORM_SYSTEMS
     #: Scenarios this plan runs only when asked for by name (``--scenario``).
-    explicit_only: tuple[str, ...] = ()
+    explicit_only: tuple[str, ...] = ("storm",)
 
 
 QUICK = Plan(
@@ -102,7 +119,8 @@ QUICK = Plan(
     deflate_shares=(1.0,),
     deflate_deliveries=10_000,
     publish_seconds=1.5,
-    explicit_only=("cluster", "history"),
+    storm_clients=1000,
+    explicit_only=("cluster", "history", "storm"),
 )
 
 FULL = Plan(

@@ -13,6 +13,7 @@ from typing import Any
 from benchmarks.metrics import median, ratio, spread
 from benchmarks.regimes import evaluate_regimes
 from benchmarks.scenarios import Measurement
+from benchmarks.storm_report import evaluate_storm_goals, goals_table, storm_table
 from benchmarks.targets import CEILINGS, KNOWN_TARGETS, REFERENCE, Role, by_name
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -201,6 +202,7 @@ def build_report(
         "summary": summary,
         "ratios": ratio_tables,
         "regimes": evaluate_regimes(summary, measurements),
+        "storm_goals": evaluate_storm_goals(summary),
         "measurements": [asdict(m) for m in measurements],
     }
 
@@ -283,6 +285,9 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
         if scenario == headline:
             continue
         rows = report["summary"][scenario]
+        if scenario.startswith("storm-"):
+            result.append(storm_table(scenario, rows, _order(list(rows))))
+            continue
         keys = [
             (label, key, fmt)
             for label, key, fmt in columns_for(scenario)
@@ -306,6 +311,9 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     regimes = regime_table(report)
     if regimes is not None:
         result.append(regimes)
+    storm_goals = goals_table(report.get("storm_goals", []))
+    if storm_goals is not None:
+        result.append(storm_goals)
     return result
 
 
@@ -392,8 +400,11 @@ def _print_plain(report: dict[str, Any], path: str) -> None:
 def _footer(report: dict[str, Any], path: str) -> list[str]:
     lines = ["", "Notes:"]
     lines += [f"- {note}" for note in report["notes"]]
+    applied: dict[str, list[str]] = {}  # one workaround, every target that has it
     for name, target in report["targets"].items():
-        lines += [f"- workaround ({name}): {w}" for w in target["workarounds"]]
+        for workaround in target["workarounds"]:
+            applied.setdefault(workaround, []).append(name)
+    lines += [f"- workaround ({', '.join(names)}): {w}" for w, names in applied.items()]
     for scenario, rows in report["summary"].items():
         for name, figures in rows.items():
             lines += [f"- ERROR {scenario} {name}: {error}" for error in figures["errors"]]

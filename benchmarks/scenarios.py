@@ -51,7 +51,8 @@ class Session:
     prefix: str = ""
 
 
-def _env(target: Target, redis_url: str, prefix: str) -> dict[str, str]:
+def server_env(target: Target, redis_url: str, prefix: str) -> dict[str, str]:
+    """The server's environment: its Redis, the run's key prefix, its own settings."""
     if target.role is Role.OURS:
         return {
             "PUBSUB_REDIS_URL": redis_url if target.uses_redis else "",
@@ -80,7 +81,7 @@ async def session(
 async def _connected(
     target: Target, redis: BenchRedis, layout: dict[str, int], prefix: str, deflate_share: float
 ) -> AsyncIterator[Session]:
-    with running_server(target, _env(target, redis.url, prefix)) as server:
+    with running_server(target, server_env(target, redis.url, prefix)) as server:
         baseline_rss = server.rss_bytes()
         pool = ClientPool(target.protocol)
         try:

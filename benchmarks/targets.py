@@ -63,6 +63,11 @@ class Target:
     #: The peer venv (``benchmarks.peer_venvs``) whose python runs the server, or None for
     #: the driver's own environment.
     venv: str | None = None
+    #: The path plain clients connect to, before the channel (``/count``: ours with the
+    #: README's original count hook, ``benchmarks.apps.ours``).
+    ws_path: str = "/ws"
+    #: Every client receives the channel's cluster-wide count after each join and leave.
+    count_hook: bool = False
 
     def client_url(self, port: int, channel: str) -> str:
         """Where a client of ``channel`` connects."""
@@ -71,7 +76,7 @@ class Target:
             return f"{base}/socket.io/?EIO=4&transport=websocket&channel={quote(channel)}"
         if self.protocol is Protocol.PERMIT_RPC:
             return f"{base}/pubsub"
-        return f"{base}/ws/{quote(channel)}"
+        return f"{base}{self.ws_path}/{quote(channel)}"
 
 
 BROADCASTER_WORKAROUNDS = (
@@ -213,6 +218,77 @@ OURS_HISTORY = Target(
     history=True,
     publish_via=PublishVia.OURS_REDIS,
 )
+#: The storm scenario's own systems: ours with the README's original count hook
+#: (``generate_object_to_send`` returns the channel's cluster-wide count), plain ASGI and
+#: ``--ws``; and the Redis-backed peers with 2 workers, as ours runs there.
+OURS_COUNT = Target(
+    "ours-redis-2w-count",
+    Role.OURS,
+    "fastapi-pubsub-cluster, Redis, 2 uvicorn workers, the README's original count hook",
+    "ours",
+    workers=2,
+    uses_redis=True,
+    publish_via=PublishVia.OURS_REDIS,
+    ws_path="/count",
+    count_hook=True,
+)
+OURS_DIRECT_COUNT = Target(
+    "ours-redis-2w-direct-count",
+    Role.OURS,
+    "fastapi-pubsub-cluster, Redis, 2 uvicorn workers, --ws PubSubWebSocketProtocol, the "
+    "README's original count hook",
+    "ours",
+    workers=2,
+    uses_redis=True,
+    publish_via=PublishVia.OURS_REDIS,
+    ws_protocol=DIRECT_PROTOCOL,
+    ws_path="/count",
+    count_hook=True,
+)
+SOCKETIO_2W = Target(
+    "socketio-redis-2w",
+    Role.PEER,
+    "python-socketio AsyncServer + AsyncRedisManager, rooms, 2 uvicorn workers",
+    "socketio_app",
+    workers=2,
+    uses_redis=True,
+    protocol=Protocol.ENGINEIO,
+    publish_via=PublishVia.SOCKETIO_REDIS,
+)
+BROADCASTER_2W = Target(
+    "broadcaster-redis-2w",
+    Role.PEER,
+    "encode/broadcaster Redis backend, one subscribe() per socket, 2 uvicorn workers",
+    "broadcaster_app",
+    workers=2,
+    uses_redis=True,
+    publish_via=PublishVia.BROADCASTER_REDIS,
+    workarounds=BROADCASTER_WORKAROUNDS,
+    venv="broadcaster",
+)
+PERMIT_2W = Target(
+    "permit-pubsub-redis-2w",
+    Role.PEER,
+    "fastapi_websocket_pubsub PubSubEndpoint + Redis broadcaster, 2 uvicorn workers",
+    "permit_app",
+    workers=2,
+    uses_redis=True,
+    protocol=Protocol.PERMIT_RPC,
+    workarounds=(
+        "sockets routed to PubSubEndpoint.main_loop instead of register_route(): the route "
+        "register_route() adds never listens to the broadcaster, so with 2 workers only the "
+        "clients of the worker that published received anything.",
+    ),
+    env=(("BENCH_PERMIT_LISTEN", "1"),),
+    venv="permit",
+)
+STORM_TARGETS: tuple[Target, ...] = (
+    OURS_COUNT,
+    OURS_DIRECT_COUNT,
+    SOCKETIO_2W,
+    BROADCASTER_2W,
+    PERMIT_2W,
+)
 #: Targets only some scenarios run (never part of the peer comparison).
 SCENARIO_TARGETS: tuple[Target, ...] = (
     OURS_CLUSTER,
@@ -220,6 +296,7 @@ SCENARIO_TARGETS: tuple[Target, ...] = (
     *OURS_DIRECT_POLICIES,
     WEBSOCKETS_DEFLATE,
     REDIS_PY_LOOP,
+    *STORM_TARGETS,
 )
 KNOWN_TARGETS: tuple[Target, ...] = (*ALL_TARGETS, *SCENARIO_TARGETS)
 

@@ -18,6 +18,19 @@ async def channel_socket(websocket: WebSocket, channel: str) -> None:
     await BasePubSubWebSocket(websocket, channel).run()
 
 
+class CountingSocket(BasePubSubWebSocket):
+    """The README's original example: after each join and leave, every client of the
+    channel receives its cluster-wide number of clients."""
+
+    async def generate_object_to_send(self) -> dict[str, int]:
+        return {"num_connected_clients": len(self.connection_manager.get(self.websocket_id))}
+
+
+@app.websocket("/count/{channel}")
+async def counting_socket(websocket: WebSocket, channel: str) -> None:
+    await CountingSocket(websocket, channel).run()
+
+
 class RoomsSocket(BasePubSubWebSocket):
     """A socket that also joins the channels listed in ``?also=`` (comma-separated)."""
 

@@ -8,6 +8,9 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("BENCH_PREFIX", "bench")
 #: Smallest workaround for encode/broadcaster's subscribe() race; see broadcaster_app.
 BROADCASTER_LOCK = os.environ.get("BENCH_BROADCASTER_LOCK", "1") == "1"
+#: fastapi_websocket_pubsub's sockets enter PubSubEndpoint.main_loop, which listens to the
+#: broadcaster (needed with several workers); see permit_app.
+PERMIT_LISTEN = os.environ.get("BENCH_PERMIT_LISTEN", "0") == "1"
 
 
 def socketio_channel(prefix: str = PREFIX) -> str:
