@@ -284,7 +284,7 @@ class PubSubClient:
                                 await self._deliver(event)
                     except websockets.ConnectionClosed:
                         pass
-                    return socket.close_code or ABNORMAL_CLOSURE, socket.close_reason or ""
+                    return int(socket.close_code or ABNORMAL_CLOSURE), socket.close_reason or ""
         except TimeoutError:
             return CONNECT_TIMEOUT_CODE, "connect timeout"
         except websockets.InvalidStatus as exc:
