@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -32,14 +31,17 @@ from .events import (
     WireFormat,
 )
 from .inbox import Answers, Inbox
-from .protocol import NO_CLIENT_JOINS, POLICY_VIOLATION, Session, decode, encode
+from .protocol import (
+    ABNORMAL_CLOSURE,
+    CONNECT_TIMEOUT_CODE,
+    NO_CLIENT_JOINS,
+    Session,
+    encode,
+    full_jitter,
+    handshake_refusal,
+)
 
 logger = logging.getLogger("fastapi_pubsub_cluster.remote")
-
-#: The close code a connection that was never welcomed in time is given.
-CONNECT_TIMEOUT_CODE = 4000
-#: The code reported for a connection that failed before or without a close frame.
-ABNORMAL_CLOSURE = 1006
 
 
 class PubSubClient:
@@ -252,7 +254,7 @@ class PubSubClient:
                 self._finish(ConnectionRefusedByServerError(f"refused: {code} {reason}"))
                 return
             self._state = ClientState.RECONNECTING
-            delay = random.uniform(0, min(self.max_delay, self.min_delay * 2**attempt))
+            delay = full_jitter(attempt, self.min_delay, self.max_delay)
             attempt = min(attempt + 1, 30)
             logger.info("connection closed (%s %s); again in %.2f s", code, reason, delay)
             await self._deliver(Closed(code, reason, delay))
@@ -272,12 +274,7 @@ class PubSubClient:
                 ) as socket:
                     try:
                         async for frame in socket:
-                            try:
-                                decoded = decode(frame)
-                            except ValueError as exc:  # JSON's and msgpack's errors alike
-                                logger.error("an undecodable frame from the server: %s", exc)
-                                continue
-                            for event in self._session.handle(decoded):
+                            for event in self._session.receive(frame):
                                 if isinstance(event, Opened):
                                     deadline.reschedule(None)
                                     await self._opened(socket)
@@ -288,11 +285,7 @@ class PubSubClient:
         except TimeoutError:
             return CONNECT_TIMEOUT_CODE, "connect timeout"
         except websockets.InvalidStatus as exc:
-            status = exc.response.status_code
-            if 400 <= status < 500 and status not in (408, 429):
-                # As the server's own refusals before its welcome: asking again won't help.
-                return POLICY_VIOLATION, f"HTTP {status}"
-            return ABNORMAL_CLOSURE, f"HTTP {status}"
+            return handshake_refusal(exc.response.status_code)
         except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
             return ABNORMAL_CLOSURE, str(exc) or type(exc).__name__
 
@@ -322,7 +315,7 @@ class PubSubClient:
         jittered delay, growing while it is refused."""
         attempt = self._rejoins.get(channel, 0)
         self._rejoins[channel] = attempt + 1
-        await asyncio.sleep(random.uniform(0, min(self.max_delay, self.min_delay * 2**attempt)))
+        await asyncio.sleep(full_jitter(attempt, self.min_delay, self.max_delay))
         if channel in self._session.wanted and self._session.welcomed:
             await self._send_quietly(self._session.join_request(channel))
 

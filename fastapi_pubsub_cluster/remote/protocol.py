@@ -5,6 +5,8 @@ connection (where each history channel resumes, which further channels to join a
 from __future__ import annotations
 
 import json
+import logging
+import random
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -25,10 +27,21 @@ from .events import (
     stream_id_key,
 )
 
+logger = logging.getLogger("fastapi_pubsub_cluster.remote")
+
 #: Why a join fails where the server's socket class sets no ``client_joins``.
 NO_CLIENT_JOINS = "this server's socket does not take joins from clients"
 #: The close code for "not authorized", "invalid channel id", and for slow clients.
 POLICY_VIOLATION = 1008
+#: The code reported for a connection that failed before or without a close frame.
+ABNORMAL_CLOSURE = 1006
+#: The code reported for a connection that was not welcomed in time.
+CONNECT_TIMEOUT_CODE = 4000
+
+
+def full_jitter(attempt: int, first: float, cap: float) -> float:
+    """A reconnect delay: at random below a cap that doubles from ``first`` up to ``cap``."""
+    return random.uniform(0, min(cap, first * 2 ** min(attempt, 30)))
 
 
 def encode(data: Any, wire_format: WireFormat) -> str | bytes:
@@ -43,6 +56,14 @@ def decode(frame: str | bytes) -> Any:
     if isinstance(frame, str):
         return json.loads(frame)
     return msgpack.unpackb(frame, raw=False, strict_map_key=False)
+
+
+def handshake_refusal(status: int) -> tuple[int, str]:
+    """The close code and reason an HTTP answer to the handshake counts as: a 4xx is as the
+    server's own refusals before its welcome (asking again won't help), the rest drops."""
+    if 400 <= status < 500 and status not in (408, 429):
+        return POLICY_VIOLATION, f"HTTP {status}"
+    return ABNORMAL_CLOSURE, f"HTTP {status}"
 
 
 def _newer(stream_id: str, last: str | None) -> bool:
@@ -105,6 +126,15 @@ class Session:
     def rejoin_requests(self) -> list[dict[str, str]]:
         """What to send once welcomed: a join of every further channel."""
         return [self.join_request(channel) for channel in self.wanted] if self.client_joins else []
+
+    def receive(self, frame: str | bytes) -> list[Event]:
+        """What a frame from the server means (nothing, logged, if it does not decode)."""
+        try:
+            decoded = decode(frame)
+        except ValueError as exc:  # JSON's and msgpack's errors alike
+            logger.error("an undecodable frame from the server: %s", exc)
+            return []
+        return self.handle(decoded)
 
     def handle(self, frame: Any) -> list[Event]:
         """What a frame from the server means, in order."""
@@ -187,6 +217,3 @@ class Session:
         # saw no message yet still resumes without a gap.
         if isinstance(last_id, str) and channel not in self.last_ids:
             self.last_ids[channel] = last_id
-
-
-__all__ = ["NO_CLIENT_JOINS", "Session", "decode", "encode"]
