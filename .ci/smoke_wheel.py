@@ -41,9 +41,10 @@ async def publish_once(settings: PubSubSettings) -> None:
 def main() -> int:
     assert "site-packages" in fastapi_pubsub_cluster.__file__, fastapi_pubsub_cluster.__file__
     import_the_core()
-    from fastapi_pubsub_cluster.client_script import client_script
+    from fastapi_pubsub_cluster.client_script import client_script, client_types
 
     assert b"export class PubSubClient" in client_script(), "the wheel lacks static/pubsub.js"
+    assert b"export class PubSubClient" in client_types(), "the wheel lacks static/pubsub.d.ts"
     asyncio.run(publish_once(PubSubSettings()))
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:

@@ -131,3 +131,17 @@ def test_the_wheel_and_the_sdist_ship_the_browser_client() -> None:
     manifest = (ROOT / "MANIFEST.in").read_text(encoding="utf-8").splitlines()
     includes = [line.split() for line in manifest if line.startswith("recursive-include")]
     assert any(words[1] == "fastapi_pubsub_cluster" and "*.js" in words for words in includes)
+
+
+def test_the_wheel_and_the_sdist_ship_the_typescript_declarations() -> None:
+    assert (ROOT / "fastapi_pubsub_cluster" / "static" / "pubsub.d.ts").is_file()
+    loaded = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    data = loaded["tool"]["setuptools"]["package-data"]["fastapi_pubsub_cluster"]
+    assert "static/*.d.ts" in data
+    manifest = (ROOT / "MANIFEST.in").read_text(encoding="utf-8").splitlines()
+    includes = [line.split() for line in manifest if line.startswith("recursive-include")]
+    assert any(words[1] == "fastapi_pubsub_cluster" and "*.d.ts" in words for words in includes)
+
+
+def test_the_python_client_has_an_extra(project: dict[str, Any]) -> None:
+    assert any(dep.startswith("websockets>=") for dep in project["optional-dependencies"]["client"])
