@@ -279,8 +279,9 @@ class PubSubSettings(BaseSettings):
         return channel_id
 
     def with_changes(self, **changes: object) -> PubSubSettings:
-        """A copy with some fields replaced (validated like the original)."""
-        return type(self)(**{**self.model_dump(), **changes})
+        """A copy with some fields replaced (validated like the original). Fields set
+        explicitly stay so (``model_fields_set``), the others keep following their default."""
+        return type(self)(**{**self.model_dump(include=self.model_fields_set), **changes})
 
     @classmethod
     def environment_variable(cls, field_name: str) -> str:

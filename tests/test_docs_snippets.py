@@ -22,8 +22,6 @@ import redis
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-
-
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: The Redis the snippets name; the test runs them against the test Redis instead.
@@ -155,9 +153,11 @@ def test_every_fragment_compiles_and_uses_only_what_it_imports_or_declares(name:
 
 def test_the_original_example_counts_its_client(clean_environment: str) -> None:
     namespace = execute(snippet("README.md", "SimplePubSubWebsocket"), clean_environment)
-    with TestClient(namespace["app"]) as client:
-        with client.websocket_connect("/ws/connected_clients") as socket:
-            assert socket.receive_json() == {"num_connected_clients": 1}
+    with (
+        TestClient(namespace["app"]) as client,
+        client.websocket_connect("/ws/connected_clients") as socket,
+    ):
+        assert socket.receive_json() == {"num_connected_clients": 1}
 
 
 def test_the_hub_example_refuses_an_invalid_room_with_422_not_500(clean_environment: str) -> None:
