@@ -36,6 +36,7 @@ __all__ = [
     "DEMO_ENV_PREFIX",
     "ENV_FILE",
     "ENV_PREFIX",
+    "Compression",
     "InboundRatePolicy",
     "PubSubSettings",
     "SlowClientPolicy",
@@ -45,6 +46,7 @@ __all__ = [
 SlowClientPolicy = Literal["disconnect", "drop_oldest"]
 InboundRatePolicy = Literal["disconnect", "drop", "throttle"]
 WireFormat = Literal["json", "msgpack"]
+Compression = Literal["shared", "per-socket", "off"]
 
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")
@@ -134,6 +136,10 @@ class PubSubSettings(BaseSettings):
     #: Seconds a client address closed for going over an inbound rate is refused (HTTP 429
     #: before the handshake is accepted); 0: reconnects are not refused.
     inbound_cooldown: float = 10.0
+    #: permessage-deflate under the library's uvicorn protocol (``--ws``, the gunicorn
+    #: worker): ``"shared"`` compresses each broadcast once per worker, ``"per-socket"``
+    #: keeps a context per socket, ``"off"`` declines it.
+    compression: Compression = "shared"
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -158,6 +164,11 @@ class PubSubSettings(BaseSettings):
     @classmethod
     def _empty_url_is_none(cls, value: object) -> object:
         return value or None
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _compression_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("key_prefix")
     @classmethod
