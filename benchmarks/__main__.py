@@ -391,7 +391,9 @@ def clients_count(text: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="CI-sized run (about a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="CI-sized run (175-209 s on two cores)"
+    )
     parser.add_argument("--only", action="append", default=[], help="run only this system")
     parser.add_argument(
         "--scenario",

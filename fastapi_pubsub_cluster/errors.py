@@ -48,9 +48,9 @@ class PublishError(BackendUnavailableError):
 
 
 class SettingsNotAnnouncedError(PublishError):
-    """An outside publisher found no settings announced by the workers in Redis (no worker
-    is running, or Redis lost them and no worker has announced them again yet), and has no
-    ``history_channels`` of its own: it cannot tell whether a channel keeps history, so it
+    """An outside publisher with no ``history_channels`` of its own found no settings
+    announced in Redis while workers run (or Redis had just restarted), and none announced
+    them within ``heartbeat_ttl``: it cannot tell whether a channel keeps history, so it
     publishes nothing rather than a message the channel's history would miss."""
 
 

@@ -21,6 +21,7 @@ from .core.fanout import FanOut
 from .core.subscription import SubscriberPolicy, Subscription
 from .edge.limits import InboundAllowances
 from .errors import ConfigurationError, HubClosedError, PubSubError
+from .logs import traceback_at_debug
 from .metrics import Metrics
 from .redaction import redact_url
 from .settings import PubSubSettings
@@ -133,6 +134,7 @@ class PubSubHub:
         except PubSubError as exc:
             # One line that says what to fix; the server then stops (startup failed).
             logger.error("pub/sub hub could not start: %s", exc)
+            traceback_at_debug(HubStartError)
             raise HubStartError(str(exc)) from None
         try:
             yield

@@ -49,3 +49,33 @@ def attach_to(target: logging.Logger) -> None:
     logger.handlers = list(target.handlers)
     logger.setLevel(target.level)
     logger.propagate = False
+
+
+class _TracebackToDebug(logging.Filter):
+    """Turns a server's log of a traceback ending in ``error_name`` into a debug line."""
+
+    def __init__(self, error_name: str) -> None:
+        super().__init__()
+        self.error_name = error_name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if (
+            record.levelno > logging.DEBUG
+            and message.startswith("Traceback")
+            and (self.error_name in message)
+        ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def traceback_at_debug(error: type[BaseException], server_logger: str = "uvicorn.error") -> None:
+    """Log the tracebacks of ``error`` that ``server_logger`` prints at debug level only.
+
+    Starlette hands a failed lifespan's traceback to the server, which logs it as an
+    error; where the library has logged one line that says what to fix, that traceback is
+    only noise, once per worker."""
+    logger = logging.getLogger(server_logger)
+    if not any(isinstance(f, _TracebackToDebug) for f in logger.filters):
+        logger.addFilter(_TracebackToDebug(error.__name__))

@@ -36,6 +36,7 @@ __all__ = [
     "DEMO_ENV_PREFIX",
     "ENV_FILE",
     "ENV_PREFIX",
+    "Compression",
     "InboundRatePolicy",
     "PubSubSettings",
     "SlowClientPolicy",
@@ -45,6 +46,7 @@ __all__ = [
 SlowClientPolicy = Literal["disconnect", "drop_oldest"]
 InboundRatePolicy = Literal["disconnect", "drop", "throttle"]
 WireFormat = Literal["json", "msgpack"]
+Compression = Literal["shared", "per-socket", "off"]
 
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s?#]+")
@@ -65,75 +67,92 @@ class PubSubSettings(BaseSettings):
         env_file=None,
     )
 
-    #: Redis URL (``redis://``, ``rediss://``, ``unix://``); ``None`` selects the in-memory manager.
-    #: Left out of ``repr()``: it may hold a password.
+    #: Redis URL: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://h:26379/service``
+    #: or ``redis+cluster://h:port[,h:port]``; unset or empty: in memory, for one process.
     redis_url: str | None = Field(default=None, repr=False)
-    #: Prefix of every Redis key and pub/sub channel the library uses.
+    #: Prefix of every Redis key and pub/sub channel the library uses. Apps sharing one
+    #: Redis stay apart with different prefixes; a publisher must use the app's.
     key_prefix: str = "pubsub"
-    #: Seconds a worker's heartbeat key lives; a dead worker's presence is reaped within 2x this.
+    #: Seconds a worker's heartbeat key lives. The presence of a worker that died without
+    #: cleaning up is reaped within twice this.
     heartbeat_ttl: float = 6.0
-    #: Largest client frame or published payload accepted, in bytes.
+    #: Largest client frame (else close 1009, cut while read under ``--ws``: never inflated
+    #: past it) or published payload (else ``MessageTooLargeError``), in bytes.
     max_message_bytes: int = 1024 * 1024
-    #: Longest channel id accepted.
+    #: Longest channel id accepted (a longer one closes the socket with 1008); also the
+    #: longest user id a socket may declare (``get_user_id``).
     max_channel_id_length: int = 200
-    #: Characters allowed in a channel id (a full-match regular expression).
+    #: Characters allowed in a channel id (a regular expression that must match the whole id).
     channel_id_pattern: str = r"[A-Za-z0-9_.:@/+=-]+"
-    #: Largest presence metadata a connection may register (its JSON, in bytes).
+    #: Largest ``presence_metadata`` a socket may register (compact JSON, in bytes); more, or
+    #: what every wire format cannot carry, closes the socket with 1008 before it joins.
     max_presence_metadata_bytes: int = 1024
-    #: Channels one socket may be in at once: its own and those it joins at runtime.
+    #: Channels one socket may be in at once: its own and those it joins at runtime
+    #: (``self.join``, or a client's ``{"join": ...}``, which is then refused).
     max_channels_per_socket: int = 32
     #: Tagged sockets' ``presence`` events list the members (with metadata) while a
     #: channel has at most this many; above it they carry the count only (0: never).
     presence_event_max_members: int = 100
     #: Messages that may wait for one client before the slow-client policy applies.
     send_queue_size: int = 512
-    #: ``"disconnect"`` closes a slow client with 1008; ``"drop_oldest"`` drops its oldest message.
+    #: ``disconnect`` closes a client that fell that far behind with 1008; ``drop_oldest``
+    #: drops its oldest pending message instead. Other clients are never held up.
     slow_client_policy: SlowClientPolicy = "disconnect"
-    #: Wire format to browsers unless a socket asks otherwise (``?format=msgpack``).
+    #: Format of messages to clients: ``json`` (text frames) or ``msgpack`` (binary
+    #: frames); a socket may ask for the other with ``?format=msgpack`` or ``?format=json``.
     wire_format: WireFormat = "json"
-    #: Seconds one Redis command may take before it counts as failed.
+    #: Seconds one Redis command may take before it counts as failed (publishing then
+    #: raises ``PublishError`` instead of hanging).
     redis_timeout: float = 2.0
-    #: First and largest delay between attempts to reconnect the subscriber link, in seconds.
+    #: First delay, in seconds, before reconnecting a lost Redis pub/sub link; it doubles on
+    #: each failed attempt.
     reconnect_delay_initial: float = 0.1
+    #: Largest delay between reconnection attempts, in seconds.
     reconnect_delay_max: float = 5.0
-    #: Seconds given to a client to receive its close frame (slow client, shutdown).
+    #: Seconds a client is given to receive its close frame (slow client, shutdown).
     close_timeout: float = 5.0
-    #: Seconds between probes of the pub/sub link (a message to itself); 0 turns probes off.
+    #: Seconds between probes of each pub/sub link (a message to itself; a link whose probe
+    #: does not come back is renewed); 0 turns probes off.
     probe_interval: float = 5.0
-    #: Seconds a probe may take to come back before the link counts as deaf and is renewed.
+    #: Seconds a probe may take to come back before the link counts as deaf.
     probe_timeout: float = 2.0
-    #: Close local clients with 1012 after the Redis link was lost, so that they reconnect
+    #: After a lost Redis link, close the affected clients with 1012 so that they reconnect
     #: and resync, instead of only calling the ``on_reconnect`` hooks.
     close_clients_on_reconnect: bool = False
-    #: Channels that keep history (a full-match regular expression; empty: none). Their
-    #: clients receive ``{"id": ..., "data": ...}`` and may resume with ``?since=<id>``.
+    #: Channels that keep history (a regex matching the whole id; empty: none); their clients
+    #: get ``{"id": ..., "data": ...}`` and resume with ``?since=<id>``. Set it on the
+    #: workers; publishers follow them unless they set it too (Guarantees: history decision).
     history_channels: str = ""
-    #: Messages kept per channel with history (approximately, for Redis streams).
+    #: Messages kept per channel with history (approximately, in a Redis stream).
     history_size: int = 1000
     #: Seconds a channel's history lives after its last message.
     history_ttl: float = 86400.0
-    #: Replicas that must have a history message before its publish is acknowledged
-    #: (Redis ``WAIT``, within half ``redis_timeout``; else ``PublishError``); 0: the primary's
-    #: word is enough. Replication is asynchronous: without it, a failover (a Sentinel
-    #: promoting a replica while the old primary still takes writes) may drop messages
-    #: whose publish succeeded. Not on a Redis Cluster.
+    #: Replicas that must have a history message before its publish succeeds (``WAIT``,
+    #: within half ``redis_timeout``, else ``PublishError``); 0: the primary's word. Without
+    #: it a failover may drop acknowledged history (replication is asynchronous). Not on a
+    #: Redis Cluster.
     history_min_replicas: int = 0
-    #: Origins whose pages may open a websocket besides the app's own: exact
-    #: (``https://app.example.com``), patterns (``https://*.example.com``) or ``*``;
-    #: comma-separated in the environment. Empty: same origin only. Handshakes without an
-    #: Origin header (non-browser clients) are always allowed.
+    #: Origins whose pages may open a websocket besides the app's own (others: HTTP 403):
+    #: exact (``https://app.example.com``), patterns (``https://*.example.com``) or ``*``,
+    #: comma-separated. Handshakes without an Origin header (non-browsers) are always allowed.
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
-    #: Messages per second one client may send (averaged over a short burst); 0: unlimited.
+    #: Messages one client may send per second, in bursts of up to 2 seconds' worth; 0:
+    #: unlimited.
     inbound_messages_per_second: float = 50.0
-    #: Bytes per second one client may send (averaged over a short burst); 0: unlimited.
+    #: Bytes one client may send per second (bursts of 2 seconds' worth, and always one
+    #: message of ``max_message_bytes``); 0: unlimited.
     inbound_bytes_per_second: int = 1024 * 1024
-    #: Over an inbound rate: ``"disconnect"`` closes the client with 1008; ``"throttle"``
-    #: stops reading from it until it is back under the rate (TCP then slows the sender and
-    #: nothing is lost); ``"drop"`` reads and ignores its messages meanwhile (costs the most).
+    #: Over an inbound rate: ``disconnect`` closes the client with 1008; ``throttle`` stops
+    #: reading it until it is under the rate (TCP slows the sender, nothing is lost);
+    #: ``drop`` reads and ignores its messages (costs the most). Kept per client address.
     inbound_rate_policy: InboundRatePolicy = "disconnect"
-    #: Seconds a client address closed for going over an inbound rate is refused (HTTP 429
-    #: before the handshake is accepted); 0: reconnects are not refused.
+    #: Under ``disconnect``: seconds an address closed for going over an inbound rate is
+    #: refused, before it joins, with 1008; 0: reconnects are not refused.
     inbound_cooldown: float = 10.0
+    #: permessage-deflate under the library's protocol (``--ws``, the gunicorn worker):
+    #: ``shared`` compresses a broadcast once per worker for every compressing socket;
+    #: ``per-socket`` keeps a context per socket; ``off`` declines it.
+    compression: Compression = "shared"
     #: Joins a worker lets wait for Redis at once (a storm of reconnects queues here, and
     #: is written in batches); further joins wait for room rather than being refused.
     admission_queue_size: int = 10_000
@@ -165,6 +184,11 @@ class PubSubSettings(BaseSettings):
     @classmethod
     def _empty_url_is_none(cls, value: object) -> object:
         return value or None
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _compression_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("key_prefix")
     @classmethod
@@ -288,8 +312,9 @@ class PubSubSettings(BaseSettings):
         return channel_id
 
     def with_changes(self, **changes: object) -> PubSubSettings:
-        """A copy with some fields replaced (validated like the original)."""
-        return type(self)(**{**self.model_dump(), **changes})
+        """A copy with some fields replaced (validated like the original). Fields set
+        explicitly stay so (``model_fields_set``), the others keep following their default."""
+        return type(self)(**{**self.model_dump(include=self.model_fields_set), **changes})
 
     @classmethod
     def environment_variable(cls, field_name: str) -> str:

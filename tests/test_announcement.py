@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from websockets.asyncio.client import ClientConnection
 
 from fastapi_pubsub_cluster import (
+    ConfigurationError,
     PublishError,
     PubSubHub,
     PubSubSettings,
@@ -99,25 +100,86 @@ async def test_the_workers_announce_their_settings_again_once_redis_lost_them(
         await wait_for_async_condition(restored, settings.heartbeat_ttl)
 
 
-async def test_a_publisher_that_cannot_learn_the_workers_settings_publishes_nothing(
+async def published_anything(admin: aioredis.Redis) -> set[str]:
+    stats = await admin.info("commandstats")
+    return {"cmdstat_publish", "cmdstat_evalsha", "cmdstat_eval", "cmdstat_spublish"} & set(stats)
+
+
+async def test_a_publisher_refuses_when_a_running_worker_never_announces(
     owned_redis: OwnedRedisServer, key_prefix: str, admin: aioredis.Redis
 ) -> None:
-    # Configured as the docs advise, but no worker announced anything (none runs yet).
-    outside = make_settings(key_prefix, owned_redis.url)
-    with pytest.raises(SettingsNotAnnouncedError, match="PUBSUB_HISTORY_CHANNELS"):
+    # A worker that beats but announces nothing (an older version, say): the publisher
+    # waits a heartbeat's TTL for the announcement, then says what to do.
+    keys = RedisKeys(key_prefix)
+    await admin.set(keys.heartbeat("old-worker"), "1", px=60_000)
+    await admin.sadd(keys.workers, "old-worker")
+    outside = make_settings(key_prefix, owned_redis.url.replace("://", "://user:hunter2@"))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(SettingsNotAnnouncedError) as refused:
         async with RedisPublisher(owned_redis.url, settings=outside) as publisher:
             await publisher.publish("news", {"n": 1})
-    with pytest.raises(SettingsNotAnnouncedError, match="Start a worker"):
+    waited = asyncio.get_running_loop().time() - started
+    assert outside.heartbeat_ttl <= waited < outside.heartbeat_ttl + 2
+    message = str(refused.value)
+    assert "PUBSUB_HISTORY_CHANNELS" in message and owned_redis.url.split("//")[1] in message
+    with pytest.raises(SettingsNotAnnouncedError, match="PUBSUB_HISTORY_CHANNELS="):
         await asyncio.to_thread(publish_sync, owned_redis.url, "news", {"n": 2}, settings=outside)
     assert issubclass(SettingsNotAnnouncedError, PublishError)  # caught where Redis down is
-    stats = await admin.info("commandstats")
-    sent = {"cmdstat_publish", "cmdstat_evalsha", "cmdstat_eval", "cmdstat_spublish"} & set(stats)
-    assert not sent, f"published nonetheless: {sent}"
+    assert not await published_anything(admin)
     # A publisher that names the history channels itself needs no announcement.
     own = outside.with_changes(history_channels="news")
     async with RedisPublisher(owned_redis.url, settings=own) as publisher:
         await publisher.publish("news", {"n": 3})
-    assert await admin.xlen(RedisKeys(key_prefix).history("news")) == 1
+    assert await admin.xlen(keys.history("news")) == 1
+
+
+async def test_an_explicitly_empty_history_setting_needs_no_announcement(
+    owned_redis: OwnedRedisServer, key_prefix: str, admin: aioredis.Redis
+) -> None:
+    keys = RedisKeys(key_prefix)
+    await admin.set(keys.heartbeat("old-worker"), "1", px=60_000)  # not announcing
+    await admin.sadd(keys.workers, "old-worker")
+    environ = {"PUBSUB_KEY_PREFIX": key_prefix, "PUBSUB_HISTORY_CHANNELS": ""}
+    outside = PubSubSettings.from_env(environ)
+    async with asyncio.timeout(outside.heartbeat_ttl / 2):  # no waiting for an announcement
+        workers = await asyncio.to_thread(
+            publish_sync, owned_redis.url, "news", {"n": 1}, settings=outside
+        )
+    assert workers == 0
+    assert await admin.exists(keys.history("news")) == 0
+
+
+async def test_a_publisher_where_no_worker_runs_publishes_without_history(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    # The original example before its first client (its hub starts on first use), or a
+    # cluster not deployed yet: nothing announced, no worker alive. Nobody can receive it.
+    outside = make_settings(key_prefix, redis_url)
+    workers = await asyncio.to_thread(publish_sync, redis_url, "news", {"n": 1}, settings=outside)
+    assert workers == 0
+    assert await redis_client.exists(RedisKeys(key_prefix).history("news")) == 0
+
+
+async def test_a_publisher_waits_for_running_workers_to_announce_again(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    settings = make_settings(key_prefix, redis_url, history_channels="news")
+    outside = make_settings(key_prefix, redis_url)
+    async with PubSubHub(settings=settings):
+        await redis_client.delete(RedisKeys(key_prefix).settings)  # a flush, an eviction
+        async with RedisPublisher(redis_url, settings=outside) as publisher:
+            await publisher.publish("news", {"n": 1})
+    assert await redis_client.xlen(RedisKeys(key_prefix).history("news")) == 1
+
+
+async def test_an_explicitly_empty_history_setting_against_workers_with_history_is_an_error(
+    redis_url: str, key_prefix: str, redis_client: aioredis.Redis
+) -> None:
+    settings = make_settings(key_prefix, redis_url, history_channels="news")
+    outside = make_settings(key_prefix, redis_url, history_channels="")
+    async with PubSubHub(settings=settings):
+        with pytest.raises(ConfigurationError, match="PUBSUB_HISTORY_CHANNELS=''"):
+            await asyncio.to_thread(publish_sync, redis_url, "news", {"n": 1}, settings=outside)
 
 
 class NumberedPublishing:

@@ -478,3 +478,20 @@ def test_client_frames_decode_or_raise() -> None:
         decode_client_text("{")
     with pytest.raises(MalformedMessageError):
         decode_client_binary(b"\xc1")
+
+
+def test_compression_is_a_setting_read_and_validated_like_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="fastapi_pubsub_cluster"):
+        assert PubSubSettings.from_env({"PUBSUB_COMPRESSION": "off"}).compression == "off"
+        assert PubSubSettings.from_env({"PUBSUB_COMPRESSION": "Per-Socket"}).compression == (
+            "per-socket"
+        )
+    assert caplog.records == []  # never "ignoring PUBSUB_COMPRESSION"
+    assert PubSubSettings().compression == "shared"
+    with pytest.raises(ConfigurationError) as refused:
+        PubSubSettings.from_env({"PUBSUB_COMPRESSION": "bogus"})
+    assert str(refused.value) == (
+        "PUBSUB_COMPRESSION='bogus' is invalid: allowed values are 'shared', 'per-socket', 'off'"
+    )

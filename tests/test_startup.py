@@ -70,6 +70,7 @@ def test_an_unreachable_redis_stops_an_app_with_a_lifespan_naming_url_and_settin
     assert "PUBSUB_REDIS_URL" in lines[0] and f"127.0.0.1:{url.rsplit(':', 1)[1]}" in lines[0]
     assert "hunter2" not in done.stderr
     assert "Application startup failed" in done.stderr
+    assert "Traceback" not in done.stderr  # one line says it all; the traceback is debug
 
 
 def uvicorn_workers(app: str, workers: int) -> list[str]:
@@ -119,5 +120,26 @@ def test_an_unreachable_redis_stops_a_server_of_two_workers(server: str) -> None
     done = start(app, env, STOPS_WITHIN, *SERVERS[server](app, 2))
     lines = [line for line in done.stderr.splitlines() if "could not start" in line]
     assert 1 <= len(lines) <= 2, done.stderr
+    assert "Traceback" not in done.stderr
     if server.startswith("gunicorn"):
         assert done.returncode != 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", ["gunicorn -w 2", "uvicorn --ws"])
+def test_a_bad_compression_stops_a_seed_style_app_before_it_accepts_a_socket(
+    server: str,
+) -> None:
+    # The seed's example builds no hub at import: the protocol's setting must stop it.
+    app = "examples.connected_clients:app"
+    if server.startswith("gunicorn"):
+        command = gunicorn_workers(app, 2)
+    else:
+        protocol = "fastapi_pubsub_cluster.servers.uvicorn_ws:PubSubWebSocketProtocol"
+        command = [*uvicorn_workers(app, 1)[:-2], "--ws", protocol]
+    done = start(app, {"PUBSUB_COMPRESSION": "bogus"}, STOPS_WITHIN, *command)
+    lines = [line for line in done.stderr.splitlines() if "PUBSUB_COMPRESSION='bogus'" in line]
+    assert 1 <= len(lines) <= 2, done.stderr
+    assert "allowed values are 'shared', 'per-socket', 'off'" in lines[0]
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 3, done.stderr

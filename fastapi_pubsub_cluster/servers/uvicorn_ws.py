@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from typing import Any, ClassVar, Literal, cast, get_args
+from collections.abc import Mapping
+from typing import Any, ClassVar, cast, get_args
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.base import ServerExtensionFactory
@@ -46,6 +46,8 @@ from websockets.protocol import State
 from ..codec import OutgoingFrame
 from ..core.sockets import DIRECT_WRITE_EXTENSION
 from ..errors import ConfigurationError
+from ..hub import settings_from_environment
+from ..settings import Compression, PubSubSettings
 from .coalescing import OrderedTransport, iteration_flush
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -60,7 +62,6 @@ __all__ = [
     "compression_extensions",
 ]
 
-Compression = Literal["shared", "per-socket", "off"]
 #: The environment variable that picks the policy (what a ``compression`` setting reads).
 COMPRESSION_ENV = "PUBSUB_COMPRESSION"
 DEFAULT_COMPRESSION: Compression = "shared"
@@ -82,16 +83,14 @@ PER_SOCKET_DEFLATE = ServerPerMessageDeflateFactory(
 )
 
 
-def compression_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> Compression:
-    """The policy named by ``PUBSUB_COMPRESSION`` (default ``shared``)."""
-    value = environ.get(COMPRESSION_ENV, "").strip().lower() or DEFAULT_COMPRESSION
-    allowed: tuple[Compression, ...] = get_args(Compression)
-    for policy in allowed:
-        if value == policy:
-            return policy
-    raise ConfigurationError(
-        f"{COMPRESSION_ENV}={value!r} is not a compression policy; use one of " + ", ".join(allowed)
-    )
+def compression_from_env(environ: Mapping[str, str] | None = None) -> Compression:
+    """The policy the ``compression`` setting names (``PUBSUB_COMPRESSION``, default
+    ``shared``), read with the other settings from ``environ`` (None: the process
+    environment and ``.env``); while a module is being imported (a server loading this
+    protocol), a bad value stops the process with one line and status 3."""
+    if environ is None:
+        return settings_from_environment().compression
+    return PubSubSettings.from_env(environ).compression
 
 
 def compression_extensions(policy: Compression) -> list[ServerExtensionFactory]:
@@ -293,3 +292,8 @@ class PubSubWebSocketProtocol(WebSocketsSansIOProtocol):
             # The app task was created but has not run yet: it sees the extension.
             writer = DirectWriter(self, self.ordered_transport)
             scope.setdefault("extensions", {})[DIRECT_WRITE_EXTENSION] = writer
+
+
+# A server loading this protocol (``uvicorn --ws``, the gunicorn worker) imports this module
+# before it accepts a socket: a bad PUBSUB_COMPRESSION stops it here, with one line.
+compression_from_env()

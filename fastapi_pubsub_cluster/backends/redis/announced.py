@@ -2,14 +2,16 @@
 
 Whether a channel keeps history decides how a message is published (stored, with an id,
 or not): an outside publisher must decide as the workers do, so it reads what they
-announced rather than trusting its own environment, and refuses to publish when it finds
-nothing to read. A worker announces at startup and, should Redis lose the announcement (a
+announced rather than trusting its own environment, unless it sets ``history_channels``
+itself. A worker announces when it starts and, should Redis lose the announcement (a
 restart without persistence, a flush, an eviction), again at its next heartbeat.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from redis.asyncio.client import Pipeline
@@ -53,42 +55,84 @@ def restore(pipe: Pipeline | ClusterPipeline, keys: RedisKeys, settings: PubSubS
         pipe.hsetnx(keys.settings, name, value)
 
 
-async def follow(
-    client: CommandClient, keys: RedisKeys, settings: PubSubSettings
-) -> PubSubSettings:
-    """``settings`` with the shared fields the workers announced.
+#: How often a publisher waiting for the announcement reads it again, in seconds.
+POLL_INTERVAL = 0.1
 
-    Raises :class:`ConfigurationError` when ``settings`` sets history channels of its own
-    that differ from the cluster's. Without an announcement, ``settings`` is used as is if
-    it names history channels itself; else :class:`SettingsNotAnnouncedError` is raised,
-    as a plain publish might be one that a channel's history should have kept.
+
+async def follow(
+    client: CommandClient, keys: RedisKeys, settings: PubSubSettings, *, where: str
+) -> PubSubSettings:
+    """``settings`` with the shared fields the workers announced (in the Redis at ``where``,
+    a redacted URL for messages).
+
+    A ``history_channels`` that ``settings`` sets itself (even empty: no history) must
+    agree with the announcement, else :class:`ConfigurationError`; without an announcement
+    it is used as is. One left unset follows the workers: when nothing is announced, it
+    waits up to ``heartbeat_ttl`` while a worker may yet announce (one runs, or Redis
+    restarted within that time), and raises :class:`SettingsNotAnnouncedError` if none
+    did; where no worker runs, nobody can receive the message and it is published without
+    history.
     """
-    raw = {text(k): text(v) for k, v in (await client.hgetall(keys.settings)).items()}
-    if not all(name in raw for name in SHARED_FIELDS):
-        if not settings.history_channels:
+    explicit = "history_channels" in settings.model_fields_set
+    raw = await _announced(client, keys)
+    if raw is None and not explicit:
+        deadline = time.monotonic() + settings.heartbeat_ttl
+        while raw is None and time.monotonic() < deadline:
+            if not await _worker_runs(client, keys) and not await _restarted_within(
+                client, settings.heartbeat_ttl
+            ):
+                break
+            await asyncio.sleep(POLL_INTERVAL)
+            raw = await _announced(client, keys)
+        if raw is None and await _worker_runs(client, keys):
             raise SettingsNotAnnouncedError(
-                f"the workers' settings are not announced in Redis ({keys.settings!r}): no "
-                "worker runs with this key prefix, or Redis lost them and no worker has "
-                "announced them again yet (it will within a heartbeat); without them this "
-                "process cannot tell which channels keep history. Start a worker, or set "
-                "PUBSUB_HISTORY_CHANNELS to the workers' value"
+                f"workers run under the key prefix {keys.prefix!r} at {where}, but none "
+                f"announced its settings ({keys.settings!r}) within {settings.heartbeat_ttl}s "
+                "(PUBSUB_HEARTBEAT_TTL), so this process cannot tell which channels keep "
+                "history. Run every worker with this version of fastapi-pubsub-cluster, or "
+                "set PUBSUB_HISTORY_CHANNELS here to the workers' value "
+                "(PUBSUB_HISTORY_CHANNELS= with nothing after it where they keep none)"
             )
-        logger.warning(
-            "no worker announced its settings under %r: publishing with this process's "
-            "own (history_channels=%r)",
-            keys.settings,
-            settings.history_channels,
-        )
+        if raw is None:
+            logger.info(
+                "no worker runs under %r at %s: publishing without history", keys.prefix, where
+            )
+            return settings
+    if raw is None:
         return settings
     cluster_history = raw["history_channels"]
-    if settings.history_channels and settings.history_channels != cluster_history:
+    if explicit and settings.history_channels != cluster_history:
         raise ConfigurationError(
-            f"PUBSUB_HISTORY_CHANNELS={settings.history_channels!r} here, but the workers keep "
-            f"history for {cluster_history!r}: set the same value, or leave it unset to follow "
-            "the workers"
+            f"PUBSUB_HISTORY_CHANNELS={settings.history_channels!r} here, but the workers at "
+            f"{where} keep history for {cluster_history!r}: set the same value, or leave it "
+            "unset to follow the workers"
         )
     return settings.with_changes(
         history_channels=cluster_history,
         history_size=int(raw["history_size"]),
         history_ttl=float(raw["history_ttl"]),
+    )
+
+
+async def _announced(client: CommandClient, keys: RedisKeys) -> dict[str, str] | None:
+    raw = {text(k): text(v) for k, v in (await client.hgetall(keys.settings)).items()}
+    return raw if all(name in raw for name in SHARED_FIELDS) else None
+
+
+async def _worker_runs(client: CommandClient, keys: RedisKeys) -> bool:
+    """True if a worker instance under ``keys`` has a live heartbeat."""
+    for instance in [text(member) for member in await client.smembers(keys.workers)]:
+        if await client.exists(keys.heartbeat(instance)):
+            return True
+    return False
+
+
+async def _restarted_within(client: CommandClient, seconds: float) -> bool:
+    """True if Redis (a node of it) restarted less than ``seconds`` ago: the workers'
+    heartbeats were lost with the announcement and come back at their next beat."""
+    info: dict[str, Any] = await client.info("server")
+    nodes = [info] if "uptime_in_seconds" in info else list(info.values())
+    return any(
+        isinstance(node, dict) and float(node.get("uptime_in_seconds", 0)) < seconds
+        for node in nodes
     )

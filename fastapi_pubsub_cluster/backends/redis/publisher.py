@@ -33,7 +33,8 @@ class RedisPublisher:
     Use the same ``key_prefix`` (settings) as the web app. It publishes exactly as a
     worker does (same encoding, same store script, same time limit), and decides which
     channels keep history as the workers announced it in Redis, read again every
-    ``follow_interval`` seconds.
+    ``follow_interval`` seconds, unless ``settings`` sets ``history_channels`` itself (empty:
+    none). See the one history decision in docs/guarantees.md.
     """
 
     def __init__(
@@ -57,10 +58,13 @@ class RedisPublisher:
     async def _publish_path(self) -> PublishPath:
         if self._path is None or time.monotonic() - self._followed_at > self.follow_interval:
             keys = RedisKeys(self.settings.key_prefix)
+            where = self._endpoint.safe_url
             try:
-                cluster = await announced.follow(self._client, keys, self.settings)
+                cluster = await announced.follow(self._client, keys, self.settings, where=where)
             except REDIS_DOWN as exc:
-                raise PublishError(f"cannot read the cluster's settings: {exc!r}") from exc
+                raise PublishError(
+                    f"cannot read the cluster's settings from Redis at {where}: {exc!r}"
+                ) from exc
             if self._path is None:
                 self._path = PublishPath(self._endpoint, self._client, cluster, origin=_ORIGIN)
             else:
