@@ -24,7 +24,8 @@ from .errors import (
     SettingsNotAnnouncedError,
     SubscriberOverflowError,
 )
-from .hub import PubSubHub, close_implicit_hubs, current_hub
+from .hub import PubSubHub, current_hub
+from .implicit import close_implicit_hubs
 from .metrics import Metrics, PrometheusMetrics
 from .settings import PubSubSettings
 
