@@ -67,17 +67,16 @@ def presence_left(redis_url: str, key_prefix: str) -> list[bytes]:
 
 
 def one_session(app: FastAPI, channel: str) -> None:
-    with TestClient(app) as client:
-        with client.websocket_connect(f"/ws/{channel}") as first:
-            assert first.receive_json() == {"count": 1}
-            with client.websocket_connect(f"/ws/{channel}") as second:
-                assert first.receive_json() == {"count": 2}
-                assert second.receive_json() == {"count": 2}
-                response = client.post(f"/publish/{channel}", json={"n": 1})
-                assert response.json() == {"members": 2}
-                assert first.receive_json() == {"n": 1}
-                assert second.receive_json() == {"n": 1}
-            assert first.receive_json() == {"count": 1}
+    with TestClient(app) as client, client.websocket_connect(f"/ws/{channel}") as first:
+        assert first.receive_json() == {"count": 1}
+        with client.websocket_connect(f"/ws/{channel}") as second:
+            assert first.receive_json() == {"count": 2}
+            assert second.receive_json() == {"count": 2}
+            response = client.post(f"/publish/{channel}", json={"n": 1})
+            assert response.json() == {"members": 2}
+            assert first.receive_json() == {"n": 1}
+            assert second.receive_json() == {"n": 1}
+        assert first.receive_json() == {"count": 1}
 
 
 def test_a_hub_runs_in_one_testclient_session_after_another(restart_settings: Any) -> None:
@@ -90,7 +89,7 @@ def test_a_hub_runs_in_one_testclient_session_after_another(restart_settings: An
 def test_nothing_of_a_session_is_left_in_redis(
     redis_url: str, key_prefix: str, redis_client: aioredis.Redis
 ) -> None:
-    hub, app = build(make_settings(key_prefix, redis_url))
+    _hub, app = build(make_settings(key_prefix, redis_url))
     for _ in range(2):
         one_session(app, "room")
         assert presence_left(redis_url, key_prefix) == []
@@ -134,7 +133,7 @@ def test_a_subscriber_of_one_session_ends_with_it(restart_settings: Any) -> None
 
 
 def test_testclient_without_with_after_a_session(restart_settings: Any) -> None:
-    hub, app = build(restart_settings)
+    _hub, app = build(restart_settings)
     one_session(app, "room")
     client = TestClient(app)  # no lifespan: the hub starts on first use
     for _ in range(2):  # each call runs on an event loop of its own
@@ -144,7 +143,7 @@ def test_testclient_without_with_after_a_session(restart_settings: Any) -> None:
 
 
 def test_testclient_without_with_publishes_to_an_open_socket(restart_settings: Any) -> None:
-    hub, app = build(restart_settings)
+    _hub, app = build(restart_settings)
     client = TestClient(app)
     with client.websocket_connect("/ws/room") as ws:
         assert ws.receive_json() == {"count": 1}
