@@ -304,13 +304,19 @@ def forget_created(hub: PubSubHub) -> None:
 def hub_for(scope: Mapping[str, Any]) -> PubSubHub | None:
     """The hub a socket or request with this ASGI ``scope`` uses when it names none.
 
-    In order: the hub ``hub.lifespan`` stored on ``app.state``; the hub in FastAPI's
-    lifespan state (``yield {"pubsub_hub": hub}``); the only running hub the application
-    created; the only one not started yet. None if it created none. Raises
-    :class:`ConfigurationError` if several qualify and nothing says which one.
+    In order: the hub ``hub.lifespan`` stored on ``app.state``; the hub whose
+    ``lifespan`` the app was given (even where it did not run: TestClient without
+    ``with``); the hub in FastAPI's lifespan state (``yield {"pubsub_hub": hub}``); the
+    only running hub the application created; the only one not started yet. None if it
+    created none. Raises :class:`ConfigurationError` if several qualify and nothing says
+    which one.
     """
-    state = getattr(scope.get("app"), "state", None)
-    hub = getattr(state, APP_STATE_ATTRIBUTE, None)
+    app = scope.get("app")
+    hub = getattr(getattr(app, "state", None), APP_STATE_ATTRIBUTE, None)
+    if isinstance(hub, PubSubHub):
+        return hub
+    lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
+    hub = getattr(lifespan, "__self__", None)
     if isinstance(hub, PubSubHub):
         return hub
     hub = (scope.get("state") or {}).get(APP_STATE_ATTRIBUTE)

@@ -165,3 +165,19 @@ def test_a_hub_started_on_first_use_stops_with_its_event_loop(
         assert not hub.started
         assert presence_left(redis_url, key_prefix) == []
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+def test_without_with_a_socket_finds_the_hub_whose_lifespan_the_app_has(
+    restart_settings: Any,
+) -> None:
+    # Other tests' hubs are alive too: the app's lifespan says which one is its own.
+    hub = PubSubHub(settings=restart_settings)
+    app = FastAPI(lifespan=hub.lifespan)
+
+    @app.websocket("/ws/{channel}")
+    async def endpoint(websocket: WebSocket, channel: str) -> None:
+        await Counter(websocket, channel).run()
+
+    with TestClient(app).websocket_connect("/ws/room") as ws:
+        assert ws.receive_json() == {"count": 1}
+        assert hub.started
