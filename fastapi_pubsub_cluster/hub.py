@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from types import FrameType, TracebackType
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 from starlette.requests import HTTPConnection
 
 from .backends.memory import MemoryBackend
 from .backends.redis import RedisBackend, RedisCredentialsLike, redis_url_from
-from .config_errors import exit_on_configuration_error
 from .core.backend import Backend
 from .core.fanout import FanOut
 from .core.subscription import SubscriberPolicy, Subscription
@@ -23,12 +21,13 @@ from .edge.limits import InboundAllowances
 from .errors import ConfigurationError, HubClosedError, PubSubError
 from .logs import traceback_at_debug
 from .metrics import Metrics
-from .redaction import redact_url
 from .settings import PubSubSettings
+from .startup_settings import settings_from_environment
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
 APP_STATE_ATTRIBUTE = "pubsub_hub"
+T = TypeVar("T")
 
 
 class PubSubHub:
@@ -61,15 +60,30 @@ class PubSubHub:
         if redis_url is not None:
             settings = settings.with_changes(redis_url=redis_url_from(redis_url))
         self.settings = settings
+        self._given_backend = backend
+        self._metrics = metrics
+        self._reconnect_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._stopped_in: asyncio.AbstractEventLoop | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._warned = False
+        self._renew()
+        _created_hubs.add(self)
+
+    def _renew(self) -> None:
+        # A run: a core and a backend (a new worker id), its lock and its event loop.
+        # Everything bound to an event loop is made anew, since a hub may run again in
+        # another (TestClient runs each session on an event loop of its own).
+        settings = self.settings
+        backend = self._given_backend
         if backend is None:
             backend = (
-                RedisBackend(settings, metrics=metrics)
+                RedisBackend(settings, metrics=self._metrics)
                 if settings.redis_url
                 else MemoryBackend(settings)
             )
-        #: The fan-out core: local sockets, the membership mirror, delivery.
-        self.fanout = FanOut(backend, settings, metrics)
-        _created_hubs.add(self)
+        self._fanout = FanOut(backend, settings, self._metrics)
+        for hook in self._reconnect_hooks:
+            self._fanout.add_reconnect_hook(hook)
         #: What each client address may still send, and the addresses cooling down.
         self.inbound = InboundAllowances(
             settings.inbound_messages_per_second,
@@ -78,7 +92,20 @@ class PubSubHub:
             settings.inbound_cooldown if settings.inbound_rate_policy == "disconnect" else 0.0,
         )
         self._state = "new"
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._start_lock = asyncio.Lock()
+
+    @property
+    def fanout(self) -> FanOut:
+        """The fan-out core of the current run: local sockets, the membership mirror,
+        delivery."""
+        loop = self._loop
+        if loop is not None and loop.is_closed():
+            # The run's event loop is gone (TestClient without ``with`` runs each call on
+            # a loop of its own), and its tasks ended with it: run anew in this one.
+            logger.debug("the hub's event loop closed; it starts again on first use")
+            self._renew()
+        return self._fanout
 
     @property
     def backend(self) -> Backend:
@@ -88,25 +115,37 @@ class PubSubHub:
     @property
     def started(self) -> bool:
         """True between a successful :meth:`start` and :meth:`stop`."""
-        return self._state == "started"
+        return self.fanout is not None and self._state == "started"  # (fanout: renewed)
 
     async def start(self) -> None:
-        """Connect and start background work; does nothing if already started."""
+        """Connect and start background work; does nothing if already started. A stopped
+        hub starts again, with nothing of its previous run (sockets, presence, worker id)."""
+        fanout = self.fanout
         async with self._start_lock:
             if self._state == "started":
                 return
-            if self._state == "stopped":
-                raise HubClosedError("this hub was stopped; create a new one")
-            await self.fanout.start()
+            await fanout.start()
             self._state = "started"
+            self._loop = asyncio.get_running_loop()
+            self._stopped_in = None
 
     async def stop(self) -> None:
-        """Close sockets with 1001, remove presence, cancel and await tasks; idempotent."""
+        """Close sockets with 1001, remove presence, cancel and await tasks; idempotent.
+        The hub may be started again afterwards (a new run)."""
+        fanout = self.fanout
         async with self._start_lock:
-            if self._state == "stopped":
+            if self._state != "started":
                 return
-            self._state = "stopped"
-            await self.fanout.stop()
+            self._state = "stopping"
+            watch, self._watch = self._watch, None
+            if watch is not None and watch is not asyncio.current_task():
+                watch.cancel()
+            try:
+                await fanout.stop()
+            finally:
+                self._renew()
+                # Sockets that arrive as a server shuts down must not start it again.
+                self._stopped_in = asyncio.get_running_loop()
 
     async def __aenter__(self) -> PubSubHub:
         await self.start()
@@ -142,37 +181,49 @@ class PubSubHub:
             await self.stop()
 
     async def start_on_first_use(self) -> None:
-        """Start now if nothing started the hub yet, with a warning: without a lifespan
-        nothing stops it cleanly (its presence then lingers until peers reap it)."""
-        if self._state == "new":
+        """Start now if nothing started the hub yet, with a warning (give it a lifespan).
+        It then stops as its event loop ends (``asyncio.run``, a server, each call of a
+        TestClient used without ``with``), as the loop cancels what still runs."""
+        if self.started:
+            return
+        if self._stopped_in is asyncio.get_running_loop():
+            raise HubClosedError("the hub was stopped (the server shuts down)")
+        if not self._warned:
+            self._warned = True
             logger.warning(
                 "PubSubHub started on first use; give it the app's lifespan "
                 "(FastAPI(lifespan=hub.lifespan), or `async with hub:` in yours) so that it "
                 "stops cleanly"
             )
         await self.start()
+        if self._state == "started" and self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(
+                self._stop_with_loop(self._fanout), name="pubsub-hub-loop-end"
+            )
+
+    async def _stop_with_loop(self, fanout: FanOut) -> None:
+        # Cancelled as the loop ends (asyncio.Runner cancels every task), or by stop().
+        try:
+            await asyncio.Future()
+        finally:
+            if self._fanout is fanout and self.started:
+                await self.stop()
 
     async def publish(self, channel: str, payload: Any, *, exclude: str | None = None) -> None:
         """Send ``payload`` to every client of ``channel`` on every worker, except the
         connection whose id is ``exclude`` (e.g. the sender's ``connection_id``)."""
-        if self._state != "started":
-            await self.start_on_first_use()
-        await self.fanout.publish(channel, payload, exclude=exclude)
+        await self._in_its_loop(lambda fanout: fanout.publish(channel, payload, exclude=exclude))
 
     async def send_to(self, connection_id: str, payload: Any) -> int:
         """Send ``payload`` to one connection (a socket's ``connection_id``) on whatever
         worker holds it. Returns how many sockets took it: 1, or 0 for a connection that is
         unknown or gone (no error)."""
-        if self._state != "started":
-            await self.start_on_first_use()
-        return await self.fanout.send_to(connection_id, payload)
+        return await self._in_its_loop(lambda fanout: fanout.send_to(connection_id, payload))
 
     async def send_to_user(self, user_id: str, payload: Any) -> int:
         """Send ``payload`` to every connection of ``user_id`` (see
         ``BasePubSubWebSocket.get_user_id``) on every worker; how many sockets took it."""
-        if self._state != "started":
-            await self.start_on_first_use()
-        return await self.fanout.send_to_user(user_id, payload)
+        return await self._in_its_loop(lambda fanout: fanout.send_to_user(user_id, payload))
 
     @asynccontextmanager
     async def subscribe(
@@ -197,8 +248,7 @@ class PubSubHub:
         Fan-out never waits for a subscriber. The iteration ends when the block is left
         or the hub stops.
         """
-        if self._state != "started":
-            await self.start_on_first_use()
+        await self.start_on_first_use()
         async with self.fanout.subscribe(channel, max_queue=max_queue, policy=policy) as messages:
             yield messages
 
@@ -214,59 +264,61 @@ class PubSubHub:
     async def presence(self, channel: str) -> dict[str, Any]:
         """Cluster-wide connection id -> presence metadata (None without) of ``channel``,
         read from the source of truth."""
-        return await self.fanout.view.presence(channel)
+        return await self._in_its_loop(lambda fanout: fanout.view.presence(channel))
 
     async def members(self, channel: str) -> frozenset[str]:
         """Cluster-wide connection ids of ``channel`` read from the source of truth."""
-        return await self.fanout.view.members(channel)
+        return await self._in_its_loop(lambda fanout: fanout.view.members(channel))
 
     async def count(self, channel: str) -> int:
         """Cluster-wide number of connections in ``channel`` read from the source of truth."""
-        return await self.fanout.view.count(channel)
+        return await self._in_its_loop(lambda fanout: fanout.view.count(channel))
 
     def add_reconnect_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Call ``hook`` after the Redis link comes back (messages in the gap were lost)."""
+        self._reconnect_hooks.append(hook)  # kept for the runs to come
         self.fanout.add_reconnect_hook(hook)
+
+    async def _in_its_loop(self, call: Callable[[FanOut], Coroutine[Any, Any, T]]) -> T:
+        """``call(fanout)`` on the started core, awaited in the event loop the core runs
+        in. TestClient without ``with`` runs each request on a loop of its own while an
+        open socket's loop runs on: a publish there is handed to the socket's loop."""
+        await self.start_on_first_use()
+        loop = self._loop
+        if loop is None or loop is asyncio.get_running_loop() or not loop.is_running():
+            return await call(self._fanout)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(self._fanout), loop))
 
 
 class HubStartError(PubSubError):
     """The hub could not start in the app's lifespan (its backend is unreachable)."""
 
 
-def settings_from_environment() -> PubSubSettings:
-    """``PubSubSettings.from_env()``; while an app module is being imported (startup), a
-    configuration error stops the process with one line naming the variable and the allowed
-    values, instead of a traceback through the server's import machinery."""
-    if not _importing():
-        return PubSubSettings.from_env()
-    with exit_on_configuration_error():
-        return PubSubSettings.from_env()
-
-
-def _importing() -> bool:
-    """True when called, at any depth, from a module's top level during its import."""
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            return True
-        frame = frame.f_back
-    return False
-
-
 # Hubs the application created (implicit ones are not), while they are alive.
 _created_hubs: weakref.WeakSet[PubSubHub] = weakref.WeakSet()
+
+
+def forget_created(hub: PubSubHub) -> None:
+    """``hub`` is the library's own (see ``implicit.py``): no socket finds it as the app's."""
+    _created_hubs.discard(hub)
 
 
 def hub_for(scope: Mapping[str, Any]) -> PubSubHub | None:
     """The hub a socket or request with this ASGI ``scope`` uses when it names none.
 
-    In order: the hub ``hub.lifespan`` stored on ``app.state``; the hub in FastAPI's
-    lifespan state (``yield {"pubsub_hub": hub}``); the only running hub the application
-    created; the only one not started yet. None if it created none. Raises
-    :class:`ConfigurationError` if several qualify and nothing says which one.
+    In order: the hub ``hub.lifespan`` stored on ``app.state``; the hub whose
+    ``lifespan`` the app was given (even where it did not run: TestClient without
+    ``with``); the hub in FastAPI's lifespan state (``yield {"pubsub_hub": hub}``); the
+    only running hub the application created; the only one not started yet. None if it
+    created none. Raises :class:`ConfigurationError` if several qualify and nothing says
+    which one.
     """
-    state = getattr(scope.get("app"), "state", None)
-    hub = getattr(state, APP_STATE_ATTRIBUTE, None)
+    app = scope.get("app")
+    hub = getattr(getattr(app, "state", None), APP_STATE_ATTRIBUTE, None)
+    if isinstance(hub, PubSubHub):
+        return hub
+    lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
+    hub = getattr(lifespan, "__self__", None)
     if isinstance(hub, PubSubHub):
         return hub
     hub = (scope.get("state") or {}).get(APP_STATE_ATTRIBUTE)
@@ -274,7 +326,7 @@ def hub_for(scope: Mapping[str, Any]) -> PubSubHub | None:
         return hub
     # Running hubs first: a hub entered in the app's own lifespan runs before any socket.
     for state in ("started", "new"):
-        hubs = [h for h in _created_hubs if h._state == state]
+        hubs = [h for h in _created_hubs if h.started == (state == "started")]
         if len(hubs) > 1:
             raise ConfigurationError(
                 f"{len(hubs)} PubSubHub objects exist and this socket names none: pass "
@@ -291,51 +343,3 @@ def current_hub(connection: HTTPConnection) -> PubSubHub:
     if hub is None:
         raise ConfigurationError("no PubSubHub: create one and give it the app's lifespan")
     return hub
-
-
-def hub_for_socket(
-    scope: Mapping[str, Any], redis_credentials: RedisCredentialsLike | None
-) -> PubSubHub:
-    """The hub of a socket that names none: :func:`hub_for`, or the seed's way (a hub per
-    Redis URL in ``redis_credentials``, made on first use; in memory without them)."""
-    app_hub = hub_for(scope)
-    if redis_credentials is None:
-        return app_hub if app_hub is not None else implicit_hub(None)
-    url = redis_url_from(redis_credentials)
-    if app_hub is None:
-        return implicit_hub(url)  # the seed's way: a hub per Redis, made on first use
-    if app_hub.settings.redis_url != url:
-        # Publishing through the app's hub would never reach these sockets.
-        raise ConfigurationError(
-            f"this socket's redis_credentials ({redact_url(url)}) name another Redis than the "
-            f"app's PubSubHub ({redact_url(app_hub.settings.redis_url or 'in memory')}): "
-            "pass hub=... or drop redis_credentials"
-        )
-    return app_hub
-
-
-# Hubs made implicitly for sockets built the seed's way (no hub passed, no lifespan),
-# one per event loop and Redis URL.
-_implicit_hubs: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[str | None, PubSubHub]
-] = weakref.WeakKeyDictionary()
-
-
-def implicit_hub(redis_url: str | None) -> PubSubHub:
-    """The shared hub for ``redis_url`` (None: in memory) in the running event loop."""
-    loop = asyncio.get_running_loop()
-    hubs = _implicit_hubs.setdefault(loop, {})
-    hub = hubs.get(redis_url)
-    if hub is None or hub._state == "stopped":
-        hub = PubSubHub(redis_url)
-        _created_hubs.discard(hub)  # the library's, not the application's
-        hubs[redis_url] = hub
-    return hub
-
-
-async def close_implicit_hubs() -> None:
-    """Stop the hubs made for sockets built without a hub (call it on shutdown)."""
-    loop = asyncio.get_running_loop()
-    hubs = _implicit_hubs.pop(loop, {})
-    for hub in hubs.values():
-        await hub.stop()

@@ -192,3 +192,22 @@ async def test_a_subscriber_on_one_uvicorn_worker_hears_another(
     assert reply["message"] == {"via": "b"}
     assert reply["pid"] == subscribed_on["subscribed"] != published["pid"]
     await watcher.close()
+
+
+async def test_readers_of_a_message_share_one_frame_encoded_once(hub: PubSubHub) -> None:
+    # What server-sent event streams rely on: every stream on this worker writes the same
+    # frame's cached JSON, whatever the number of streams or channels per stream.
+    async with (
+        hub.fanout.subscribe(["news", "sport"]) as first,
+        hub.fanout.subscribe(["news"]) as second,
+    ):
+        await hub.publish("news", {"n": 1})
+        (channel_a, frame_a), (channel_b, frame_b) = await asyncio.wait_for(
+            asyncio.gather(first.next_frame(), second.next_frame()), 5
+        )
+        assert channel_a == channel_b == "news"
+        assert frame_a is frame_b
+        assert frame_a.tagged("news").text is frame_b.tagged("news").text
+        await hub.publish("sport", {"n": 2})
+        channel, frame = await asyncio.wait_for(first.next_frame(), 5)
+        assert (channel, frame.payload) == ("sport", {"n": 2})

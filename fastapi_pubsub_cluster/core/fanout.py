@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -277,18 +278,21 @@ class FanOut:
 
     def subscribe(
         self,
-        channel: str,
+        channel: str | Sequence[str],
         *,
         max_queue: int | None = None,
         policy: SubscriberPolicy = "drop_oldest",
     ) -> AbstractAsyncContextManager[Subscription]:
         """Read ``channel``'s published messages from Python, on every worker's behalf:
-        ``async with fanout.subscribe(channel) as messages: async for m in messages``.
+        ``async with fanout.subscribe(channel) as messages: async for m in messages``
+        (several channels: one subscription whose :meth:`~Subscription.next_frame` says
+        each frame's channel).
 
         At most ``max_queue`` (default ``send_queue_size``) wait unread; beyond that
         ``policy`` applies (see :class:`Subscription`).
         """
-        self.settings.validate_channel_id(channel)
+        for one in (channel,) if isinstance(channel, str) else channel:
+            self.settings.validate_channel_id(one)
         size = max_queue if max_queue is not None else self.settings.send_queue_size
         return self._subscribers.subscribe(channel, size, policy)
 

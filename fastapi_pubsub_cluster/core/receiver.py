@@ -90,8 +90,9 @@ class Receiver:
         if kind is EventKind.MESSAGE:
             if self._seen.add(event.ref):  # a retried publish arrives twice
                 channel = event.channel
-                self._deliver(channel, OutgoingFrame(event.payload), event.sent_at, event.exclude)
-                self._subscribers.feed(channel, event.payload)
+                frame = OutgoingFrame(event.payload)  # encoded once for sockets and streams
+                self._deliver(channel, frame, event.sent_at, event.exclude)
+                self._subscribers.feed(channel, frame)
         elif kind is EventKind.STORED:
             self._stored.deliver(
                 event.channel, event.ref, event.payload, event.sent_at, event.exclude

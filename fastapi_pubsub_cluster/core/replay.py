@@ -36,7 +36,7 @@ class StoredDelivery:
         history: HistoryStore | None,
         settings: PubSubSettings,
         deliver: Callable[[str, OutgoingFrame, float, str | None], int],
-        feed: Callable[[str, Any], None],
+        feed: Callable[[str, OutgoingFrame], None],
     ) -> None:
         self._history = history
         self._settings = settings
@@ -78,7 +78,7 @@ class StoredDelivery:
         self._last[channel] = stream_id
         frame = stored_message_frame(stream_id, payload)
         self._deliver(channel, frame, sent_at, exclude)
-        self._feed(channel, frame.payload)
+        self._feed(channel, frame)
 
     def hold(self, channels: Sequence[str]) -> None:
         """A lost link is back: hold live stored messages of ``channels`` until

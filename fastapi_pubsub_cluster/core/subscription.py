@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
+from ..codec import OutgoingFrame
 from ..errors import SubscriberOverflowError
 from ..tasks import TaskSupervisor
 
@@ -27,6 +28,9 @@ class Subscription:
     wait here, and beyond that the policy applies to this subscriber alone. On channels with
     history, each message is ``{"id": ..., "data": ...}``, as clients receive it. The
     iteration ends when the ``async with`` block is left or the hub stops.
+
+    A subscription may cover several channels (the server-sent event streams'): then
+    :meth:`next_frame` says which channel each frame came from.
     """
 
     __slots__ = (
@@ -35,18 +39,23 @@ class Subscription:
         "_queue",
         "_wakeup",
         "channel",
+        "channels",
         "dropped",
         "max_queue",
         "policy",
     )
 
-    def __init__(self, channel: str, max_queue: int, policy: SubscriberPolicy) -> None:
-        self.channel = channel
+    def __init__(
+        self, channels: str | Sequence[str], max_queue: int, policy: SubscriberPolicy
+    ) -> None:
+        self.channels = (channels,) if isinstance(channels, str) else tuple(channels)
+        self.channel = self.channels[0]
         self.max_queue = max_queue
         self.policy: SubscriberPolicy = policy
         #: Messages dropped because the subscriber did not keep up (``drop_oldest``).
         self.dropped = 0
-        self._queue: deque[Any] = deque()
+        # Frames as fan-out shares them: each encoded once for every reader.
+        self._queue: deque[tuple[str, OutgoingFrame]] = deque()
         self._wakeup = asyncio.Event()
         self._closed = False
         self._overflowed = False
@@ -56,8 +65,9 @@ class Subscription:
         """Messages waiting to be read."""
         return len(self._queue)
 
-    def offer(self, payload: Any) -> None:
-        """Queue ``payload`` without waiting; the policy applies if the queue is full."""
+    def offer(self, channel: str, frame: OutgoingFrame) -> None:
+        """Queue ``frame`` of ``channel`` without waiting; the policy applies if the queue
+        is full."""
         if self._closed or self._overflowed:
             return
         queue = self._queue
@@ -69,7 +79,7 @@ class Subscription:
                 return
             queue.popleft()
             self.dropped += 1
-        queue.append(payload)
+        queue.append((channel, frame))
         self._wakeup.set()
 
     def close(self) -> None:
@@ -81,6 +91,11 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Any:
+        return (await self.next_frame())[1].payload
+
+    async def next_frame(self) -> tuple[str, OutgoingFrame]:
+        """The next message's channel and frame (shared with every other reader: read
+        its encodings, never change it); raises StopAsyncIteration when it ends."""
         while not self._queue:
             if self._overflowed:
                 raise SubscriberOverflowError(
@@ -116,39 +131,47 @@ class Subscribers:
         """True while ``channel`` has a subscriber here."""
         return channel in self._channels
 
-    def feed(self, channel: str, payload: Any) -> None:
-        """Offer ``payload`` to ``channel``'s subscribers (never waits)."""
+    def feed(self, channel: str, frame: OutgoingFrame) -> None:
+        """Offer ``frame`` to ``channel``'s subscribers (never waits)."""
         subscribers = self._channels.get(channel)
         if subscribers:
             for subscription in list(subscribers):
-                subscription.offer(payload)
+                subscription.offer(channel, frame)
 
     def close_all(self) -> None:
         """End every subscriber's iteration (the hub stops)."""
         for subscribers in self._channels.values():
             for subscription in subscribers:
-                subscription.close()
+                subscription.close()  # (several times, for several channels: harmless)
         self._channels.clear()
 
     @asynccontextmanager
     async def subscribe(
-        self, channel: str, max_queue: int, policy: SubscriberPolicy
+        self, channels: str | Sequence[str], max_queue: int, policy: SubscriberPolicy
     ) -> AsyncIterator[Subscription]:
-        """A :class:`Subscription` of ``channel`` while the block runs."""
-        subscription = Subscription(channel, max_queue, policy)
-        # Registered before any await, so that the decision to hear the channel sees it.
-        self._channels.setdefault(channel, set()).add(subscription)
+        """A :class:`Subscription` of ``channels`` while the block runs."""
+        subscription = Subscription(channels, max_queue, policy)
+        # Registered before any await, so that the decision to hear a channel sees it.
+        for channel in subscription.channels:
+            self._channels.setdefault(channel, set()).add(subscription)
         try:
-            await self._hear(channel)
+            for channel in subscription.channels:
+                await self._hear(channel)
             yield subscription
         finally:
             subscription.close()
-            subscribers = self._channels.get(channel)
-            if subscribers is not None:
-                subscribers.discard(subscription)
-                if not subscribers:
-                    del self._channels[channel]
-            # A task of the core's: it completes even when the caller is cancelled.
+            for channel in subscription.channels:
+                subscribers = self._channels.get(channel)
+                if subscribers is not None:
+                    subscribers.discard(subscription)
+                    if not subscribers:
+                        del self._channels[channel]
+            # Tasks of the core's: they complete even when the caller is cancelled.
             await asyncio.shield(
-                self._tasks.spawn(self._let_go(channel), name=f"pubsub-unfollow-{channel}")
+                asyncio.gather(
+                    *(
+                        self._tasks.spawn(self._let_go(c), name=f"pubsub-unfollow-{c}")
+                        for c in subscription.channels
+                    )
+                )
             )

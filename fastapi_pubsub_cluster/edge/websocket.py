@@ -14,8 +14,10 @@ from ..core.client import ClientConnection, ConnectionState
 from ..core.sends import send_unless_closed
 from ..core.view import ChannelView
 from ..errors import CloseCode, NotJoinedError, PubSubError
-from ..hub import PubSubHub, hub_for_socket, settings_from_environment
+from ..hub import PubSubHub
+from ..implicit import hub_for_socket
 from ..settings import WireFormat
+from ..startup_settings import settings_from_environment
 from .admission import admit
 from .channel_requests import answer_channel_request, is_channel_request
 from .reading import close_reason, read_until_disconnect
@@ -231,6 +233,14 @@ class BasePubSubWebSocket:
         admission = await admit(self)  # every check made before the handshake is accepted
         if admission is None:
             return
+        # Started first: a hub that runs again does so with a new core.
+        try:
+            await self.hub.start_on_first_use()
+        except PubSubError as exc:
+            logger.warning("socket for %r could not join: %s", self.channel_id, exc)
+            await self.websocket.accept()
+            await self.close(CloseCode.TRY_AGAIN_LATER, "pub/sub backend unavailable")
+            return
         fanout = self.hub.fanout
         # Joined before the handshake completes, with messages held until then: a client
         # that sees itself accepted misses nothing published afterwards.
@@ -249,7 +259,6 @@ class BasePubSubWebSocket:
         close_code: int = CloseCode.NORMAL
         try:
             try:
-                await self.hub.start_on_first_use()
                 await fanout.connect(connection, notify=True)
             except PubSubError as exc:
                 logger.warning("socket for %r could not join: %s", self.channel_id, exc)
