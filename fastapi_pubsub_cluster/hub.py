@@ -66,6 +66,7 @@ class PubSubHub:
         self._stopped_in: asyncio.AbstractEventLoop | None = None
         self._watch: asyncio.Task[None] | None = None
         self._warned = False
+        self._ran = False  # started at least once
         self._renew()
         _created_hubs.add(self)
 
@@ -126,6 +127,7 @@ class PubSubHub:
                 return
             await fanout.start()
             self._state = "started"
+            self._ran = True
             self._loop = asyncio.get_running_loop()
             self._stopped_in = None
 
@@ -309,7 +311,7 @@ def hub_for(scope: Mapping[str, Any]) -> PubSubHub | None:
     In order: the hub ``hub.lifespan`` stored on ``app.state``; the hub whose
     ``lifespan`` the app was given (even where it did not run: TestClient without
     ``with``); the hub in FastAPI's lifespan state (``yield {"pubsub_hub": hub}``); the
-    only running hub the application created; the only one not started yet. None if it
+    only running hub the application created; the only one that never ran. None if it
     created none. Raises :class:`ConfigurationError` if several qualify and nothing says
     which one.
     """
@@ -325,8 +327,9 @@ def hub_for(scope: Mapping[str, Any]) -> PubSubHub | None:
     if isinstance(hub, PubSubHub):
         return hub
     # Running hubs first: a hub entered in the app's own lifespan runs before any socket.
-    for state in ("started", "new"):
-        hubs = [h for h in _created_hubs if h.started == (state == "started")]
+    # Then those that never ran; one that ran and stopped belonged to an app of its own.
+    for running in (True, False):
+        hubs = [h for h in _created_hubs if (h.started if running else not h._ran)]
         if len(hubs) > 1:
             raise ConfigurationError(
                 f"{len(hubs)} PubSubHub objects exist and this socket names none: pass "

@@ -46,8 +46,8 @@ from websockets.protocol import State
 from ..codec import OutgoingFrame
 from ..core.sockets import DIRECT_WRITE_EXTENSION
 from ..errors import ConfigurationError
-from ..hub import settings_from_environment
 from ..settings import Compression, PubSubSettings
+from ..startup_settings import settings_from_environment
 from .coalescing import OrderedTransport, iteration_flush
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
