@@ -11,6 +11,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from ..errors import CloseCode, ConfigurationError
+from ..gc_policy import make_full_collections_rarer
 from ..metrics import Metrics
 from ..settings import PubSubSettings, WireFormat
 from ..tasks import TaskSupervisor
@@ -115,6 +116,8 @@ class FanOut:
 
     async def start(self) -> None:
         """Start the backend; raises if it cannot be reached."""
+        if self.settings.gc_tuning:
+            make_full_collections_rarer()
         await self.transport.start(self.receiver)
 
     async def stop(self) -> None:
