@@ -179,3 +179,14 @@ def test_the_exit_on_error_example_exits_3_on_a_bad_setting(
     with pytest.raises(SystemExit) as exit_:
         execute(snippet("docs/deployment.md", "exit_on_configuration_error"), clean_environment)
     assert exit_.value.code == 3
+
+
+def test_the_testing_page_tests_pass(clean_environment: str) -> None:
+    namespace = execute(snippet("docs/testing.md", "test_counts_follow_joins"), clean_environment)
+    namespace["test_counts_follow_joins_and_leaves"]()
+    namespace["test_a_second_session_starts_afresh"]()
+
+
+async def test_the_testing_page_live_server_test_passes(clean_environment: str) -> None:
+    namespace = execute(snippet("docs/testing.md", "PubSubClient"), clean_environment)
+    await namespace["test_a_publish_reaches_a_client_of_the_live_server"]()
