@@ -268,3 +268,25 @@ async def test_closing_ends_iteration_and_fails_what_waits(
     with pytest.raises(ClientClosedError):
         await client.send({"late": True})
     await client.close()  # idempotent
+
+
+async def test_an_address_cooling_down_after_flooding_is_retried_after_the_wait(
+    settings: PubSubSettings,
+) -> None:
+    # Over its inbound rate the client is closed; reconnecting at once, it is refused with
+    # "try again in 1 s" before its welcome: not for good, it comes back after the wait.
+    strict = settings.with_changes(inbound_messages_per_second=1.0, inbound_cooldown=1.0)
+    async with (
+        PubSubHub(settings=strict) as hub,
+        serve(build_app(hub)) as url,
+        PubSubClient(f"{url}/ws/flood", min_delay=0.01, max_delay=0.05) as client,
+    ):
+        for n in range(5):
+            await client.send({"n": n})
+        closed = await next_of(client, Closed)
+        assert closed.code == 1008
+        refused = await next_of(client, Closed)
+        assert "try again in" in refused.reason and refused.reconnect_in is not None
+        assert refused.reconnect_in >= 1.0
+        reopened = await next_of(client, Opened, timeout=10)
+        assert reopened.resumed

@@ -254,7 +254,7 @@ class PubSubClient:
                 self._finish(ConnectionRefusedByServerError(f"refused: {code} {reason}"))
                 return
             self._state = ClientState.RECONNECTING
-            delay = full_jitter(attempt, self.min_delay, self.max_delay)
+            delay = self._session.retry_after + full_jitter(attempt, self.min_delay, self.max_delay)
             attempt = min(attempt + 1, 30)
             logger.info("connection closed (%s %s); again in %.2f s", code, reason, delay)
             await self._deliver(Closed(code, reason, delay))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -37,6 +38,8 @@ POLICY_VIOLATION = 1008
 ABNORMAL_CLOSURE = 1006
 #: The code reported for a connection that was not welcomed in time.
 CONNECT_TIMEOUT_CODE = 4000
+#: A refusal that asks to come back later (an address cooling down after flooding).
+_TRY_AGAIN_IN = re.compile(r"try again in (\d+(?:\.\d+)?) s")
 
 
 def full_jitter(attempt: int, first: float, cap: float) -> float:
@@ -101,6 +104,8 @@ class Session:
         self.connection_id: str | None = None
         self.welcomed = False
         self.opened_before = False
+        #: Seconds the server asked to wait before connecting again (0: none).
+        self.retry_after = 0.0
         self._asked_since: str | None = None
 
     @property
@@ -164,10 +169,13 @@ class Session:
         return [ServerEvent(str(event), frame)]
 
     def closed(self, code: int, reason: str) -> tuple[list[Event], bool]:
-        """A connection ended: what that means, and whether it was refused for good."""
+        """A connection ended: what that means, and whether it was refused for good.
+        (:attr:`retry_after`: seconds the server asked to wait before the next attempt.)"""
         was_welcomed, self.welcomed = self.welcomed, False
         self.connection_id = None
-        if code != POLICY_VIOLATION or was_welcomed:
+        cooling = _TRY_AGAIN_IN.search(reason)
+        self.retry_after = float(cooling.group(1)) if cooling is not None else 0.0
+        if code != POLICY_VIOLATION or was_welcomed or cooling is not None:
             return [], False
         since = self._asked_since
         if since is None:
