@@ -13,7 +13,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -246,11 +246,16 @@ def rpc_ack(request: str) -> str:
 
 def client_main(pipe: Connection, protocol: str) -> None:
     """Entry point of a client process."""
+    run_client_process(ClientProcess(pipe, Protocol(protocol)).run())
+
+
+def run_client_process(main: Coroutine[Any, Any, None]) -> None:
+    """Run a client process's ``main`` with as many open files as the system allows, on
+    uvloop where it is installed."""
     raise_open_files_limit()
-    client = ClientProcess(pipe, Protocol(protocol))
     try:
         import uvloop
     except ImportError:
-        asyncio.run(client.run())
+        asyncio.run(main)
     else:
-        uvloop.run(client.run())
+        uvloop.run(main)

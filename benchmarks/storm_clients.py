@@ -23,9 +23,14 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from benchmarks.clients import now_us, protocol_handshake, rpc_ack, sent_us_of
+from benchmarks.clients import (
+    now_us,
+    protocol_handshake,
+    rpc_ack,
+    run_client_process,
+    sent_us_of,
+)
 from benchmarks.targets import Protocol
-from tools.processes import raise_open_files_limit
 
 #: The count frame of the README's original example.
 COUNT_MARKER = '"num_connected_clients":'
@@ -243,11 +248,4 @@ class StormClient:
 
 def storm_client_main(pipe: Connection, protocol: str) -> None:
     """Entry point of a storm client process."""
-    raise_open_files_limit()
-    client = StormClient(pipe, Protocol(protocol))
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(client.run())
-    else:
-        uvloop.run(client.run())
+    run_client_process(StormClient(pipe, Protocol(protocol)).run())
