@@ -62,11 +62,6 @@ class Links:
         """Times a probe found a link connected but not receiving."""
         return sum(link.deaf_count for link in self._links.values())
 
-    @property
-    def all_up(self) -> bool:
-        """True when every link is connected and subscribed."""
-        return all(link.is_up for link in self._links.values())
-
     def subscribed_channels(self) -> list[str]:
         """Channels whose topic a link is subscribed to."""
         return list(self._channel_links)
