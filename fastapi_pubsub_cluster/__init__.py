@@ -5,6 +5,7 @@ from .backends.redis import RedisBackend, RedisCredentials, RedisPublisher, publ
 from .client_script import client_script_route
 from .core import Backend, FanOut
 from .core.subscription import Subscription
+from .edge.hubs import close_implicit_hubs, current_hub
 from .edge.sse import EventStream
 from .edge.websocket import BasePubSubWebSocket
 from .errors import (
@@ -25,8 +26,7 @@ from .errors import (
     SettingsNotAnnouncedError,
     SubscriberOverflowError,
 )
-from .hub import PubSubHub, current_hub
-from .implicit import close_implicit_hubs
+from .hub import PubSubHub
 from .metrics import Metrics, PrometheusMetrics
 from .settings import PubSubSettings
 

@@ -1,6 +1,6 @@
 """The design bar the package holds (SPEC §2): no import cycles between its modules, no
-module over 350 lines, and a core that imports neither a backend, nor the socket edge, nor
-a server integration."""
+module over 350 lines, and layers that depend one way only: edge -> hub -> core <- backends,
+with the server integrations beside the edge."""
 
 from __future__ import annotations
 
@@ -110,3 +110,35 @@ def test_the_core_imports_no_backend_edge_or_server() -> None:
     for name, targets in graph.items():
         if name.startswith(f"{NAME}.core"):
             assert not [t for t in targets if t.startswith(outward)], name
+
+
+def _imports_from(prefix: str, outward: tuple[str, ...]) -> dict[str, list[str]]:
+    found = {}
+    for name, targets in import_graph().items():
+        if name == prefix or name.startswith(f"{prefix}."):
+            wrong = sorted(t for t in targets if t.startswith(outward))
+            if wrong:
+                found[name] = wrong
+    return found
+
+
+def test_the_core_imports_no_hub() -> None:
+    assert _imports_from(f"{NAME}.core", (f"{NAME}.hub",)) == {}
+
+
+def test_the_hub_imports_no_edge_or_server() -> None:
+    assert _imports_from(f"{NAME}.hub", (f"{NAME}.edge", f"{NAME}.servers")) == {}
+
+
+def test_the_backends_import_no_hub_edge_or_server() -> None:
+    outward = (f"{NAME}.hub", f"{NAME}.edge", f"{NAME}.servers")
+    assert _imports_from(f"{NAME}.backends", outward) == {}
+
+
+def test_the_servers_import_no_hub_or_edge() -> None:
+    assert _imports_from(f"{NAME}.servers", (f"{NAME}.hub", f"{NAME}.edge")) == {}
+
+
+def test_the_edge_reaches_the_core_only_through_the_hub() -> None:
+    for path in (PACKAGE / "edge").rglob("*.py"):
+        assert ".fanout" not in path.read_text(encoding="utf-8"), path.name
