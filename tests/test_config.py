@@ -21,14 +21,9 @@ from fastapi_pubsub_cluster import (
     RedisCredentials,
 )
 from fastapi_pubsub_cluster.backends.redis import redis_url_from
-from fastapi_pubsub_cluster.codec import (
-    Envelope,
-    EventKind,
-    OutgoingFrame,
-    decode_envelope,
-    encode_envelope,
-)
 from fastapi_pubsub_cluster.edge.inbound import decode_client_binary, decode_client_text
+from fastapi_pubsub_cluster.envelope import Envelope, EventKind, decode_envelope, encode_envelope
+from fastapi_pubsub_cluster.frames import OutgoingFrame
 
 
 def test_settings_read_from_environment_variables() -> None:

@@ -22,7 +22,7 @@ from fastapi_pubsub_cluster import (
     publish_sync,
 )
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
-from fastapi_pubsub_cluster.codec import Envelope, EventKind, encode_envelope
+from fastapi_pubsub_cluster.envelope import Envelope, EventKind, encode_envelope
 from fastapi_pubsub_cluster.errors import CloseCode
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings

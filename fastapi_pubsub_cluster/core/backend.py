@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..codec import Envelope
+from ..envelope import Envelope
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
-from ..codec import OutgoingFrame
+from ..frames import OutgoingFrame
 from ..settings import PubSubSettings, WireFormat
 from .flow import ChannelFlow
 from .lifecycle import ConnectionState

@@ -12,8 +12,8 @@ from typing import Any
 
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from ..codec import OutgoingFrame
 from ..errors import CloseCode
+from ..frames import OutgoingFrame
 from ..settings import PubSubSettings
 from .lifecycle import ConnectionState, OutboxConnection
 from .sends import (

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from ..codec import Envelope, EventKind, OutgoingFrame
+from ..envelope import Envelope, EventKind
+from ..frames import OutgoingFrame
 from ..membership import expand_batch, membership_notify
 from ..metrics import Metrics
 from ..settings import PubSubSettings

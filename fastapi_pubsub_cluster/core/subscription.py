@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from ..codec import OutgoingFrame
 from ..errors import SubscriberOverflowError
+from ..frames import OutgoingFrame
 from ..tasks import TaskSupervisor
 
 logger = logging.getLogger("fastapi_pubsub_cluster")

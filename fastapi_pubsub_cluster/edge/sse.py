@@ -10,15 +10,10 @@ from fastapi import HTTPException
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
-from ..codec import (
-    OutgoingFrame,
-    encode_json,
-    history_gap_frame,
-    stored_message_frame,
-    stream_id_order,
-)
 from ..core.backend import HistoryStore
+from ..envelope import stream_id_order
 from ..errors import InvalidChannelError, PubSubError, SubscriberOverflowError
+from ..frames import OutgoingFrame, encode_json, history_gap_frame, stored_message_frame
 from ..hub import PubSubHub
 from .hubs import hub_for_socket
 

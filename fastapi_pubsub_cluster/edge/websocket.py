@@ -9,11 +9,11 @@ from typing import Any, ClassVar
 from starlette.websockets import WebSocket, WebSocketState
 
 from ..backends.redis import RedisCredentialsLike
-from ..codec import OutgoingFrame
 from ..core.client import ClientConnection, ConnectionState
 from ..core.sends import send_unless_closed
 from ..core.view import ChannelView
 from ..errors import CloseCode, NotJoinedError, PubSubError
+from ..frames import OutgoingFrame
 from ..hub import PubSubHub
 from ..settings import WireFormat
 from ..startup_settings import settings_from_environment

@@ -11,7 +11,6 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from ...codec import EventKind, decode_envelope
 from ...core.backend import (
     ChannelLoaded,
     ChannelReloading,
@@ -19,6 +18,7 @@ from ...core.backend import (
     LinkRestored,
     new_worker_id,
 )
+from ...envelope import EventKind, decode_envelope
 from ...errors import (
     BackendUnavailableError,
     ConfigurationError,

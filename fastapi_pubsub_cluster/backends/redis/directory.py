@@ -17,8 +17,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ...codec import Envelope, EventKind, encode_envelope
 from ...core.backend import FanOutSink
+from ...envelope import Envelope, EventKind, encode_envelope
 from . import scripts
 from .clients import CommandClient
 from .gate import ChannelGate

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from ...codec import decode_stored, stream_id_order
 from ...core.backend import HistorySlice
+from ...envelope import stream_id_order
 from ...errors import MalformedMessageError
 from ...settings import PubSubSettings
 from . import scripts
 from .clients import CommandClient
 from .replies import text
+from .scripts import decode_stored
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from ...codec import encode_json
 from ...core.backend import FanOutSink
 from ...errors import PresenceError
+from ...frames import encode_json
 from ...metrics import Metrics
 from ...settings import PubSubSettings
 from ...tasks import repeat_forever

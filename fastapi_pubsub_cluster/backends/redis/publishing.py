@@ -13,15 +13,13 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ...codec import (
+from ...envelope import (
     Envelope,
     EventKind,
     encode_envelope,
     encode_payload,
     envelope_overhead,
     excluding_payload,
-    packed_timestamp,
-    stored_envelope_head,
 )
 from ...errors import ConfigurationError, PublishError, describe
 from ...settings import PubSubSettings
@@ -29,6 +27,7 @@ from . import scripts
 from .clients import REDIS_DOWN, CommandClient, RedisEndpoint
 from .keys import RedisKeys
 from .publish_connection import PublishConnection
+from .scripts import packed_timestamp, stored_envelope_head
 
 
 @dataclass(frozen=True, slots=True)

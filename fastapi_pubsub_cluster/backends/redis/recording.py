@@ -8,8 +8,8 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from ...codec import encode_json
 from ...core.backend import FanOutSink
+from ...frames import encode_json
 from . import scripts
 from .clients import CommandClient
 from .directory import Directory
