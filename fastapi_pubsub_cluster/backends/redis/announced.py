@@ -19,9 +19,8 @@ from redis.asyncio.cluster import ClusterPipeline
 
 from ...errors import ConfigurationError, SettingsNotAnnouncedError
 from ...settings import PubSubSettings
-from .clients import CommandClient
+from .clients import CommandClient, text
 from .keys import RedisKeys
-from .replies import text
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 

@@ -1,12 +1,14 @@
 """redis-py clients built from one URL: ``redis://``, ``rediss://``, ``unix://``, Sentinel
 (``redis+sentinel://``) or Redis Cluster (``redis+cluster://host:port[,host:port...]``).
 
-This is the one place that decides "cluster or single Redis" from a URL."""
+This is the one place that decides "cluster or single Redis" from a URL; it also says what
+their replies mean as Python values."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -307,3 +309,20 @@ class PresenceClients:
     answers: Callable[[], Awaitable[bool]]
     #: The Redis URL with its secrets masked, for errors.
     target: str
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def metadata_of(raw: list[Any]) -> dict[str, Any]:
+    """A metadata hash's HGETALL reply (flat pairs of id, JSON) as a dict; entries that are
+    not JSON (not ours) are left out."""
+    metadata: dict[str, Any] = {}
+    for i in range(0, len(raw) - 1, 2):
+        try:
+            metadata[text(raw[i])] = json.loads(raw[i + 1])
+        except ValueError:
+            continue
+    return metadata

@@ -9,8 +9,7 @@ from ...envelope import stream_id_order
 from ...errors import MalformedMessageError
 from ...settings import PubSubSettings
 from . import scripts
-from .clients import CommandClient
-from .replies import text
+from .clients import CommandClient, text
 from .scripts import decode_stored
 
 logger = logging.getLogger("fastapi_pubsub_cluster")

@@ -22,14 +22,13 @@ from ...metrics import Metrics
 from ...settings import PubSubSettings
 from ...tasks import repeat_forever
 from . import announced, scripts
-from .clients import REDIS_DOWN, PresenceClients
+from .clients import REDIS_DOWN, PresenceClients, text
 from .directory import Directory
 from .gate import ChannelGate
 from .keys import RedisKeys
 from .reads import ChannelReads
 from .reaping import Reaper
 from .recording import ChangeWriter, reconcile_call
-from .replies import text
 from .sweep import Sweep, round_trips
 from .writes import Change, ChangeQueue
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import scripts
-from .clients import CommandClient
+from .clients import CommandClient, metadata_of, text
 from .keys import RedisKeys
-from .replies import metadata_of, text
 
 
 class ChannelReads:
