@@ -31,24 +31,15 @@ from ...metrics import Metrics
 from ...settings import PubSubSettings
 from ...tasks import TaskSupervisor
 from . import announced
-from .clients import REDIS_DOWN, PresenceClients, RedisEndpoint
-from .history import ResumePoints
+from .clients import REDIS_DOWN, RedisEndpoint
 from .history_store import RedisHistoryStore
 from .keys import RedisKeys
 from .link import TopicLink
-from .links import Links
 from .mirror_check import MirrorCheck
-from .presence import Presence
 from .presence_store import RedisPresenceStore
-from .publishing import PublishPath
-from .runtime import RedisRuntime
+from .runtime import RedisRuntime, build_runtime
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
-
-# Redis connections one worker may hold for commands (per shard on a cluster), besides its
-# pub/sub link (one per Redis server that holds any of its channels) and, on one Redis, its
-# publish path's own connection (see PublishConnection).
-MAX_REDIS_CONNECTIONS = 8
 
 
 class RedisBackend:
@@ -85,8 +76,14 @@ class RedisBackend:
         self._subscription_lock = asyncio.Lock()
         self._started: RedisRuntime | None = None
         self._endpoint: RedisEndpoint | None = None
-        self._presence_store = RedisPresenceStore(self._running, lambda: self._started)
-        self._history_store = RedisHistoryStore(self._running, self.keys)
+        self._presence_store = RedisPresenceStore(
+            lambda: self._running().presence,
+            lambda: self._running().reads,
+            lambda: self._started.presence if self._started is not None else None,
+        )
+        self._history_store = RedisHistoryStore(
+            lambda: self._running().client, lambda: self._running().resume_points, self.keys
+        )
 
     @property
     def transport(self) -> RedisBackend:
@@ -136,29 +133,9 @@ class RedisBackend:
         """Connect, write the heartbeat and open the pub/sub link; fails if Redis is down."""
         if self._started is not None:
             return
-        endpoint = self._endpoint = RedisEndpoint(
-            self.redis_url, self.settings, client_name=f"{self.keys.prefix}:{self.worker_id}"
-        )
-        client = endpoint.command_client(MAX_REDIS_CONNECTIONS)
-        clients = PresenceClients(
-            commands=client,
-            heartbeat=endpoint.command_client(2),
-            writes=endpoint.command_client(1, retries=0),
-            answers=endpoint.answers,
-            target=endpoint.safe_url,
-        )
-        presence = Presence(
-            clients,
-            self.keys,
-            self.settings,
-            worker_id=self.worker_id,
-            publish_command=endpoint.publish_command,
-            metrics=self.metrics,
-            local=sink,
-        )
-        links = Links(
-            endpoint,
-            client,
+        started = build_runtime(
+            self.redis_url,
+            sink,
             self.keys,
             self.settings,
             worker_id=self.worker_id,
@@ -167,9 +144,8 @@ class RedisBackend:
             on_message=self._on_topic_message,
             on_restored=self._on_link_restored,
         )
-        publisher = PublishPath(endpoint, client, self.settings, origin=self.worker_id)
-        resume_points = ResumePoints(client, self.settings)
-        started = RedisRuntime(endpoint, client, presence, publisher, links, sink, resume_points)
+        endpoint = self._endpoint = started.endpoint
+        client, presence, links = started.client, started.presence, started.links
         try:
             # Bounded as a whole: retries (and Sentinel's discovery) must not stretch an
             # unreachable Redis into a startup that hangs.
@@ -311,7 +287,7 @@ class RedisBackend:
                 await self._load(started, channel)
 
     async def _load(self, started: RedisRuntime, channel: str) -> None:
-        members, seq, metadata = await started.presence.reads.snapshot(channel)
+        members, seq, metadata = await started.reads.snapshot(channel)
         started.sink.receive(ChannelLoaded(channel, members, seq, metadata))
 
     def _on_topic_message(self, topic: str, data: bytes) -> None:

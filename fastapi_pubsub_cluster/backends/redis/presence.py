@@ -26,7 +26,6 @@ from .clients import REDIS_DOWN, PresenceClients, text
 from .directory import Directory
 from .gate import ChannelGate
 from .keys import RedisKeys
-from .reads import ChannelReads
 from .reaping import Reaper
 from .recording import ChangeWriter, reconcile_call
 from .sweep import Sweep, round_trips
@@ -92,8 +91,6 @@ class Presence:
             gate=self.gate,
             inline=publish_command == "PUBLISH",
         )
-        #: Who is in a channel, read from Redis.
-        self.reads = ChannelReads(client, keys)
         #: Removes what dead worker instances registered.
         self.reaper = Reaper(
             client, keys, publish_command=publish_command, directory=self.directory
