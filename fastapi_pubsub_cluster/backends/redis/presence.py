@@ -26,10 +26,8 @@ from .clients import REDIS_DOWN, PresenceClients, text
 from .directory import Directory
 from .gate import ChannelGate
 from .keys import RedisKeys
-from .reaping import Reaper
-from .recording import ChangeWriter, reconcile_call
-from .sweep import Sweep, round_trips
-from .writes import Change, ChangeQueue
+from .presence_writes import Change, ChangeQueue, ChangeWriter, reconcile_call
+from .upkeep import Reaper, Sweep, round_trips
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
