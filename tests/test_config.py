@@ -366,7 +366,7 @@ def test_credentials_object_and_url_forms() -> None:
     assert RedisCredentials(host="h", port=1, ssl=True).to_url() == "rediss://h:1/0"
     assert redis_url_from("rediss://h:6379/0") == "rediss://h:6379/0"
 
-    class OriginalStyle:  # the seed's class: plain attributes
+    class OriginalStyle:  # the original package's class: plain attributes
         host = "legacy"
         port = 6379
         username = None

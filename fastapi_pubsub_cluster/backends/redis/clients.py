@@ -118,7 +118,7 @@ class RedisEndpoint:
     """Builds the clients for one Redis URL and closes everything it built.
 
     For a Sentinel URL the clients share one :class:`~redis.asyncio.sentinel.Sentinel`,
-    which finds the current primary and follows failovers.
+    which finds the current primary and tracks failovers.
     """
 
     def __init__(self, url: str, settings: PubSubSettings, *, client_name: str | None) -> None:
@@ -260,7 +260,7 @@ class RedisEndpoint:
             **extra,
         )
 
-    async def follow_primary(self) -> None:
+    async def rediscover_primary(self) -> None:
         """Through Sentinel, move the command clients' connections to the primary the
         Sentinel names now (a link that reconnected may have found a new one: commands
         left on the old one would publish its probes where it no longer listens)."""
@@ -268,7 +268,7 @@ class RedisEndpoint:
             pool = getattr(client, "connection_pool", None)
             if isinstance(pool, WaitingSentinelPool):
                 with contextlib.suppress(*REDIS_DOWN):  # its next connection asks again
-                    await pool.follow_primary()
+                    await pool.rediscover_primary()
 
     @staticmethod
     async def publish_raw(client: CommandClient, topic: str, data: bytes) -> int:

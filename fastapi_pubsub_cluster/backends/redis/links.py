@@ -128,8 +128,8 @@ class Links:
 
     async def _restored(self, link: TopicLink) -> None:
         # A link reconnects to the primary the Sentinel names now: the commands (its
-        # probes among them) follow it there before presence is registered again.
-        await self._endpoint.follow_primary()
+        # probes among them) move there too before presence is registered again.
+        await self._endpoint.rediscover_primary()
         await self._on_restored(link)
 
     async def _link_for(self, topic: str) -> TopicLink:

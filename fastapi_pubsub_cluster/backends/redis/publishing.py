@@ -74,7 +74,7 @@ class PublishPath:
         if isinstance(client, Redis) and endpoint.is_one_address:
             self._connection = PublishConnection(client)
 
-    def follow(self, settings: PubSubSettings) -> None:
+    def adopt(self, settings: PubSubSettings) -> None:
         """Decide history, sizes and time limits by ``settings`` from now on."""
         self._settings = self._checked(settings)
 
