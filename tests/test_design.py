@@ -142,3 +142,9 @@ def test_the_servers_import_no_hub_or_edge() -> None:
 def test_the_edge_reaches_the_core_only_through_the_hub() -> None:
     for path in (PACKAGE / "edge").rglob("*.py"):
         assert ".fanout" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_only_the_client_connection_changes_a_connections_state() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path != PACKAGE / "core" / "client.py":
+            assert "state = ConnectionState." not in path.read_text(encoding="utf-8"), path.name

@@ -100,6 +100,19 @@ class ClientConnection:
         """Its outbox dropped its oldest message (``drop_oldest``)."""
         self._owner.message_dropped(self)
 
+    def mark_evicted(self) -> None:
+        """Its outbox evicts it: it takes nothing more, and is closed with 1008."""
+        self.state = ConnectionState.EVICTED
+
+    def mark_closed(self) -> None:
+        """It is closing: it takes nothing more (an evicted one stays evicted)."""
+        if self.state is not ConnectionState.EVICTED:
+            self.state = ConnectionState.CLOSED
+
+    def mark_lost(self) -> None:
+        """A send to it failed: the client vanished."""
+        self.state = ConnectionState.CLOSED
+
     @property
     def evicted(self) -> bool:
         """True once the client was disconnected for falling behind."""
