@@ -146,6 +146,7 @@ class RedisBackend:
         )
         endpoint = self._endpoint = started.endpoint
         client, presence, links = started.client, started.presence, started.links
+        upkeep = started.upkeep
         try:
             # Bounded as a whole: retries (and Sentinel's discovery) must not stretch an
             # unreachable Redis into a startup that hangs.
@@ -153,7 +154,7 @@ class RedisBackend:
                 if isinstance(client, RedisCluster):
                     await client.initialize()
                 await announced.announce(client, self.keys, self.settings)
-                await presence.beat()
+                await upkeep.beat()
                 if not endpoint.is_cluster:
                     await links.open_main()
                 await links.subscribe_topic(presence.directory.inbox)
@@ -165,8 +166,8 @@ class RedisBackend:
             ) from exc
         self._started = started
         self._tasks.spawn(presence.changes.run_forever(), name="pubsub-redis-joins")
-        self._tasks.spawn(presence.beat_forever(), name="pubsub-redis-heartbeat")
-        self._tasks.spawn(presence.keep_forever(), name="pubsub-redis-presence")
+        self._tasks.spawn(upkeep.beat_forever(), name="pubsub-redis-heartbeat")
+        self._tasks.spawn(upkeep.keep_forever(), name="pubsub-redis-presence")
         mirrors = MirrorCheck(client, self.keys, sink, self._reload, self.metrics)
         self._tasks.spawn(
             mirrors.keep_forever(self.settings.heartbeat_ttl / 3, links.subscribed_channels),
@@ -183,7 +184,7 @@ class RedisBackend:
         # worker again (and take its own leave for a loss of its presence).
         await self._tasks.close()
         try:
-            await started.presence.leave_cluster()
+            await started.upkeep.leave_cluster()
         except REDIS_DOWN as exc:
             logger.warning(
                 "could not remove presence on shutdown (%s); peers will reap it", describe(exc)
@@ -269,10 +270,10 @@ class RedisBackend:
     async def reap(self, worker_id: str) -> int:
         """Remove the presence of ``worker_id`` now, even if its heartbeat lives (an
         operator's tool for a worker known to be gone); how many entries went."""
-        presence = self._running().presence
+        upkeep = self._running().upkeep
         removed = 0
-        for instance in await presence.reaper.instances_of(worker_id):
-            removed += max(0, await presence.reap(instance, force=True))
+        for instance in await upkeep.reaper.instances_of(worker_id):
+            removed += max(0, await upkeep.reap(instance, force=True))
         return removed
 
     # -- subscriptions -----------------------------------------------------------------
@@ -314,8 +315,8 @@ class RedisBackend:
         """Runs in the link's task before it reads again: presence and mirrors first."""
         started = self._running()
         channels = started.links.channels_on(link)
-        await started.presence.beat()  # first: presence without a heartbeat is reaped
-        await started.presence.settle(channels)
+        await started.upkeep.beat()  # first: presence without a heartbeat is reaped
+        await started.upkeep.settle(channels)
         for channel in channels:
             await self._load(started, channel)
         started.sink.receive(LinkRestored(tuple(channels)))

@@ -16,7 +16,7 @@ from .presence import Presence
 class RedisPresenceStore:
     """Connections in Redis sets, one per channel; users' connections in the directory.
 
-    (Its heartbeat, reconciliation and reaping run in :class:`~.presence.Presence`.)
+    (Its heartbeat, reconciliation and reaping run in :class:`~.upkeep.PresenceUpkeep`.)
     ``presence`` and ``reads`` raise HubClosedError while the backend is not started;
     ``stopped`` is None then.
     """

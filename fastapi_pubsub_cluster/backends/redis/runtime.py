@@ -18,6 +18,7 @@ from .links import Links
 from .presence import Presence
 from .presence_store import ChannelReads
 from .publishing import PublishPath
+from .upkeep import PresenceUpkeep
 
 # Redis connections one worker may hold for commands (per shard on a cluster), besides its
 # pub/sub link (one per Redis server that holds any of its channels) and, on one Redis, its
@@ -32,6 +33,7 @@ class RedisRuntime:
     endpoint: RedisEndpoint
     client: CommandClient
     presence: Presence
+    upkeep: PresenceUpkeep
     publisher: PublishPath
     links: Links
     sink: FanOutSink
@@ -70,6 +72,15 @@ def build_runtime(
         metrics=metrics,
         local=sink,
     )
+    upkeep = PresenceUpkeep(
+        presence,
+        clients,
+        keys,
+        settings,
+        publish_command=endpoint.publish_command,
+        metrics=metrics,
+        local=sink,
+    )
     links = Links(
         endpoint,
         client,
@@ -86,6 +97,7 @@ def build_runtime(
         endpoint,
         client,
         presence,
+        upkeep,
         publisher,
         links,
         sink,
