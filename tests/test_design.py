@@ -148,3 +148,18 @@ def test_only_the_client_connection_changes_a_connections_state() -> None:
     for path in PACKAGE.rglob("*.py"):
         if path != PACKAGE / "core" / "client.py":
             assert "state = ConnectionState." not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_the_package_exports_what_applications_import_and_every_name_resolves() -> None:
+    import fastapi_pubsub_cluster
+
+    assert len(fastapi_pubsub_cluster.__all__) <= 30
+    for name in fastapi_pubsub_cluster.__all__:
+        assert getattr(fastapi_pubsub_cluster, name) is not None
+
+
+def test_the_backend_contracts_are_exported_together_or_not_at_all() -> None:
+    import fastapi_pubsub_cluster
+
+    contracts = {"Backend", "Transport", "PresenceStore", "HistoryStore"}
+    assert contracts & set(fastapi_pubsub_cluster.__all__) in (set(), contracts)
