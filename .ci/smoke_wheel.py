@@ -17,12 +17,10 @@ import fastapi_pubsub_cluster
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
 
 # Modules that need an extra by design: the uvicorn protocol ([uvicorn]) and the gunicorn
-# worker class ([gunicorn]), and their aliases at the paths deployments name.
+# worker class ([gunicorn]).
 NEEDS_AN_EXTRA = {
     "fastapi_pubsub_cluster.servers.uvicorn_ws",
     "fastapi_pubsub_cluster.servers.gunicorn_worker",
-    "fastapi_pubsub_cluster.uvicorn_ws",
-    "fastapi_pubsub_cluster.gunicorn_worker",
 }
 
 

@@ -1,10 +1,14 @@
-"""Redis-first, horizontally scalable WebSocket pub/sub fan-out for FastAPI."""
+"""Redis-first, horizontally scalable WebSocket pub/sub fan-out for FastAPI.
+
+What applications import is here; the rest is importable from its module (see the API
+reference): the backend contracts from ``core.backend``, every error from ``errors``.
+"""
 
 from .backends.memory import MemoryBackend
 from .backends.redis import RedisBackend, RedisCredentials, RedisPublisher, publish_sync
 from .client_script import client_script_route
-from .core import Backend, FanOut
 from .core.subscription import Subscription
+from .edge.hubs import current_hub
 from .edge.sse import EventStream
 from .edge.websocket import BasePubSubWebSocket
 from .errors import (
@@ -12,43 +16,32 @@ from .errors import (
     ChannelLimitError,
     CloseCode,
     ConfigurationError,
-    HistoryError,
-    HubClosedError,
     InvalidChannelError,
     MalformedMessageError,
     MessageTooLargeError,
     NotJoinedError,
-    PresenceError,
-    PresenceMetadataError,
     PublishError,
     PubSubError,
     SettingsNotAnnouncedError,
     SubscriberOverflowError,
 )
-from .hub import PubSubHub, current_hub
-from .implicit import close_implicit_hubs
+from .hub import PubSubHub
 from .metrics import Metrics, PrometheusMetrics
 from .settings import PubSubSettings
 
 __all__ = [
-    "Backend",
     "BackendUnavailableError",
     "BasePubSubWebSocket",
     "ChannelLimitError",
     "CloseCode",
     "ConfigurationError",
     "EventStream",
-    "FanOut",
-    "HistoryError",
-    "HubClosedError",
     "InvalidChannelError",
     "MalformedMessageError",
     "MemoryBackend",
     "MessageTooLargeError",
     "Metrics",
     "NotJoinedError",
-    "PresenceError",
-    "PresenceMetadataError",
     "PrometheusMetrics",
     "PubSubError",
     "PubSubHub",
@@ -61,7 +54,6 @@ __all__ = [
     "SubscriberOverflowError",
     "Subscription",
     "client_script_route",
-    "close_implicit_hubs",
     "current_hub",
     "publish_sync",
 ]

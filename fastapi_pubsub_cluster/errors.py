@@ -84,6 +84,10 @@ class NotJoinedError(PubSubError, RuntimeError):
     :meth:`run` accepted it, or after it closed), or its own channel was left."""
 
 
+class HubStartError(PubSubError):
+    """The hub could not start in the app's lifespan (its backend is unreachable)."""
+
+
 def describe(exc: BaseException) -> str:
     """What went wrong, for a log line or a close reason: the exception's own message
     ("No connection available.", "Connection refused", "Timeout reading from socket"),

@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
 
-from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket
 
 from .backends.memory import MemoryBackend
 from .backends.redis import RedisBackend, RedisCredentialsLike, redis_url_from
 from .core.backend import Backend
+from .core.client import ClientConnection
 from .core.fanout import FanOut
 from .core.subscription import SubscriberPolicy, Subscription
-from .edge.limits import InboundAllowances
-from .errors import ConfigurationError, HubClosedError, PubSubError
+from .core.view import ChannelView
+from .errors import HubClosedError, HubStartError, PubSubError
+from .limits import InboundAllowances
 from .logs import traceback_at_debug
 from .metrics import Metrics
 from .settings import PubSubSettings
@@ -66,7 +68,7 @@ class PubSubHub:
         self._stopped_in: asyncio.AbstractEventLoop | None = None
         self._watch: asyncio.Task[None] | None = None
         self._warned = False
-        self._ran = False  # started at least once
+        self.has_run = False  # started at least once (this run or an earlier one)
         self._renew()
         _created_hubs.add(self)
 
@@ -127,7 +129,7 @@ class PubSubHub:
                 return
             await fanout.start()
             self._state = "started"
-            self._ran = True
+            self.has_run = True
             self._loop = asyncio.get_running_loop()
             self._stopped_in = None
 
@@ -291,58 +293,56 @@ class PubSubHub:
             return await call(self._fanout)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(self._fanout), loop))
 
+    # -- what the socket edge needs (it reaches the core only through these; see FanOut) --
 
-class HubStartError(PubSubError):
-    """The hub could not start in the app's lifespan (its backend is unreachable)."""
+    @property
+    def metrics(self) -> Metrics:
+        return self.fanout.metrics
+
+    @property
+    def view(self) -> ChannelView:
+        return self.fanout.view
+
+    @property
+    def worker_id(self) -> str:
+        return self.fanout.worker_id
+
+    def connection(
+        self, websocket: WebSocket, channel: str, connection_id: str, **options: Any
+    ) -> ClientConnection:
+        """A connection for ``websocket`` in ``channel``, holding messages until released."""
+        return self.fanout.connection(websocket, channel, connection_id, **options)
+
+    async def connect(self, connection: ClientConnection, *, notify: bool = True) -> None:
+        await self.fanout.connect(connection, notify=notify)
+
+    async def disconnect(self, connection: ClientConnection, *, notify: bool = True) -> None:
+        await self.fanout.disconnect(connection, notify=notify)
+
+    async def join(
+        self, connection: ClientConnection, channel: str, *, since: str | None = None
+    ) -> bool:
+        return await self.fanout.join(connection, channel, since=since)
+
+    async def leave(self, connection: ClientConnection, channel: str) -> bool:
+        return await self.fanout.leave(connection, channel)
+
+    def subscription(
+        self, channels: Sequence[str], *, max_queue: int | None, policy: SubscriberPolicy
+    ) -> AbstractAsyncContextManager[Subscription]:
+        """One subscription to several channels (the hub already started)."""
+        return self.fanout.subscribe(channels, max_queue=max_queue, policy=policy)
 
 
 # Hubs the application created (implicit ones are not), while they are alive.
 _created_hubs: weakref.WeakSet[PubSubHub] = weakref.WeakSet()
 
 
+def created_hubs() -> list[PubSubHub]:
+    """The hubs the application created that are still alive."""
+    return list(_created_hubs)
+
+
 def forget_created(hub: PubSubHub) -> None:
-    """``hub`` is the library's own (see ``implicit.py``): no socket finds it as the app's."""
+    """``hub`` is the library's own (an implicit hub): no socket finds it as the app's."""
     _created_hubs.discard(hub)
-
-
-def hub_for(scope: Mapping[str, Any]) -> PubSubHub | None:
-    """The hub a socket or request with this ASGI ``scope`` uses when it names none.
-
-    In order: the hub ``hub.lifespan`` stored on ``app.state``; the hub whose
-    ``lifespan`` the app was given (even where it did not run: TestClient without
-    ``with``); the hub in FastAPI's lifespan state (``yield {"pubsub_hub": hub}``); the
-    only running hub the application created; the only one that never ran. None if it
-    created none. Raises :class:`ConfigurationError` if several qualify and nothing says
-    which one.
-    """
-    app = scope.get("app")
-    hub = getattr(getattr(app, "state", None), APP_STATE_ATTRIBUTE, None)
-    if isinstance(hub, PubSubHub):
-        return hub
-    lifespan = getattr(getattr(app, "router", None), "lifespan_context", None)
-    hub = getattr(lifespan, "__self__", None)
-    if isinstance(hub, PubSubHub):
-        return hub
-    hub = (scope.get("state") or {}).get(APP_STATE_ATTRIBUTE)
-    if isinstance(hub, PubSubHub):
-        return hub
-    # Running hubs first: a hub entered in the app's own lifespan runs before any socket.
-    # Then those that never ran; one that ran and stopped belonged to an app of its own.
-    for running in (True, False):
-        hubs = [h for h in _created_hubs if (h.started if running else not h._ran)]
-        if len(hubs) > 1:
-            raise ConfigurationError(
-                f"{len(hubs)} PubSubHub objects exist and this socket names none: pass "
-                "hub=..., or give the app's hub its lifespan (FastAPI(lifespan=hub.lifespan))"
-            )
-        if hubs:
-            return hubs[0]
-    return None
-
-
-def current_hub(connection: HTTPConnection) -> PubSubHub:
-    """The app's hub, as a FastAPI dependency: ``hub: PubSubHub = Depends(current_hub)``."""
-    hub = hub_for(connection.scope)
-    if hub is None:
-        raise ConfigurationError("no PubSubHub: create one and give it the app's lifespan")
-    return hub

@@ -13,7 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .codec import Envelope, EventKind, encode_json
+from .envelope import Envelope, EventKind
+from .frames import encode_json
 
 _KINDS = {"j": EventKind.JOIN, "l": EventKind.LEAVE}
 

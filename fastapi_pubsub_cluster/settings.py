@@ -113,7 +113,7 @@ class PubSubSettings(BaseSettings):
     close_clients_on_reconnect: bool = False
     #: Channels that keep history (a regex matching the whole id; empty: none); their clients
     #: get ``{"id": ..., "data": ...}`` and resume with ``?since=<id>``. Set it on the
-    #: workers; publishers follow them unless they set it too (Guarantees: history decision).
+    #: workers; publishers adopt it unless they set it too (Guarantees: history decision).
     history_channels: str = ""
     #: Messages kept per channel with history (approximately, in a Redis stream).
     history_size: int = 1000

@@ -71,7 +71,9 @@ async def test_counts_are_cluster_wide_after_concurrent_joins_and_leaves(
     await asyncio.gather(*(ws.close() for ws in staying))
 
 
-async def test_seed_example_counts_clients_of_both_workers(cluster_env: dict[str, str]) -> None:
+async def test_the_original_packages_example_counts_clients_of_both_workers(
+    cluster_env: dict[str, str],
+) -> None:
     app = "examples.connected_clients:app"
     with uvicorn_process(app, cluster_env) as a, uvicorn_process(app, cluster_env) as b:
         first = await connect(ws_url(a, "/ws/connected_clients"))

@@ -21,14 +21,9 @@ from fastapi_pubsub_cluster import (
     RedisCredentials,
 )
 from fastapi_pubsub_cluster.backends.redis import redis_url_from
-from fastapi_pubsub_cluster.codec import (
-    Envelope,
-    EventKind,
-    OutgoingFrame,
-    decode_envelope,
-    encode_envelope,
-)
 from fastapi_pubsub_cluster.edge.inbound import decode_client_binary, decode_client_text
+from fastapi_pubsub_cluster.envelope import Envelope, EventKind, decode_envelope, encode_envelope
+from fastapi_pubsub_cluster.frames import OutgoingFrame
 
 
 def test_settings_read_from_environment_variables() -> None:
@@ -371,7 +366,7 @@ def test_credentials_object_and_url_forms() -> None:
     assert RedisCredentials(host="h", port=1, ssl=True).to_url() == "rediss://h:1/0"
     assert redis_url_from("rediss://h:6379/0") == "rediss://h:6379/0"
 
-    class OriginalStyle:  # the seed's class: plain attributes
+    class OriginalStyle:  # the original package's class: plain attributes
         host = "legacy"
         port = 6379
         username = None

@@ -1,6 +1,6 @@
 """The design bar the package holds (SPEC §2): no import cycles between its modules, no
-module over 350 lines, and a core that imports neither a backend, nor the socket edge, nor
-a server integration."""
+module over 350 lines, and layers that depend one way only: edge -> hub -> core <- backends,
+with the server integrations beside the edge."""
 
 from __future__ import annotations
 
@@ -110,3 +110,56 @@ def test_the_core_imports_no_backend_edge_or_server() -> None:
     for name, targets in graph.items():
         if name.startswith(f"{NAME}.core"):
             assert not [t for t in targets if t.startswith(outward)], name
+
+
+def _imports_from(prefix: str, outward: tuple[str, ...]) -> dict[str, list[str]]:
+    found = {}
+    for name, targets in import_graph().items():
+        if name == prefix or name.startswith(f"{prefix}."):
+            wrong = sorted(t for t in targets if t.startswith(outward))
+            if wrong:
+                found[name] = wrong
+    return found
+
+
+def test_the_core_imports_no_hub() -> None:
+    assert _imports_from(f"{NAME}.core", (f"{NAME}.hub",)) == {}
+
+
+def test_the_hub_imports_no_edge_or_server() -> None:
+    assert _imports_from(f"{NAME}.hub", (f"{NAME}.edge", f"{NAME}.servers")) == {}
+
+
+def test_the_backends_import_no_hub_edge_or_server() -> None:
+    outward = (f"{NAME}.hub", f"{NAME}.edge", f"{NAME}.servers")
+    assert _imports_from(f"{NAME}.backends", outward) == {}
+
+
+def test_the_servers_import_no_hub_or_edge() -> None:
+    assert _imports_from(f"{NAME}.servers", (f"{NAME}.hub", f"{NAME}.edge")) == {}
+
+
+def test_the_edge_reaches_the_core_only_through_the_hub() -> None:
+    for path in (PACKAGE / "edge").rglob("*.py"):
+        assert ".fanout" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_only_the_client_connection_changes_a_connections_state() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path != PACKAGE / "core" / "client.py":
+            assert "state = ConnectionState." not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_the_package_exports_what_applications_import_and_every_name_resolves() -> None:
+    import fastapi_pubsub_cluster
+
+    assert len(fastapi_pubsub_cluster.__all__) <= 30
+    for name in fastapi_pubsub_cluster.__all__:
+        assert getattr(fastapi_pubsub_cluster, name) is not None
+
+
+def test_the_backend_contracts_are_exported_together_or_not_at_all() -> None:
+    import fastapi_pubsub_cluster
+
+    contracts = {"Backend", "Transport", "PresenceStore", "HistoryStore"}
+    assert contracts & set(fastapi_pubsub_cluster.__all__) in (set(), contracts)

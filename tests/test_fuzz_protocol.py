@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
-from fastapi_pubsub_cluster.codec import MAX_NESTING_DEPTH
 from fastapi_pubsub_cluster.errors import CloseCode, InvalidChannelError
+from fastapi_pubsub_cluster.payloads import MAX_NESTING_DEPTH
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import connect, serve

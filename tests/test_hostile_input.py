@@ -20,8 +20,8 @@ from fastapi_pubsub_cluster import (
     PubSubHub,
     PubSubSettings,
 )
-from fastapi_pubsub_cluster.codec import MAX_NESTING_DEPTH
 from fastapi_pubsub_cluster.errors import CloseCode
+from fastapi_pubsub_cluster.payloads import MAX_NESTING_DEPTH
 from fastapi_pubsub_cluster.servers.uvicorn_ws import PubSubWebSocketProtocol
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings

@@ -128,7 +128,7 @@ async def test_two_running_hubs_and_a_socket_that_names_none_is_refused_loudly(
     assert any("2 PubSubHub objects exist and this socket names none" in m for m in errors)
 
 
-async def test_seed_credentials_naming_another_redis_than_the_apps_hub_are_refused_loudly(
+async def test_original_style_credentials_naming_another_redis_than_the_apps_hub_are_refused_loudly(
     redis_url: str, key_prefix: str
 ) -> None:
     hub = PubSubHub(settings=make_settings(key_prefix))  # in memory

@@ -10,8 +10,8 @@ import pytest
 import websockets
 
 from fastapi_pubsub_cluster import ConfigurationError, Metrics, PubSubHub, PubSubSettings
-from fastapi_pubsub_cluster.edge.limits import InboundAllowances, InboundLimiter, TokenBucket
 from fastapi_pubsub_cluster.errors import CloseCode
+from fastapi_pubsub_cluster.limits import InboundAllowances, InboundLimiter, TokenBucket
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
 from tests.live import close_code_of, connect, recv_until, serve

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fastapi_pubsub_cluster import PubSubHub
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
-from fastapi_pubsub_cluster.backends.redis.sweep import (
+from fastapi_pubsub_cluster.backends.redis.upkeep import (
     CHANNELS_PER_BEAT,
     CONNECTIONS_PER_ROUND_TRIP,
     round_trips,

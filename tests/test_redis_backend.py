@@ -22,7 +22,7 @@ from fastapi_pubsub_cluster import (
     publish_sync,
 )
 from fastapi_pubsub_cluster.backends.redis import RedisKeys
-from fastapi_pubsub_cluster.codec import Envelope, EventKind, encode_envelope
+from fastapi_pubsub_cluster.envelope import Envelope, EventKind, encode_envelope
 from fastapi_pubsub_cluster.errors import CloseCode
 from tests.apps.local_app import build_app
 from tests.conftest import make_settings
@@ -162,13 +162,13 @@ async def test_presence_is_registered_again_after_a_redis_restart(
             await ws.close()
 
 
-class SeedStyleSocket(BasePubSubWebSocket):
+class OriginalStyleSocket(BasePubSubWebSocket):
     async def generate_object_to_send(self) -> dict[str, int]:
         return {"num_connected_clients": len(self.connection_manager.get(self.websocket_id))}
 
 
 @pytest.mark.parametrize("form", ["dict", "object", "url"])
-async def test_seed_style_redis_credentials_select_the_redis_manager(
+async def test_original_style_redis_credentials_select_the_redis_manager(
     owned_redis: OwnedRedisServer, form: str
 ) -> None:
     credentials: object = {
@@ -177,11 +177,11 @@ async def test_seed_style_redis_credentials_select_the_redis_manager(
         "url": owned_redis.url,
     }[form]
     app = FastAPI()
-    sockets: list[SeedStyleSocket] = []
+    sockets: list[OriginalStyleSocket] = []
 
     @app.websocket("/ws")
     async def endpoint(websocket: WebSocket) -> None:
-        ssw = SeedStyleSocket(websocket, "seed", credentials)  # type: ignore[arg-type]
+        ssw = OriginalStyleSocket(websocket, "seed", credentials)  # type: ignore[arg-type]
         sockets.append(ssw)
         await ssw.run()
 

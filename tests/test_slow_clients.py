@@ -8,8 +8,8 @@ import os
 import pytest
 
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
-from fastapi_pubsub_cluster.codec import OutgoingFrame
 from fastapi_pubsub_cluster.errors import CloseCode
+from fastapi_pubsub_cluster.frames import OutgoingFrame
 from tests.apps.local_app import build_app
 from tests.live import (
     close_code_of,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from fastapi_pubsub_cluster.codec import stream_id_order
+from fastapi_pubsub_cluster.envelope import stream_id_order
 from tests.browser import chromium, requires_chromium
 from tests.live import wait_for_async_condition
 from tools.ports import free_port

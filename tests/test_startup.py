@@ -49,7 +49,7 @@ def _base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PUBSUB_")}
 
 
-def test_a_bad_setting_stops_a_seed_style_app_with_one_line() -> None:
+def test_a_bad_setting_stops_an_original_style_app_with_one_line() -> None:
     done = start("examples.connected_clients:app", BAD_SETTING)
     assert done.returncode == 3  # uvicorn's and gunicorn's "failed to start"
     assert "Traceback" not in done.stderr
@@ -127,10 +127,10 @@ def test_an_unreachable_redis_stops_a_server_of_two_workers(server: str) -> None
 
 @pytest.mark.slow
 @pytest.mark.parametrize("server", ["gunicorn -w 2", "uvicorn --ws"])
-def test_a_bad_compression_stops_a_seed_style_app_before_it_accepts_a_socket(
+def test_a_bad_compression_stops_an_original_style_app_before_it_accepts_a_socket(
     server: str,
 ) -> None:
-    # The seed's example builds no hub at import: the protocol's setting must stop it.
+    # The original package's example builds no hub at import: the protocol's setting must stop it.
     app = "examples.connected_clients:app"
     if server.startswith("gunicorn"):
         command = gunicorn_workers(app, 2)

@@ -10,8 +10,8 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from ..codec import Envelope, EventKind, encode_payload, stream_id_order
 from ..core.backend import ChannelLoaded, FanOutSink, HistorySlice, new_worker_id
+from ..envelope import Envelope, EventKind, encode_payload, stream_id_order
 from ..errors import HubClosedError
 from ..membership import membership_payload
 from ..settings import PubSubSettings

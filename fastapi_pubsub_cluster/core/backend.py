@@ -3,7 +3,7 @@
 A backend is three small contracts: a :class:`Transport` that moves envelopes between
 workers, a :class:`PresenceStore` that keeps who is in which channel cluster-wide, and,
 optionally, a :class:`HistoryStore` that keeps channels' recent messages. The core decides
-what to hear (:meth:`Transport.follow`, :meth:`Transport.unfollow`) and when to register;
+what to follow (:meth:`Transport.follow`, :meth:`Transport.unfollow`) and when to register;
 the transport reports everything it hears through one door, :meth:`FanOutSink.receive`,
 and a presence store reads the core's local truth (which connections this worker holds)
 when it reconciles.
@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..codec import Envelope
+from ..envelope import Envelope
 
 
 @dataclass(frozen=True, slots=True)

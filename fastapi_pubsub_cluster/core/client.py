@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
-from ..codec import OutgoingFrame
+from ..frames import OutgoingFrame
 from ..settings import PubSubSettings, WireFormat
 from .flow import ChannelFlow
 from .lifecycle import ConnectionState
@@ -99,6 +99,19 @@ class ClientConnection:
     def lost_oldest(self) -> None:
         """Its outbox dropped its oldest message (``drop_oldest``)."""
         self._owner.message_dropped(self)
+
+    def mark_evicted(self) -> None:
+        """Its outbox evicts it: it takes nothing more, and is closed with 1008."""
+        self.state = ConnectionState.EVICTED
+
+    def mark_closed(self) -> None:
+        """It is closing: it takes nothing more (an evicted one stays evicted)."""
+        if self.state is not ConnectionState.EVICTED:
+            self.state = ConnectionState.CLOSED
+
+    def mark_lost(self) -> None:
+        """A send to it failed: the client vanished."""
+        self.state = ConnectionState.CLOSED
 
     @property
     def evicted(self) -> bool:

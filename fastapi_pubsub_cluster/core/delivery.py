@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..codec import OutgoingFrame, event_frame
 from ..errors import MalformedMessageError
+from ..frames import OutgoingFrame, event_frame
 from ..metrics import Metrics
 from ..settings import PubSubSettings
 from .mirror import MembershipMirror

@@ -36,7 +36,7 @@ logger = logging.getLogger("fastapi_pubsub_cluster")
 class FanOut:
     """Knows which connections are in which channel and delivers messages to them.
 
-    It *has* a backend: a transport it tells what to hear and hears through one door
+    It *has* a backend: a transport it tells what to follow and hears through one door
     (:attr:`receiver`), a presence store where it registers its connections, and maybe
     a history store. Local sockets live in ``channel -> {connection id:
     ClientConnection}``; membership (:attr:`view`) mirrors the whole cluster. After each
@@ -82,7 +82,7 @@ class FanOut:
         )
         registration = self._registration
         self._subscribers = Subscribers(
-            registration.hear, registration.stop_hearing_if_unused, self._tasks
+            registration.update_following, registration.unfollow_if_unused, self._tasks
         )
         self._targeted = TargetedSender(
             local, self.transport, backend.presence_store, settings, self.metrics
@@ -104,7 +104,7 @@ class FanOut:
             tasks=self._tasks,
             settings=settings,
             metrics=self.metrics,
-            hears=registration.hears,
+            follows=registration.follows,
         )
 
     @property

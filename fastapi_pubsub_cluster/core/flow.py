@@ -3,7 +3,8 @@ the channel (and its replay is read), then released in order, none twice."""
 
 from __future__ import annotations
 
-from ..codec import OutgoingFrame, stream_id_order
+from ..envelope import stream_id_order
+from ..frames import OutgoingFrame
 
 
 class ChannelFlow:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from ..codec import OutgoingFrame, event_frame
 from ..errors import ChannelLimitError, NotJoinedError
+from ..frames import OutgoingFrame, event_frame
 from ..settings import PubSubSettings
 from .client import ClientConnection, ConnectionState
 from .registration import Registration

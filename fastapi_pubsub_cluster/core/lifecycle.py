@@ -18,9 +18,11 @@ class ConnectionState(Enum):
 
 
 class OutboxConnection(Protocol):
-    """What an outbox reads of its connection, and tells it."""
+    """What an outbox reads of its connection, and tells it. The connection alone changes
+    its state; the outbox tells it what happened."""
 
-    state: ConnectionState
+    @property
+    def state(self) -> ConnectionState: ...
 
     @property
     def id(self) -> str: ...
@@ -39,3 +41,12 @@ class OutboxConnection(Protocol):
 
     def lost_oldest(self) -> None:
         """The client lost its oldest queued message (``drop_oldest`` policy)."""
+
+    def mark_evicted(self) -> None:
+        """The client fell behind: it takes nothing more and is being closed with 1008."""
+
+    def mark_closed(self) -> None:
+        """The socket is closing: it takes nothing more (an eviction stays one)."""
+
+    def mark_lost(self) -> None:
+        """A send failed: the client vanished."""

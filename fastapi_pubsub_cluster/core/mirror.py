@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..codec import Envelope, EventKind
+from ..envelope import Envelope, EventKind
 from ..membership import membership_metadata
 from .backend import ChannelLoaded
 

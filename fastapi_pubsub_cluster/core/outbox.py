@@ -12,8 +12,8 @@ from typing import Any
 
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from ..codec import OutgoingFrame
 from ..errors import CloseCode
+from ..frames import OutgoingFrame
 from ..settings import PubSubSettings
 from .lifecycle import ConnectionState, OutboxConnection
 from .sends import (
@@ -179,7 +179,7 @@ class Outbox:
 
     def _lost(self, exc: BaseException) -> None:
         logger.debug("send to %s failed: %r", self._connection.id, exc)
-        self._connection.state = ConnectionState.CLOSED
+        self._connection.mark_lost()
         self._messages = None
         self._states.clear()
 
@@ -195,7 +195,7 @@ class Outbox:
             CloseCode.POLICY_VIOLATION,
         )
         holding = connection.state is ConnectionState.HOLDING
-        connection.state = ConnectionState.EVICTED
+        connection.mark_evicted()
         self._messages = None
         self._states.clear()
         connection.fell_behind()
@@ -210,9 +210,7 @@ class Outbox:
 
     async def stop_writer(self) -> None:
         """Take nothing more, cancel the writer and wait for it."""
-        connection = self._connection
-        if connection.state is not ConnectionState.EVICTED:
-            connection.state = ConnectionState.CLOSED
+        self._connection.mark_closed()
         writer = self._writer
         if writer is not None and not writer.done():
             writer.cancel()
@@ -231,8 +229,7 @@ class Outbox:
         it can be written, else by aborting the connection (a client that stopped reading
         leaves the server's buffers full, and a close frame would wait behind them)."""
         connection = self._connection
-        if connection.state is not ConnectionState.EVICTED:
-            connection.state = ConnectionState.CLOSED
+        connection.mark_closed()
         self._messages = None
         self._states.clear()
         websocket = self._websocket

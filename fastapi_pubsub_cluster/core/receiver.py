@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from ..codec import Envelope, EventKind, OutgoingFrame
+from ..envelope import Envelope, EventKind
+from ..frames import OutgoingFrame
 from ..membership import expand_batch, membership_notify
 from ..metrics import Metrics
 from ..settings import PubSubSettings
@@ -42,9 +43,9 @@ class Receiver:
         tasks: TaskSupervisor,
         settings: PubSubSettings,
         metrics: Metrics,
-        hears: Callable[[str], bool],
+        follows: Callable[[str], bool],
     ) -> None:
-        self._hears = hears
+        self._follows = follows
         self._local = local
         self._mirror = mirror
         self._deliver = deliver
@@ -62,7 +63,9 @@ class Receiver:
         """Take one event; never blocks, never raises for bad input."""
         if isinstance(event, Envelope):
             self._envelope(event)
-        elif isinstance(event, ChannelLoaded | ChannelReloading) and not self._hears(event.channel):
+        elif isinstance(event, ChannelLoaded | ChannelReloading) and not self._follows(
+            event.channel
+        ):
             return  # loaded as the core let go of it: a mirror nobody would drop
         elif isinstance(event, ChannelLoaded):
             if self._mirror.load(event, self._local.intern):

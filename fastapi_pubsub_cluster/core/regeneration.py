@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from ..codec import OutgoingFrame
+from ..frames import OutgoingFrame
 from ..tasks import TaskSupervisor
 from .registry import LocalRegistry
 

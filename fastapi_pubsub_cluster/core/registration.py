@@ -43,16 +43,16 @@ class Registration:
         self._followed: set[str] = set()
         self._following: set[str] = set()  # a follow in progress
 
-    def hears(self, channel: str) -> bool:
+    def follows(self, channel: str) -> bool:
         """True while ``channel`` is followed, or being followed: what the transport
         reports of any other channel (a snapshot it was loading as the core let go of the
         channel) concerns nobody here."""
         return channel in self._followed or channel in self._following
 
-    async def hear(self, channel: str) -> None:
+    async def update_following(self, channel: str) -> None:
         """Follow or unfollow ``channel`` as the core's listeners now need."""
         if channel in self._followed and self._listens(channel):
-            return  # most joins: heard already (an unfollow leaves the set before it awaits)
+            return  # most joins: followed already (an unfollow leaves the set before it awaits)
         async with self._lock:
             wanted = self._listens(channel)
             if wanted and channel not in self._followed:
@@ -68,10 +68,10 @@ class Registration:
                 await self._transport.unfollow(channel)
 
     async def register(self, connection: ClientConnection, channel: str, *, notify: bool) -> None:
-        """Hear ``channel``, then register ``connection`` there (already held locally);
-        in its own channel with its user and in the directory of targeted sends."""
+        """Follow ``channel`` (if not yet), then register ``connection`` there (already held
+        locally); in its own channel with its user and in the directory of targeted sends."""
         own = channel == connection.channel
-        await self.hear(channel)
+        await self.update_following(channel)
         await self._presence.join(
             channel,
             connection.id,
@@ -104,17 +104,17 @@ class Registration:
                 )
             except Exception as exc:  # the store reconciles it; nothing to tell the socket
                 logger.warning("leave of %s not recorded yet: %s", connection_id, describe(exc))
-            await self.stop_hearing_if_unused(channel)
+            await self.unfollow_if_unused(channel)
 
-    async def stop_hearing_if_unused(self, channel: str) -> None:
+    async def unfollow_if_unused(self, channel: str) -> None:
         """Unfollow ``channel`` if nothing here listens to it any more; a failure is logged
         (a transport that lost its link drops the channel when it reconnects)."""
         try:
-            await self.hear(channel)
+            await self.update_following(channel)
         except HubClosedError:
             pass  # stopped: every subscription is gone already
         except Exception as exc:
-            logger.debug("could not stop hearing %r: %r", channel, exc)
+            logger.debug("could not unfollow %r: %r", channel, exc)
 
     def forget_all(self) -> None:
         """The backend stopped: nothing is followed any more."""

@@ -8,8 +8,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from ..codec import OutgoingFrame, history_gap_frame, stored_message_frame, stream_id_order
+from ..envelope import stream_id_order
 from ..errors import CloseCode, ConfigurationError
+from ..frames import OutgoingFrame, history_gap_frame, stored_message_frame
 from ..metrics import Metrics
 from ..settings import PubSubSettings
 from .backend import HistorySlice, HistoryStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..codec import OutgoingFrame
+from ..frames import OutgoingFrame
 
 #: Key, in the ASGI scope's ``extensions``, of a :class:`DirectWriter` offered by the server
 #: integration (``fastapi_pubsub_cluster.servers.uvicorn_ws``).

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from ..codec import OutgoingFrame
 from ..errors import SubscriberOverflowError
+from ..frames import OutgoingFrame
 from ..tasks import TaskSupervisor
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -112,18 +112,19 @@ class Subscription:
 class Subscribers:
     """This worker's server-side subscribers, by channel.
 
-    ``hear(channel)`` follows a channel while anything here listens to it (:meth:`listens`,
-    or local sockets); ``let_go(channel)`` unfollows it once nothing does, and never raises.
+    ``update_following(channel)`` follows a channel while anything here listens to it
+    (:meth:`listens`, or local sockets); ``unfollow_if_unused(channel)`` unfollows it once
+    nothing does, and never raises.
     """
 
     def __init__(
         self,
-        hear: Callable[[str], Coroutine[Any, Any, None]],
-        let_go: Callable[[str], Coroutine[Any, Any, None]],
+        update_following: Callable[[str], Coroutine[Any, Any, None]],
+        unfollow_if_unused: Callable[[str], Coroutine[Any, Any, None]],
         tasks: TaskSupervisor,
     ) -> None:
-        self._hear = hear
-        self._let_go = let_go
+        self._update_following = update_following
+        self._unfollow_if_unused = unfollow_if_unused
         self._tasks = tasks
         self._channels: dict[str, set[Subscription]] = {}
 
@@ -151,12 +152,12 @@ class Subscribers:
     ) -> AsyncIterator[Subscription]:
         """A :class:`Subscription` of ``channels`` while the block runs."""
         subscription = Subscription(channels, max_queue, policy)
-        # Registered before any await, so that the decision to hear a channel sees it.
+        # Registered before any await, so that the decision to follow a channel sees it.
         for channel in subscription.channels:
             self._channels.setdefault(channel, set()).add(subscription)
         try:
             for channel in subscription.channels:
-                await self._hear(channel)
+                await self._update_following(channel)
             yield subscription
         finally:
             subscription.close()
@@ -170,7 +171,7 @@ class Subscribers:
             await asyncio.shield(
                 asyncio.gather(
                     *(
-                        self._tasks.spawn(self._let_go(c), name=f"pubsub-unfollow-{c}")
+                        self._tasks.spawn(self._unfollow_if_unused(c), name=f"pubsub-unfollow-{c}")
                         for c in subscription.channels
                     )
                 )

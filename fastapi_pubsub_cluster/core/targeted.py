@@ -7,7 +7,8 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from ..codec import OutgoingFrame, encode_payload
+from ..envelope import encode_payload
+from ..frames import OutgoingFrame
 from ..metrics import Metrics
 from ..settings import PubSubSettings
 from .backend import PresenceStore, Transport

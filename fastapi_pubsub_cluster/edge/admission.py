@@ -103,7 +103,7 @@ async def _refused_while_cooling_down(socket: Applicant) -> bool:
     wait = hub.inbound.cooling_down(_address(socket.websocket))
     if wait <= 0:
         return False
-    hub.fanout.metrics.inbound_refused()
+    hub.metrics.inbound_refused()
     logger.debug("refused %s: cooling down after flooding", _address(socket.websocket))
     await _refuse(socket, f"sending too fast: try again in {math.ceil(wait)} s")
     return True

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from ..codec import event_frame
 from ..core.client import ClientConnection, ConnectionState
 from ..errors import (
     BackendUnavailableError,
@@ -14,6 +13,7 @@ from ..errors import (
     InvalidChannelError,
     NotJoinedError,
 )
+from ..frames import event_frame
 from ..settings import PubSubSettings
 
 logger = logging.getLogger("fastapi_pubsub_cluster")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..codec import encode_json, encode_payload
+from ..envelope import encode_payload
 from ..errors import MalformedMessageError, PresenceMetadataError
+from ..frames import encode_json
 from ..payloads import INT_MAX, INT_MIN, MAX_NESTING_DEPTH
 
 

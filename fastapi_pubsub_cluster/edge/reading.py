@@ -12,8 +12,8 @@ from starlette.websockets import WebSocket
 from ..core.client import ClientConnection, ConnectionState
 from ..errors import CloseCode, MalformedMessageError, MessageTooLargeError
 from ..hub import PubSubHub
+from ..limits import InboundLimiter
 from .inbound import decode_client_binary, decode_client_text
-from .limits import InboundLimiter
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -50,7 +50,7 @@ async def _read_within_limits(
     handle: MessageHandler,
 ) -> int:
     settings = hub.settings
-    metrics = hub.fanout.metrics
+    metrics = hub.metrics
     limit = settings.max_message_bytes
     while True:
         message = await websocket.receive()

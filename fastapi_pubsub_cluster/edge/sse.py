@@ -10,17 +10,12 @@ from fastapi import HTTPException
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
-from ..codec import (
-    OutgoingFrame,
-    encode_json,
-    history_gap_frame,
-    stored_message_frame,
-    stream_id_order,
-)
 from ..core.backend import HistoryStore
+from ..envelope import stream_id_order
 from ..errors import InvalidChannelError, PubSubError, SubscriberOverflowError
+from ..frames import OutgoingFrame, encode_json, history_gap_frame, stored_message_frame
 from ..hub import PubSubHub
-from ..implicit import hub_for_socket
+from .hubs import hub_for_socket
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -156,7 +151,7 @@ class EventStream:
         hub = self.hub
         store = hub.backend.history_store
         history = self.history_channels
-        subscribing = hub.fanout.subscribe(self.channels, max_queue=self.max_queue, policy="error")
+        subscribing = hub.subscription(self.channels, max_queue=self.max_queue, policy="error")
         async with subscribing as frames:
             positions = dict(resume)
             if store is not None:  # where each history channel is, once heard
@@ -177,7 +172,7 @@ class EventStream:
                     return
                 except SubscriberOverflowError as exc:
                     logger.info("dropped an event stream: %s", exc)
-                    hub.fanout.metrics.slow_client_disconnected()
+                    hub.metrics.slow_client_disconnected()
                     return
                 stream_id = frame.stream_id
                 if stream_id is not None:

@@ -9,17 +9,17 @@ from typing import Any, ClassVar
 from starlette.websockets import WebSocket, WebSocketState
 
 from ..backends.redis import RedisCredentialsLike
-from ..codec import OutgoingFrame
 from ..core.client import ClientConnection, ConnectionState
 from ..core.sends import send_unless_closed
 from ..core.view import ChannelView
 from ..errors import CloseCode, NotJoinedError, PubSubError
+from ..frames import OutgoingFrame
 from ..hub import PubSubHub
-from ..implicit import hub_for_socket
 from ..settings import WireFormat
 from ..startup_settings import settings_from_environment
 from .admission import admit
 from .channel_requests import answer_channel_request, is_channel_request
+from .hubs import hub_for_socket
 from .reading import close_reason, read_until_disconnect
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
@@ -68,7 +68,7 @@ class BasePubSubWebSocket:
         self.user_id = user_id
         self.channel_id = channel_id
         self.hub = hub if hub is not None else hub_for_socket(websocket.scope, redis_credentials)
-        self.connection_id = f"{self.hub.fanout.worker_id}:{uuid.uuid4().hex}"
+        self.connection_id = f"{self.hub.worker_id}:{uuid.uuid4().hex}"
         self.wire_format: WireFormat = wire_format or _requested_format(
             websocket, self.hub.settings.wire_format
         )
@@ -99,7 +99,7 @@ class BasePubSubWebSocket:
         """Who is in which channel, cluster-wide and read-only, under the original
         package's name: ``len(self.connection_manager.get(self.channel_id))`` counts the
         whole cluster (``count``, ``members`` and ``presence`` read the source of truth)."""
-        return self.hub.fanout.view
+        return self.hub.view
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -199,7 +199,7 @@ class BasePubSubWebSocket:
         connection = self._connection
         if connection is None:
             raise NotJoinedError("join further channels while the socket runs (from on_connect)")
-        return await self.hub.fanout.join(connection, channel, since=since)
+        return await self.hub.join(connection, channel, since=since)
 
     async def leave(self, channel: str) -> bool:
         """Take this socket out of a channel it joined (it is told ``left``); False if it
@@ -207,7 +207,7 @@ class BasePubSubWebSocket:
         connection = self._connection
         if connection is None:
             return False
-        return await self.hub.fanout.leave(connection, channel)
+        return await self.hub.leave(connection, channel)
 
     async def process(self) -> None:
         """Run :meth:`generate_object_to_send` and publish the result to the whole channel."""
@@ -241,10 +241,9 @@ class BasePubSubWebSocket:
             await self.websocket.accept()
             await self.close(CloseCode.TRY_AGAIN_LATER, "pub/sub backend unavailable")
             return
-        fanout = self.hub.fanout
         # Joined before the handshake completes, with messages held until then: a client
         # that sees itself accepted misses nothing published afterwards.
-        connection = fanout.connection(
+        connection = self.hub.connection(
             self.websocket,
             self.channel_id,
             self.connection_id,
@@ -259,7 +258,7 @@ class BasePubSubWebSocket:
         close_code: int = CloseCode.NORMAL
         try:
             try:
-                await fanout.connect(connection, notify=True)
+                await self.hub.connect(connection, notify=True)
             except PubSubError as exc:
                 logger.warning("socket for %r could not join: %s", self.channel_id, exc)
                 close_code = CloseCode.TRY_AGAIN_LATER
@@ -275,7 +274,7 @@ class BasePubSubWebSocket:
                 self.websocket, connection, self.hub, self._handle
             )
         finally:
-            await fanout.disconnect(connection, notify=send_message_on_exception)
+            await self.hub.disconnect(connection, notify=send_message_on_exception)
             await connection.stop_writer()
             await self.on_disconnect(close_code)
 

@@ -43,9 +43,9 @@ from websockets.extensions.permessage_deflate import (
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from ..codec import OutgoingFrame
 from ..core.sockets import DIRECT_WRITE_EXTENSION
 from ..errors import ConfigurationError
+from ..frames import OutgoingFrame
 from ..settings import Compression, PubSubSettings
 from ..startup_settings import settings_from_environment
 from .coalescing import OrderedTransport, iteration_flush

@@ -4,7 +4,7 @@ it, and sockets whose clients may join further channels (not those named ``secre
 
 ``build_app(hub)`` for in-process tests; ``tests.apps.client_server:app`` for server
 processes (a module of its own: a hub made at import would be the one that apps naming none
-find in the test process, see ``hub_for``).
+find in the test process, see ``edge.hubs.hub_for``).
 """
 
 from __future__ import annotations

@@ -19,9 +19,8 @@ from redis.asyncio.cluster import ClusterPipeline
 
 from ...errors import ConfigurationError, SettingsNotAnnouncedError
 from ...settings import PubSubSettings
-from .clients import CommandClient
+from .clients import CommandClient, text
 from .keys import RedisKeys
-from .replies import text
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 
@@ -59,7 +58,7 @@ def restore(pipe: Pipeline | ClusterPipeline, keys: RedisKeys, settings: PubSubS
 POLL_INTERVAL = 0.1
 
 
-async def follow(
+async def adopt(
     client: CommandClient, keys: RedisKeys, settings: PubSubSettings, *, where: str
 ) -> PubSubSettings:
     """``settings`` with the shared fields the workers announced (in the Redis at ``where``,
@@ -67,7 +66,7 @@ async def follow(
 
     A ``history_channels`` that ``settings`` sets itself (even empty: no history) must
     agree with the announcement, else :class:`ConfigurationError`; without an announcement
-    it is used as is. One left unset follows the workers: when nothing is announced, it
+    it is used as is. One left unset adopts the workers': when nothing is announced, it
     waits up to ``heartbeat_ttl`` while a worker may yet announce (one runs, or Redis
     restarted within that time), and raises :class:`SettingsNotAnnouncedError` if none
     did; where no worker runs, nobody can receive the message and it is published without
@@ -105,7 +104,7 @@ async def follow(
         raise ConfigurationError(
             f"PUBSUB_HISTORY_CHANNELS={settings.history_channels!r} here, but the workers at "
             f"{where} keep history for {cluster_history!r}: set the same value, or leave it "
-            "unset to follow the workers"
+            "unset to adopt the workers' value"
         )
     return settings.with_changes(
         history_channels=cluster_history,

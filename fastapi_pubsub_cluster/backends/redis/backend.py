@@ -11,7 +11,6 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from ...codec import EventKind, decode_envelope
 from ...core.backend import (
     ChannelLoaded,
     ChannelReloading,
@@ -19,6 +18,7 @@ from ...core.backend import (
     LinkRestored,
     new_worker_id,
 )
+from ...envelope import EventKind, decode_envelope
 from ...errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -31,24 +31,15 @@ from ...metrics import Metrics
 from ...settings import PubSubSettings
 from ...tasks import TaskSupervisor
 from . import announced
-from .clients import REDIS_DOWN, PresenceClients, RedisEndpoint
-from .history import ResumePoints
+from .clients import REDIS_DOWN, RedisEndpoint
 from .history_store import RedisHistoryStore
 from .keys import RedisKeys
 from .link import TopicLink
-from .links import Links
 from .mirror_check import MirrorCheck
-from .presence import Presence
 from .presence_store import RedisPresenceStore
-from .publishing import PublishPath
-from .runtime import RedisRuntime
+from .runtime import RedisRuntime, build_runtime
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
-
-# Redis connections one worker may hold for commands (per shard on a cluster), besides its
-# pub/sub link (one per Redis server that holds any of its channels) and, on one Redis, its
-# publish path's own connection (see PublishConnection).
-MAX_REDIS_CONNECTIONS = 8
 
 
 class RedisBackend:
@@ -85,8 +76,14 @@ class RedisBackend:
         self._subscription_lock = asyncio.Lock()
         self._started: RedisRuntime | None = None
         self._endpoint: RedisEndpoint | None = None
-        self._presence_store = RedisPresenceStore(self._running, lambda: self._started)
-        self._history_store = RedisHistoryStore(self._running, self.keys)
+        self._presence_store = RedisPresenceStore(
+            lambda: self._running().presence,
+            lambda: self._running().reads,
+            lambda: self._started.presence if self._started is not None else None,
+        )
+        self._history_store = RedisHistoryStore(
+            lambda: self._running().client, lambda: self._running().resume_points, self.keys
+        )
 
     @property
     def transport(self) -> RedisBackend:
@@ -136,29 +133,9 @@ class RedisBackend:
         """Connect, write the heartbeat and open the pub/sub link; fails if Redis is down."""
         if self._started is not None:
             return
-        endpoint = self._endpoint = RedisEndpoint(
-            self.redis_url, self.settings, client_name=f"{self.keys.prefix}:{self.worker_id}"
-        )
-        client = endpoint.command_client(MAX_REDIS_CONNECTIONS)
-        clients = PresenceClients(
-            commands=client,
-            heartbeat=endpoint.command_client(2),
-            writes=endpoint.command_client(1, retries=0),
-            answers=endpoint.answers,
-            target=endpoint.safe_url,
-        )
-        presence = Presence(
-            clients,
-            self.keys,
-            self.settings,
-            worker_id=self.worker_id,
-            publish_command=endpoint.publish_command,
-            metrics=self.metrics,
-            local=sink,
-        )
-        links = Links(
-            endpoint,
-            client,
+        started = build_runtime(
+            self.redis_url,
+            sink,
             self.keys,
             self.settings,
             worker_id=self.worker_id,
@@ -167,9 +144,9 @@ class RedisBackend:
             on_message=self._on_topic_message,
             on_restored=self._on_link_restored,
         )
-        publisher = PublishPath(endpoint, client, self.settings, origin=self.worker_id)
-        resume_points = ResumePoints(client, self.settings)
-        started = RedisRuntime(endpoint, client, presence, publisher, links, sink, resume_points)
+        endpoint = self._endpoint = started.endpoint
+        client, presence, links = started.client, started.presence, started.links
+        upkeep = started.upkeep
         try:
             # Bounded as a whole: retries (and Sentinel's discovery) must not stretch an
             # unreachable Redis into a startup that hangs.
@@ -177,7 +154,7 @@ class RedisBackend:
                 if isinstance(client, RedisCluster):
                     await client.initialize()
                 await announced.announce(client, self.keys, self.settings)
-                await presence.beat()
+                await upkeep.beat()
                 if not endpoint.is_cluster:
                     await links.open_main()
                 await links.subscribe_topic(presence.directory.inbox)
@@ -189,8 +166,8 @@ class RedisBackend:
             ) from exc
         self._started = started
         self._tasks.spawn(presence.changes.run_forever(), name="pubsub-redis-joins")
-        self._tasks.spawn(presence.beat_forever(), name="pubsub-redis-heartbeat")
-        self._tasks.spawn(presence.keep_forever(), name="pubsub-redis-presence")
+        self._tasks.spawn(upkeep.beat_forever(), name="pubsub-redis-heartbeat")
+        self._tasks.spawn(upkeep.keep_forever(), name="pubsub-redis-presence")
         mirrors = MirrorCheck(client, self.keys, sink, self._reload, self.metrics)
         self._tasks.spawn(
             mirrors.keep_forever(self.settings.heartbeat_ttl / 3, links.subscribed_channels),
@@ -207,7 +184,7 @@ class RedisBackend:
         # worker again (and take its own leave for a loss of its presence).
         await self._tasks.close()
         try:
-            await started.presence.leave_cluster()
+            await started.upkeep.leave_cluster()
         except REDIS_DOWN as exc:
             logger.warning(
                 "could not remove presence on shutdown (%s); peers will reap it", describe(exc)
@@ -293,10 +270,10 @@ class RedisBackend:
     async def reap(self, worker_id: str) -> int:
         """Remove the presence of ``worker_id`` now, even if its heartbeat lives (an
         operator's tool for a worker known to be gone); how many entries went."""
-        presence = self._running().presence
+        upkeep = self._running().upkeep
         removed = 0
-        for instance in await presence.reaper.instances_of(worker_id):
-            removed += max(0, await presence.reap(instance, force=True))
+        for instance in await upkeep.reaper.instances_of(worker_id):
+            removed += max(0, await upkeep.reap(instance, force=True))
         return removed
 
     # -- subscriptions -----------------------------------------------------------------
@@ -311,7 +288,7 @@ class RedisBackend:
                 await self._load(started, channel)
 
     async def _load(self, started: RedisRuntime, channel: str) -> None:
-        members, seq, metadata = await started.presence.reads.snapshot(channel)
+        members, seq, metadata = await started.reads.snapshot(channel)
         started.sink.receive(ChannelLoaded(channel, members, seq, metadata))
 
     def _on_topic_message(self, topic: str, data: bytes) -> None:
@@ -338,8 +315,8 @@ class RedisBackend:
         """Runs in the link's task before it reads again: presence and mirrors first."""
         started = self._running()
         channels = started.links.channels_on(link)
-        await started.presence.beat()  # first: presence without a heartbeat is reaped
-        await started.presence.settle(channels)
+        await started.upkeep.beat()  # first: presence without a heartbeat is reaped
+        await started.upkeep.settle(channels)
         for channel in channels:
             await self._load(started, channel)
         started.sink.receive(LinkRestored(tuple(channels)))

@@ -1,12 +1,14 @@
 """redis-py clients built from one URL: ``redis://``, ``rediss://``, ``unix://``, Sentinel
 (``redis+sentinel://``) or Redis Cluster (``redis+cluster://host:port[,host:port...]``).
 
-This is the one place that decides "cluster or single Redis" from a URL."""
+This is the one place that decides "cluster or single Redis" from a URL; it also says what
+their replies mean as Python values."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -116,7 +118,7 @@ class RedisEndpoint:
     """Builds the clients for one Redis URL and closes everything it built.
 
     For a Sentinel URL the clients share one :class:`~redis.asyncio.sentinel.Sentinel`,
-    which finds the current primary and follows failovers.
+    which finds the current primary and tracks failovers.
     """
 
     def __init__(self, url: str, settings: PubSubSettings, *, client_name: str | None) -> None:
@@ -258,7 +260,7 @@ class RedisEndpoint:
             **extra,
         )
 
-    async def follow_primary(self) -> None:
+    async def rediscover_primary(self) -> None:
         """Through Sentinel, move the command clients' connections to the primary the
         Sentinel names now (a link that reconnected may have found a new one: commands
         left on the old one would publish its probes where it no longer listens)."""
@@ -266,7 +268,7 @@ class RedisEndpoint:
             pool = getattr(client, "connection_pool", None)
             if isinstance(pool, WaitingSentinelPool):
                 with contextlib.suppress(*REDIS_DOWN):  # its next connection asks again
-                    await pool.follow_primary()
+                    await pool.rediscover_primary()
 
     @staticmethod
     async def publish_raw(client: CommandClient, topic: str, data: bytes) -> int:
@@ -307,3 +309,20 @@ class PresenceClients:
     answers: Callable[[], Awaitable[bool]]
     #: The Redis URL with its secrets masked, for errors.
     target: str
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def metadata_of(raw: list[Any]) -> dict[str, Any]:
+    """A metadata hash's HGETALL reply (flat pairs of id, JSON) as a dict; entries that are
+    not JSON (not ours) are left out."""
+    metadata: dict[str, Any] = {}
+    for i in range(0, len(raw) - 1, 2):
+        try:
+            metadata[text(raw[i])] = json.loads(raw[i + 1])
+        except ValueError:
+            continue
+    return metadata

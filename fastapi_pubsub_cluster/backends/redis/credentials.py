@@ -68,7 +68,8 @@ def redis_url_from(credentials: RedisCredentialsLike | object) -> str:
             ).to_url()
         except ValueError as exc:
             raise ConfigurationError(f"invalid Redis credentials: {exc}") from exc
-    # Objects with the original class's attributes (duck typing, as the seed read __dict__).
+    # Objects with the original class's attributes (duck typing, as the original
+    # fastapi-pubsub package read __dict__).
     attrs = {
         key: getattr(credentials, key)
         for key in ("host", "port", "username", "password", "db")

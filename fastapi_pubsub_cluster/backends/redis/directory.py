@@ -17,13 +17,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ...codec import Envelope, EventKind, encode_envelope
 from ...core.backend import FanOutSink
+from ...envelope import Envelope, EventKind, encode_envelope
 from . import scripts
-from .clients import CommandClient
+from .clients import CommandClient, text
 from .gate import ChannelGate
 from .keys import RedisKeys
-from .replies import text
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 

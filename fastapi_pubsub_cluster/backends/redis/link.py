@@ -71,11 +71,6 @@ class TopicLink:
         #: a busy worker's, not a deaf link's).
         self.messages_read = 0
 
-    @property
-    def is_up(self) -> bool:
-        """True while the connection is open and subscribed."""
-        return self._up.is_set()
-
     async def open(self) -> None:
         """Connect and subscribe; raises if Redis cannot be reached."""
         async with self._lock:

@@ -62,11 +62,6 @@ class Links:
         """Times a probe found a link connected but not receiving."""
         return sum(link.deaf_count for link in self._links.values())
 
-    @property
-    def all_up(self) -> bool:
-        """True when every link is connected and subscribed."""
-        return all(link.is_up for link in self._links.values())
-
     def subscribed_channels(self) -> list[str]:
         """Channels whose topic a link is subscribed to."""
         return list(self._channel_links)
@@ -133,8 +128,8 @@ class Links:
 
     async def _restored(self, link: TopicLink) -> None:
         # A link reconnects to the primary the Sentinel names now: the commands (its
-        # probes among them) follow it there before presence is registered again.
-        await self._endpoint.follow_primary()
+        # probes among them) move there too before presence is registered again.
+        await self._endpoint.rediscover_primary()
         await self._on_restored(link)
 
     async def _link_for(self, topic: str) -> TopicLink:

@@ -49,18 +49,18 @@ class RedisPublisher:
         self._endpoint = RedisEndpoint(redis_url_from(redis_url), self.settings, client_name=None)
         self._client = self._endpoint.command_client(max_connections=4)
         self._path: PublishPath | None = None
-        self._followed_at = 0.0
+        self._adopted_at = 0.0
 
     async def publish(self, channel: str, payload: Any) -> int:
         """Publish ``payload``; returns how many workers received it."""
         return await (await self._publish_path()).publish(channel, payload)
 
     async def _publish_path(self) -> PublishPath:
-        if self._path is None or time.monotonic() - self._followed_at > self.follow_interval:
+        if self._path is None or time.monotonic() - self._adopted_at > self.follow_interval:
             keys = RedisKeys(self.settings.key_prefix)
             where = self._endpoint.safe_url
             try:
-                cluster = await announced.follow(self._client, keys, self.settings, where=where)
+                cluster = await announced.adopt(self._client, keys, self.settings, where=where)
             except REDIS_DOWN as exc:
                 raise PublishError(
                     f"cannot read the cluster's settings from Redis at {where}: {exc!r}"
@@ -68,8 +68,8 @@ class RedisPublisher:
             if self._path is None:
                 self._path = PublishPath(self._endpoint, self._client, cluster, origin=_ORIGIN)
             else:
-                self._path.follow(cluster)
-            self._followed_at = time.monotonic()
+                self._path.adopt(cluster)
+            self._adopted_at = time.monotonic()
         return self._path
 
     async def aclose(self) -> None:

@@ -6,10 +6,9 @@ import logging
 from collections.abc import Collection
 
 from . import scripts
-from .clients import CommandClient
+from .clients import CommandClient, text
 from .directory import Directory
 from .keys import RedisKeys
-from .replies import text
 
 logger = logging.getLogger("fastapi_pubsub_cluster")
 

@@ -15,10 +15,19 @@ and an epoch, which a worker bumps when it finds a peer claimed its presence), s
 reaper removes only what the instance it claimed had registered, never a newer entry.
 
 Envelopes are msgpack arrays ``[1, kind, channel, origin, ref, seq, payload, sent_at]``
-(see ``codec.Envelope``). A join or leave's payload is ``notify``, or ``[notify, metadata]``
+(see ``envelope.Envelope``). A join or leave's payload is ``notify``, or ``[notify, metadata]``
 when the connection has presence metadata (JSON text, kept in the channel's ``meta`` hash).
 Joins and leaves recorded together go out as one BATCH envelope (``membership.py``).
 """
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import msgpack  # type: ignore[import-untyped]
+
+from ...envelope import ENVELOPE_VERSION, EventKind
+from ...errors import MalformedMessageError
 
 SEQ_IDLE_TTL_MS = 3_600_000
 #: Milliseconds a channel remembers the ids of the publications it stored, so that a
@@ -114,7 +123,7 @@ return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2]), redis.call(
 # Stores a message in the channel's stream and announces it with the id it got, in one step;
 # a publication id stored within the window before is not stored or announced again.
 # KEYS: the channel's stream, the channel's recently stored publication ids (sorted set)
-# ARGV: publish command, topic, envelope head (see codec.stored_envelope_head), payload
+# ARGV: publish command, topic, envelope head (see stored_envelope_head below), payload
 #       msgpack bytes, approximate length to keep, TTL in ms, msgpack of the publish time,
 #       publication id, window in ms, and optionally the payload as announced (an excluding
 #       envelope's ``[excluded id, payload]``)
@@ -138,6 +147,43 @@ local receivers = redis.call(ARGV[1], ARGV[2],
   ARGV[3] .. cmsgpack.pack(id) .. cmsgpack.pack(0) .. announced .. ARGV[7])
 return {id, receivers}
 """
+
+# The STORE script appends to bytes these helpers make: they mirror its layout.
+
+
+def stored_envelope_head(channel: str, origin: str, *, excluding: bool = False) -> bytes:
+    """The first four items of a STORED envelope, with the array header for all eight.
+
+    Redis appends the stream id, the sequence, the payload bytes and ``sent_at`` inside the
+    script that stores the message, so that the id it announces is the id it stored.
+    """
+    head = b"".join(
+        cast(bytes, msgpack.packb(item, use_bin_type=True))
+        for item in (
+            ENVELOPE_VERSION,
+            "y" if excluding else EventKind.STORED.value,
+            channel,
+            origin,
+        )
+    )
+    return b"\x98" + head  # fixarray of 8
+
+
+def packed_timestamp(seconds: float) -> bytes:
+    """``sent_at`` as msgpack bytes, for the store script to append."""
+    return cast(bytes, msgpack.packb(float(seconds)))
+
+
+def decode_stored(fields: dict[Any, Any]) -> Any:
+    """The payload of a stream entry written by the STORE script (field ``p``)."""
+    raw = fields.get(b"p", fields.get("p"))
+    if not isinstance(raw, bytes):
+        raise MalformedMessageError("stream entry has no payload field")
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for garbage
+        raise MalformedMessageError(f"stream entry payload is not msgpack: {exc}") from exc
+
 
 # Where a client joining a channel with history starts: the newest stored id. On a channel
 # with nothing stored, an empty stream is created whose floor (max-deleted-entry-id) is the

@@ -25,7 +25,7 @@ class WaitingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     connections in use at that moment came back still connected to the old primary (which
     stays a primary until the Sentinel demotes it) and served commands there, for good.
     Here a connection released while connected elsewhere is closed (its next command
-    reconnects through the Sentinel), and :meth:`follow_primary` asks the Sentinel now.
+    reconnects through the Sentinel), and :meth:`rediscover_primary` asks the Sentinel now.
     """
 
     async def release(self, connection: AbstractConnection) -> None:
@@ -40,7 +40,7 @@ class WaitingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
         address = (getattr(connection, "host", None), getattr(connection, "port", None))
         return bool(self.is_master and primary is not None and address != tuple(primary))
 
-    async def follow_primary(self) -> None:
+    async def rediscover_primary(self) -> None:
         """Ask the Sentinel for the primary now: when it changed, idle connections close at
         once and those in use as they come back."""
         await self.get_master_address()  # type: ignore[no-untyped-call]
