@@ -9,11 +9,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Any, ClassVar
 
 from uvicorn_worker import UvicornWorker
 
+from ..backends.redis.clients import RedisEndpoint
+from ..config_errors import STARTUP_FAILURE, exit_on_configuration_error
 from ..logs import attach_to
+from ..redaction import redact_url
+from ..settings import PubSubSettings
 
 #: The uvicorn websocket protocol that frames each broadcast once (needs uvicorn >= 0.35).
 PROTOCOL = "fastapi_pubsub_cluster.servers.uvicorn_ws:PubSubWebSocketProtocol"
@@ -38,3 +44,31 @@ class PubSubUvicornWorker(UvicornWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         attach_to(self.log.error_log)
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """In gunicorn's master, before any worker starts: a bad ``PUBSUB_*`` setting, or
+        a ``PUBSUB_REDIS_URL`` that does not answer, stops the server with one line and
+        status 3. (Left to the workers, each would fail on its own, and gunicorn's master,
+        halting on the first, prints a traceback of its own when the next one fails.)"""
+        parent = getattr(super(), "check_config", None)
+        if parent is not None:
+            parent(cfg, log)
+        with exit_on_configuration_error():
+            settings = PubSubSettings.from_env()
+        if settings.redis_url and not asyncio.run(_answers(settings)):
+            url = redact_url(settings.redis_url)
+            print(
+                f"fastapi-pubsub-cluster: could not start: Redis at {url} "
+                "(PUBSUB_REDIS_URL) does not answer",
+                file=sys.stderr,
+            )
+            raise SystemExit(STARTUP_FAILURE)
+
+
+async def _answers(settings: PubSubSettings) -> bool:
+    endpoint = RedisEndpoint(settings.redis_url or "", settings, client_name=None)
+    try:
+        return await endpoint.answers()
+    finally:
+        await endpoint.aclose()
