@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from typing import Any, ClassVar
 
@@ -54,8 +55,12 @@ class PubSubUvicornWorker(UvicornWorker):
         parent = getattr(super(), "check_config", None)
         if parent is not None:
             parent(cfg, log)
+        # Only the settings' own variables: unknown ones are each worker's to report, once,
+        # in gunicorn's format (a note made here would be inherited, and never said there).
+        known = {PubSubSettings.environment_variable(name) for name in PubSubSettings.model_fields}
+        environ = {name: value for name, value in os.environ.items() if name.upper() in known}
         with exit_on_configuration_error():
-            settings = PubSubSettings.from_env()
+            settings = PubSubSettings.from_env(environ)
         if settings.redis_url and not asyncio.run(_answers(settings)):
             url = redact_url(settings.redis_url)
             print(
