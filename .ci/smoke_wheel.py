@@ -16,19 +16,27 @@ import uuid
 import fastapi_pubsub_cluster
 from fastapi_pubsub_cluster import PubSubHub, PubSubSettings
 
-# Modules that need an extra by design: the uvicorn protocol ([uvicorn]) and the gunicorn
-# worker class ([gunicorn]).
-NEEDS_AN_EXTRA = {
+# Modules that need an extra by design: the uvicorn protocol ([uvicorn]), the gunicorn
+# worker class ([gunicorn]) and the Python client ([client]; the package and its modules).
+NEEDS_AN_EXTRA = (
     "fastapi_pubsub_cluster.servers.uvicorn_ws",
     "fastapi_pubsub_cluster.servers.gunicorn_worker",
-}
+    "fastapi_pubsub_cluster.remote",
+)
 
 
 def import_the_core() -> None:
     prefix = fastapi_pubsub_cluster.__name__ + "."
     for module in pkgutil.walk_packages(fastapi_pubsub_cluster.__path__, prefix):
-        if module.name not in NEEDS_AN_EXTRA:
+        if not module.name.startswith(NEEDS_AN_EXTRA):
             importlib.import_module(module.name)
+
+
+def the_client_says_which_extra_it_needs() -> None:
+    try:
+        importlib.import_module("fastapi_pubsub_cluster.remote")
+    except ImportError as exc:
+        assert "[client]" in str(exc), exc
 
 
 async def publish_once(settings: PubSubSettings) -> None:
@@ -39,6 +47,7 @@ async def publish_once(settings: PubSubSettings) -> None:
 def main() -> int:
     assert "site-packages" in fastapi_pubsub_cluster.__file__, fastapi_pubsub_cluster.__file__
     import_the_core()
+    the_client_says_which_extra_it_needs()
     from fastapi_pubsub_cluster.client_script import client_script, client_types
 
     assert b"export class PubSubClient" in client_script(), "the wheel lacks static/pubsub.js"
