@@ -240,9 +240,11 @@ async def test_redis_connections_per_worker_stay_a_small_constant(
         after = redis_connections_by_worker(await admin.client_list(), key_prefix)
         print(f"Redis connections per worker: before {before}, after 2,000 sockets {after}")
         assert len(after) == 2
-        # The pool, the pub/sub link, and the publish path's own connection.
-        assert all(count <= MAX_REDIS_CONNECTIONS + 2 for count in after.values())
-        assert after == before
+        # Whatever the number of sockets: the command pool (its connections open as load
+        # needs them, up to its bound), the pub/sub link, the publish path's own connection,
+        # the heartbeat's (up to 2) and the joins and leaves' own.
+        bound = MAX_REDIS_CONNECTIONS + 5
+        assert all(count <= bound for count in [*before.values(), *after.values()]), after
     await admin.aclose()
 
 
