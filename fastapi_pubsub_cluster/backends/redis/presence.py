@@ -148,7 +148,8 @@ class Presence:
                 Change("l", channel, connection_id, notify, "", user_id, directory)
             )
         except PresenceError as exc:
-            logger.warning("leave of %s not recorded yet (%s); retrying", connection_id, exc)
+            # Said once for its whole batch; reconciled at the next heartbeat.
+            logger.debug("leave of %s not recorded yet (%s)", connection_id, exc)
 
     async def record_channel(self, channel: str) -> None:
         """Note, under this instance's own key, that it holds sockets in ``channel``, so

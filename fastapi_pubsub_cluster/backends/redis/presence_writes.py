@@ -147,6 +147,13 @@ class ChangeQueue:
                     )
                     continue
                 error = PresenceError(f"Redis at {self._target} does not answer: {describe(exc)}")
+                # One line per batch, not per socket: an outage during a storm is thousands.
+                logger.warning(
+                    "%d joins and leaves not written (%s); their channels are reconciled "
+                    "once Redis answers",
+                    len(batch),
+                    error,
+                )
                 self._settle(batch, {c.channel: error for c in batch})
                 return
             if refused:
