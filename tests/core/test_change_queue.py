@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from fastapi_pubsub_cluster.backends.redis.presence_writes import Change, ChangeQueue
 from fastapi_pubsub_cluster.errors import PresenceError
 from fastapi_pubsub_cluster.metrics import Metrics
+from tests.live import wait_for_condition
 
 
 class Writes:
@@ -37,6 +38,16 @@ class Writes:
         self.doubted.extend(change.channel for change in changes)
 
 
+class AdmissionMetrics(Metrics):
+    """Counts the joins that waited for room."""
+
+    def __init__(self) -> None:
+        self.admission_waits = 0
+
+    def admission_waited(self) -> None:
+        self.admission_waits += 1
+
+
 async def answers_not() -> bool:
     return False
 
@@ -47,13 +58,18 @@ async def writes() -> Writes:
 
 
 @pytest.fixture
-async def queue(writes: Writes) -> AsyncIterator[ChangeQueue]:
+def metrics() -> AdmissionMetrics:
+    return AdmissionMetrics()
+
+
+@pytest.fixture
+async def queue(writes: Writes, metrics: AdmissionMetrics) -> AsyncIterator[ChangeQueue]:
     queue = ChangeQueue(
         writes.write,
         answers=answers_not,
         capacity=2,
         target="redis://test",
-        metrics=Metrics(),
+        metrics=metrics,
         doubt=writes.doubt,
     )
     runner = asyncio.create_task(queue.run_forever())
@@ -89,9 +105,9 @@ async def test_changes_that_arrive_during_a_write_go_in_the_next_batch_after_it(
 ) -> None:
     writes.gate = asyncio.Event()
     first = submit(queue, change("j", "a"))
-    await asyncio.sleep(0.01)
+    await wait_for_condition(lambda: len(writes.batches) == 1, 5)  # being written
     later = submit(queue, change("l", "a"), change("l", "b"))
-    await asyncio.sleep(0.01)
+    await wait_for_condition(lambda: queue.waiting == 2, 5)
     assert writes.batches == [["j room a"]]
     writes.gate.set()
     assert await settled(first + later) == [None, None, None]
@@ -99,13 +115,13 @@ async def test_changes_that_arrive_during_a_write_go_in_the_next_batch_after_it(
 
 
 async def test_joins_beyond_the_bound_wait_for_room_and_then_go_in(
-    queue: ChangeQueue, writes: Writes
+    queue: ChangeQueue, writes: Writes, metrics: AdmissionMetrics
 ) -> None:
     writes.gate = asyncio.Event()
     admitted = submit(queue, change("j", "a"), change("j", "b"))
-    await asyncio.sleep(0.01)
+    await wait_for_condition(lambda: len(writes.batches) == 1, 5)  # being written
     waiting = submit(queue, change("j", "c"))
-    await asyncio.sleep(0.01)
+    await wait_for_condition(lambda: metrics.admission_waits == 1, 5)
     assert queue.waiting == 0  # the third join waits outside the queue
     assert not waiting[0].done()
     writes.gate.set()
@@ -118,10 +134,9 @@ async def test_a_leave_is_never_held_back_by_a_full_queue(
 ) -> None:
     writes.gate = asyncio.Event()
     admitted = submit(queue, change("j", "a"), change("j", "b"))
-    await asyncio.sleep(0.01)
+    await wait_for_condition(lambda: len(writes.batches) == 1, 5)  # being written, full
     leave = submit(queue, change("l", "x"))
-    await asyncio.sleep(0.01)
-    assert queue.waiting == 1
+    await wait_for_condition(lambda: queue.waiting == 1, 5)  # queued at once, not held
     writes.gate.set()
     assert await settled(admitted + leave) == [None, None, None]
 
