@@ -81,6 +81,17 @@ class NumberedPublisher:
             self.next = n + 1
             await asyncio.sleep(0.01)
 
+    async def wait_for_new_failures(self, count: int, timeout: float) -> None:
+        """Until every channel's publishes have failed ``count`` more times than now."""
+        before = [len(failed) for failed in self.failed.values()]
+        await wait_for_condition(
+            lambda: all(
+                len(failed) >= n + count
+                for failed, n in zip(self.failed.values(), before, strict=True)
+            ),
+            timeout=timeout,
+        )
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Publishing meanwhile; after, the last round is finished (nothing left in flight)."""
@@ -145,14 +156,7 @@ async def test_page_resumes_history_channels_across_a_killed_worker_and_a_redis_
             # 2. Redis crashes, stays down while publishes fail, and comes back with its
             # data; the page's socket may stay open meanwhile.
             durable_redis.stop()
-            failed_before = [len(f) for f in numbered.failed.values()]
-            await wait_for_condition(
-                lambda: all(
-                    len(f) >= n + 3
-                    for f, n in zip(numbered.failed.values(), failed_before, strict=True)
-                ),
-                timeout=15,
-            )
+            await numbered.wait_for_new_failures(3, timeout=15)
             durable_redis.start()
             mark = numbered.next
             for channel in channels:

@@ -175,14 +175,7 @@ async def test_a_client_resumes_across_a_redis_restart_or_is_told_of_the_gap(
             async with numbered.running():
                 await recorder.wait_until_seen(20)
                 restarted_redis.stop()
-                failed = [len(f) for f in numbered.failed.values()]
-                await wait_for_condition(
-                    lambda: all(
-                        len(f) >= n + 3
-                        for f, n in zip(numbered.failed.values(), failed, strict=True)
-                    ),
-                    timeout=15,
-                )
+                await numbered.wait_for_new_failures(3, timeout=15)
                 restarted_redis.start()
                 await recorder.wait_until_seen(numbered.next + 20, timeout=30)
             for channel in CHANNELS:
