@@ -37,7 +37,7 @@ from typing import Any
 from benchmarks.environment import library_revision, machine, package_versions
 from benchmarks.installs import shared_files
 from benchmarks.peer_venvs import describe
-from benchmarks.plan import FULL, QUICK, Plan
+from benchmarks.plan import FULL, QUICK, Plan, clients_count
 from benchmarks.progress import ProgressDisplay
 from benchmarks.publish_rate import PEER_VENV_OF, measure_publish_rate
 from benchmarks.redis_server import BenchRedis, bench_cluster, bench_redis
@@ -379,14 +379,6 @@ async def run(plan: Plan, only: set[str], scenarios: set[str], step_timeout: flo
     report = build_report(plan.name, measurements, environment, time.monotonic() - started, notes)
     path = write_report(report)
     print_report(report, path)
-
-
-def clients_count(text: str) -> int:
-    """A positive number of clients (``10000`` or ``10_000``)."""
-    count = int(text)
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"at least 1 client, not {text}")
-    return count
 
 
 def main() -> None:

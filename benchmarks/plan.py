@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 from benchmarks.targets import ALL_TARGETS
@@ -141,3 +142,11 @@ FULL = Plan(
     idle_targets=SINGLE_PROCESS,
     idle_repeats=1,
 )
+
+
+def clients_count(text: str) -> int:
+    """A positive number of clients (``10000`` or ``10_000``), for ``--storm-clients``."""
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 client, not {text}")
+    return count

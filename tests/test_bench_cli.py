@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,17 @@ def test_a_count_frame_is_read_without_decoding_it() -> None:
     assert count_of('{"sent_us":1,"seq":2}') is None
 
 
+def test_a_storm_needs_at_least_one_client() -> None:
+    # Without the [bench] extra too (the suite's own install lacks it): the rule itself.
+    from benchmarks.plan import clients_count
+
+    assert clients_count("10_000") == 10_000
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 1 client, not 0"):
+        clients_count("0")
+
+
 def test_the_storm_clients_option_takes_a_positive_number() -> None:
+    # The whole command line, where the [bench] extra is installed (it checks it first).
     pytest.importorskip("rich")
     pytest.importorskip("socketio")
     done = subprocess.run(
